@@ -1,0 +1,5 @@
+"""niks3d.cli"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

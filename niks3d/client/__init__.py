@@ -1,0 +1,5 @@
+"""niks3d.client"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

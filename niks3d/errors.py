@@ -1,0 +1,106 @@
+"""The one error hierarchy of niks3d.
+
+Every error a niks3d module raises on purpose derives from :class:`Niks3Error`, and its message names the thing
+that is wrong (a file, a TOML key, a narinfo line, a store path, a bucket key)::
+
+    Niks3Error
+    ├── ConfigError            a config file, key or secret is wrong (carries every problem found)
+    ├── DatabaseError          PostgreSQL refused or is unreachable; migrations failed
+    ├── StorageError           the S3 server refused or is unreachable
+    │   ├── ObjectNotFound     a key is absent from the bucket
+    │   └── StorageThrottled   S3 said 429/SlowDown and back-off did not absorb it (retry_after seconds)
+    ├── ApiError               a request the HTTP API refuses: carries the status and a machine-readable code
+    ├── ClientError            the push client cannot go on (server unreachable, token refused, version skew)
+    └── ServiceError           a child process (postgres, weed, nix) failed to start or exited early
+
+The pure protocol code in :mod:`niks3d.nix` raises :class:`niks3d.nix.errors.NixFormatError` (a ``ValueError``)
+instead, because that package imports nothing else from niks3d; the server maps it to a 4xx like an ``ApiError``.
+
+Only entry points (``main()`` functions) turn these into exit codes; library code raises.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApiError",
+    "ClientError",
+    "ConfigError",
+    "ConfigProblem",
+    "DatabaseError",
+    "Niks3Error",
+    "ObjectNotFound",
+    "ServiceError",
+    "StorageError",
+    "StorageThrottled",
+]
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class Niks3Error(Exception):
+    """Base of every error niks3d raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a configuration: where (file, dotted key) and why."""
+
+    file: str
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.key}" if self.key else self.file
+        return f"{where}: {self.reason}"
+
+
+class ConfigError(Niks3Error):
+    """The configuration is invalid; ``problems`` lists every problem found, not only the first."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems) or "invalid configuration")
+
+
+class DatabaseError(Niks3Error):
+    """PostgreSQL refused a statement, is unreachable, or the schema is not what this version expects."""
+
+
+class StorageError(Niks3Error):
+    """The S3 server refused a request or is unreachable."""
+
+
+class ObjectNotFound(StorageError):
+    """A bucket key does not exist."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"object {key!r} does not exist in the bucket")
+
+
+class StorageThrottled(StorageError):
+    """S3 kept answering 429/SlowDown after our own back-off; the caller should retry after ``retry_after``."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class ApiError(Niks3Error):
+    """A request the HTTP API refuses, with its HTTP status, a stable code and optional details for the body."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        super().__init__(message)
+
+
+class ClientError(Niks3Error):
+    """The niks3 client cannot go on: the message says what to fix."""
+
+
+class ServiceError(Niks3Error):
+    """A child process failed to start or exited; the message carries the tail of its stderr."""

@@ -1,0 +1,5 @@
+"""niks3d.storage"""
+
+from __future__ import annotations
+
+__all__: list[str] = []
