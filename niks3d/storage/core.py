@@ -1,0 +1,100 @@
+"""The state every bucket operation shares: the two S3 clients, the settings, presigning, and HEAD.
+
+:class:`BucketCore` holds the aiobotocore client that talks to S3 and the one that only presigns (a separate
+client when ``s3.public_endpoint_url`` differs from ``s3.endpoint_url``, because SigV4 signs the host: the URL
+must be signed for the host the client will contact, it cannot be rewritten afterwards). Presigning is local
+computation in botocore; aiobotocore makes it a coroutine only because credentials may need refreshing, so it
+costs well under a millisecond and no request. The multipart and object operations build on this class
+(``multipart.py``, ``s3.py``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_PRESIGN_SECONDS", "BucketCore"]
+
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+from types_aiobotocore_s3 import S3Client
+
+from niks3d.config import S3Settings
+from niks3d.errors import ObjectNotFound
+from niks3d.storage.errors import error_code, error_status, storage_errors, translate_error
+from niks3d.storage.models import ObjectInfo, normalize_etag
+
+log = logging.getLogger(__name__)
+
+# SigV4 presigned URLs live at most seven days.
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+
+
+class BucketCore:
+    """One bucket reached through one aiobotocore client; see :func:`niks3d.storage.open_bucket`."""
+
+    def __init__(self, *, settings: S3Settings, client: S3Client, presigner: S3Client) -> None:
+        self.settings = settings
+        self.name = settings.bucket
+        self._client = client
+        self._presigner = presigner
+
+    def __repr__(self) -> str:
+        return f"<Bucket {self.name!r} at {self.endpoint_url}>"
+
+    @property
+    def endpoint_url(self) -> str:
+        """The S3 endpoint this daemon talks to."""
+        return str(self._client.meta.endpoint_url)
+
+    def _expires_in(self, expires: timedelta | None) -> int:
+        seconds = int((expires if expires is not None else self.settings.presign_expiry).total_seconds())
+        return min(max(seconds, 1), MAX_PRESIGN_SECONDS)
+
+    async def _presign(
+        self, client_method: str, params: Mapping[str, Any], expires: timedelta | None, key: str
+    ) -> str:
+        with storage_errors(f"presigning {client_method}", self.name, key):
+            return await self._presigner.generate_presigned_url(
+                ClientMethod=client_method, Params=params, ExpiresIn=self._expires_in(expires)
+            )
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        """The object's metadata, or None when it is absent (404, NoSuchKey, or 403 AccessDenied for a key
+        that S3 hides because the credentials may not list the bucket).
+
+        A bodiless 403 from HEAD cannot tell "missing" from "wrong secret key", so a 403 is followed by a
+        one-byte GET, whose XML error carries the code: AccessDenied means absent, anything else is raised.
+        """
+        try:
+            with storage_errors("HeadObject", self.name, key):
+                try:
+                    resp = await self._client.head_object(Bucket=self.name, Key=key)
+                except ClientError as exc:
+                    if error_status(exc) == 403 and await self._forbidden_means_missing(key, exc):
+                        return None
+                    raise
+        except ObjectNotFound:
+            return None
+        return ObjectInfo(
+            key=key,
+            size=resp["ContentLength"],
+            etag=normalize_etag(resp.get("ETag", "")),
+            last_modified=resp["LastModified"],
+            content_type=resp.get("ContentType"),
+            content_encoding=resp.get("ContentEncoding"),
+        )
+
+    async def _forbidden_means_missing(self, key: str, head_error: ClientError) -> bool:
+        """After HEAD answered 403: whether a ranged GET says AccessDenied/NoSuchKey (the key is absent)."""
+        try:
+            resp = await self._client.get_object(Bucket=self.name, Key=key, Range="bytes=0-0")
+        except ClientError as probe:
+            code = error_code(probe)
+            if code in ("AccessDenied", "NoSuchKey"):
+                log.debug("HEAD %s answered 403 and GET %s: treating the key as absent", key, code)
+                return True
+            raise translate_error(probe, operation="HeadObject", bucket=self.name, key=key) from head_error
+        resp["Body"].close()
+        return False

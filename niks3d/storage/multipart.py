@@ -1,0 +1,121 @@
+"""Multipart uploads of large NARs: start, presign parts for the client, list, complete, abort, enumerate.
+
+The client uploads the parts itself through presigned URLs; niks3d only starts the upload, hands out part
+URLs, and completes it. Completing is retry-safe: when S3 no longer knows the upload id
+(:class:`UploadNotFound` from CompleteMultipartUpload or ListParts) but the object now exists under the key,
+an earlier complete (whose answer was lost) already succeeded, and this one succeeds too. Keys are
+content-addressed, so an object found under the key has the content the upload would have produced.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_PART_NUMBER", "MultipartOps"]
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+
+from niks3d.errors import StorageError
+from niks3d.storage.core import BucketCore
+from niks3d.storage.errors import UploadNotFound, storage_errors
+from niks3d.storage.models import PartInfo, PresignedRequest, UploadInfo, normalize_etag, quote_etag
+
+log = logging.getLogger(__name__)
+
+# S3 numbers parts from 1 to 10000.
+MAX_PART_NUMBER = 10_000
+
+
+class MultipartOps(BucketCore):
+    """The multipart-upload operations of a :class:`~niks3d.storage.Bucket`."""
+
+    async def create_multipart(self, key: str, *, content_type: str) -> str:
+        """Start a multipart upload of ``key``; returns its upload id."""
+        with storage_errors("CreateMultipartUpload", self.name, key):
+            resp = await self._client.create_multipart_upload(
+                Bucket=self.name, Key=key, ContentType=content_type
+            )
+        upload_id = resp["UploadId"]
+        log.debug("started multipart upload %s of %s", upload_id, key)
+        return upload_id
+
+    async def presign_part(
+        self, key: str, upload_id: str, part_number: int, *, expires: timedelta | None = None
+    ) -> PresignedRequest:
+        """A presigned PUT for part ``part_number`` (1..10000) of the upload; no headers need to be sent."""
+        if not 1 <= part_number <= MAX_PART_NUMBER:
+            raise ValueError(f"part number {part_number} of {key!r} is outside 1..{MAX_PART_NUMBER}")
+        url = await self._presign(
+            "upload_part",
+            {"Bucket": self.name, "Key": key, "UploadId": upload_id, "PartNumber": part_number},
+            expires,
+            key,
+        )
+        return PresignedRequest(url=url, method="PUT", headers={})
+
+    async def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        """Every part uploaded so far (all pages), in part-number order."""
+        parts: list[PartInfo] = []
+        with storage_errors("ListParts", self.name, key, upload_id):
+            paginator = self._client.get_paginator("list_parts")
+            async for page in paginator.paginate(Bucket=self.name, Key=key, UploadId=upload_id):
+                parts.extend(
+                    PartInfo(part_number=p["PartNumber"], etag=normalize_etag(p["ETag"]), size=p.get("Size"))
+                    for p in page.get("Parts", [])
+                )
+        parts.sort(key=lambda p: p.part_number)
+        return parts
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[PartInfo] | None = None
+    ) -> None:
+        """Assemble the object from ``parts`` (None: every part S3 has, from :meth:`list_parts`).
+
+        Idempotent: if S3 no longer knows ``upload_id`` but ``key`` exists, the upload was completed before.
+        """
+        try:
+            if parts is None:
+                parts = await self.list_parts(key, upload_id)
+            if not parts:
+                raise StorageError(
+                    f"multipart upload {upload_id!r} of object {key!r} has no parts to complete"
+                )
+            ordered = sorted(parts, key=lambda p: p.part_number)
+            numbers = [p.part_number for p in ordered]
+            if len(set(numbers)) != len(numbers):
+                raise StorageError(f"multipart upload {upload_id!r} of object {key!r} lists a part twice")
+            with storage_errors("CompleteMultipartUpload", self.name, key, upload_id):
+                await self._client.complete_multipart_upload(
+                    Bucket=self.name,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={
+                        "Parts": [{"PartNumber": p.part_number, "ETag": quote_etag(p.etag)} for p in ordered]
+                    },
+                )
+        except UploadNotFound:
+            if await self.head(key) is None:
+                raise
+            log.info(
+                "multipart upload %s of %s is gone but the object exists: completed before", upload_id, key
+            )
+            return
+        log.debug("completed multipart upload %s of %s (%d parts)", upload_id, key, len(ordered))
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort the upload and free its parts; an upload that is already gone is fine."""
+        try:
+            with storage_errors("AbortMultipartUpload", self.name, key, upload_id):
+                await self._client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
+        except UploadNotFound:
+            log.debug("multipart upload %s of %s was already gone", upload_id, key)
+
+    async def iter_multipart_uploads(self, prefix: str = "") -> AsyncIterator[UploadInfo]:
+        """Every unfinished multipart upload under ``prefix`` (all pages), for GC."""
+        with storage_errors("ListMultipartUploads", self.name):
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            async for page in paginator.paginate(Bucket=self.name, Prefix=prefix):
+                for upload in page.get("Uploads", []):
+                    yield UploadInfo(
+                        key=upload["Key"], upload_id=upload["UploadId"], initiated=upload["Initiated"]
+                    )
