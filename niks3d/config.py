@@ -81,9 +81,7 @@ def parse_duration(value: object) -> timedelta:
         m = _DURATION_RE.fullmatch(value)
         if m:
             return timedelta(seconds=int(m.group(1)) * _UNIT_SECONDS[m.group(2)])
-    raise ValueError(
-        f"{value!r} is not a duration: use seconds or a string such as '30d', '12h', '90m', '45s'"
-    )
+    raise ValueError(f"{value!r} is not a duration: use seconds or a string such as '30d', '12h', '90m', '45s'")
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -185,9 +183,7 @@ class DatabaseSettings(_Section):
     @model_validator(mode="after")
     def _pool_sizes(self) -> DatabaseSettings:
         if self.pool_min_size > self.pool_max_size:
-            raise ValueError(
-                f"pool_min_size ({self.pool_min_size}) exceeds pool_max_size ({self.pool_max_size})"
-            )
+            raise ValueError(f"pool_min_size ({self.pool_min_size}) exceeds pool_max_size ({self.pool_max_size})")
         return self
 
 
@@ -221,9 +217,7 @@ class S3Settings(_Section):
     @model_validator(mode="after")
     def _keys_together(self) -> S3Settings:
         if (self.access_key_id_file is None) != (self.secret_access_key_file is None):
-            raise ValueError(
-                "set both access_key_id_file and secret_access_key_file, or neither (AWS default chain)"
-            )
+            raise ValueError("set both access_key_id_file and secret_access_key_file, or neither (AWS default chain)")
         return self
 
 
@@ -323,9 +317,7 @@ class _EnvSource(EnvSettingsSource):
         )
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(
-            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
-        )
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
 @dataclass(frozen=True)
@@ -348,9 +340,7 @@ def _env_overrides(environ: Mapping[str, str], problems: list[ConfigProblem]) ->
             values = _EnvSource({name: value})()
         except SettingsError as exc:
             detail = f" ({exc.__cause__})" if exc.__cause__ else ""
-            reason = (
-                f'cannot parse the value{detail}; lists and tables are written as JSON, e.g. \'["a", "b"]\''
-            )
+            reason = f'cannot parse the value{detail}; lists and tables are written as JSON, e.g. \'["a", "b"]\''
             problems.append(ConfigProblem(where, format_loc(loc), reason))
             continue
         if values:
@@ -404,9 +394,7 @@ def _reason(error_type: str, message: str) -> str:
     return message
 
 
-def load_config(
-    path: str | Path, *, environ: Mapping[str, str] | None = None, open_secrets: bool = True
-) -> Config:
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None, open_secrets: bool = True) -> Config:
     """Read, override, validate and resolve the configuration at ``path``; raise ConfigError listing every
     problem.
 
@@ -440,9 +428,7 @@ def load_config(
             loc = tuple(error["loc"])
             missing = error["type"] == "missing"
             problems.append(
-                ConfigProblem(
-                    where(loc, missing=missing), format_loc(loc), _reason(error["type"], error["msg"])
-                )
+                ConfigProblem(where(loc, missing=missing), format_loc(loc), _reason(error["type"], error["msg"]))
             )
 
     secrets = Secrets.empty()

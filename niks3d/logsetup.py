@@ -262,9 +262,7 @@ def _make_handler(fmt: LogFormat, stream: IO[str]) -> logging.Handler:
     return handler
 
 
-def setup_logging(
-    level: str = "info", fmt: LogFormat = "auto", *, stream: IO[str] | None = None
-) -> logging.Handler:
+def setup_logging(level: str = "info", fmt: LogFormat = "auto", *, stream: IO[str] | None = None) -> logging.Handler:
     """Route all logging through one redacting handler on the root logger and return that handler.
 
     ``stream`` (default: ``sys.stderr`` at call time) is used by the text and json formats. Calling it again

@@ -74,9 +74,7 @@ class Secrets:
         )
 
 
-def resolve_secret_path(
-    name: str | os.PathLike[str], *, config_dir: Path, credentials_dir: Path | None
-) -> Path:
+def resolve_secret_path(name: str | os.PathLike[str], *, config_dir: Path, credentials_dir: Path | None) -> Path:
     """An absolute name as is; a relative one under ``credentials_dir`` if set, else under ``config_dir``."""
     path = Path(name)
     if path.is_absolute():
@@ -150,9 +148,7 @@ class SecretFiles:
             self.problems.append((loc, f"cannot read {path}: {exc.strerror}"))
             return None
         if len(data) > _MAX_SECRET_BYTES:
-            self.problems.append(
-                (loc, f"{path} is larger than {_MAX_SECRET_BYTES} bytes; is it the right file?")
-            )
+            self.problems.append((loc, f"{path} is larger than {_MAX_SECRET_BYTES} bytes; is it the right file?"))
             return None
         if st.st_mode & (stat.S_IRGRP | stat.S_IROTH) and not self._under_credentials(path):
             logger.warning(
@@ -196,8 +192,7 @@ class SecretFiles:
                 self.problems.append(
                     (
                         loc,
-                        f"key name {key.name!r} is also used by {other}; "
-                        "Nix finds keys by name: give each its own",
+                        f"key name {key.name!r} is also used by {other}; Nix finds keys by name: give each its own",
                     )
                 )
                 continue

@@ -27,9 +27,7 @@ from niks3d.nix.signing import SecretKey
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "niks3d.toml"
 # protocol.md 3.3's throwaway test vector.
-KNOWN_KEY = (
-    "test-cache-1:PqggjRI4Ue4L9QFtQg+/rYIn5t2c/6jiUk2Q/I+mAHbhNpTF4pJOuaJN1Mck2jYg1kt/Z3hJlFyljAuoyAmKUg=="
-)
+KNOWN_KEY = "test-cache-1:PqggjRI4Ue4L9QFtQg+/rYIn5t2c/6jiUk2Q/I+mAHbhNpTF4pJOuaJN1Mck2jYg1kt/Z3hJlFyljAuoyAmKUg=="
 KNOWN_PUBLIC = "test-cache-1:4TaUxeKSTrmiTdTHJNo2INZLf2d4SZRcpYwLqMgJilI="
 CI_TOKEN = "ci-token-0123456789abcdef"
 ADMIN_TOKEN = "admin-token-fedcba9876543210"
@@ -251,9 +249,7 @@ def test_relative_secret_names_resolve_in_credentials_directory(
     # systemd's credential files may be group-readable inside the credentials directory: no warning.
     secret(credentials, "signing-key", KNOWN_KEY, mode=0o440)
     secret(credentials, "token", CI_TOKEN, mode=0o444)
-    data = minimal(
-        signing={"key_files": ["signing-key"]}, tokens=[{"name": "ci", "file": "token", "scopes": ["push"]}]
-    )
+    data = minimal(signing={"key_files": ["signing-key"]}, tokens=[{"name": "ci", "file": "token", "scopes": ["push"]}])
     path = write_config(config_dir, data)
     with caplog.at_level(logging.WARNING, logger="niks3d"):
         config = load_config(path, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
@@ -279,9 +275,7 @@ def test_absolute_secret_paths_are_used_as_is(tmp_path: Path) -> None:
     assert config.secrets.signing_keys[0].name == "test-cache-1"
 
 
-def test_group_readable_secret_is_used_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_group_readable_secret_is_used_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     key = secret(tmp_path, "sk", KNOWN_KEY, mode=0o640)
     path = write_config(tmp_path, minimal())
     with caplog.at_level(logging.WARNING, logger="niks3d"):

@@ -190,9 +190,7 @@ def test_journal_without_systemd_python_falls_back_to_prefixed_stderr_lines(
 def test_text_lines_are_level_logger_message_and_fields() -> None:
     out = io.StringIO()
     setup_logging("info", "text", stream=out)
-    log_event(
-        logger, logging.INFO, "push.done", "pushed %d paths", 2, paths=2, root="/nix/store/x y", ok=True
-    )
+    log_event(logger, logging.INFO, "push.done", "pushed %d paths", 2, paths=2, root="/nix/store/x y", ok=True)
     logger.debug("not shown at info level")
     logger.warning("no fields here")
     assert out.getvalue().splitlines() == [
@@ -256,9 +254,7 @@ def test_text_lines_carry_a_timestamp_only_on_a_tty() -> None:
 
 def test_text_formatter_prefixes_every_line_with_the_syslog_priority() -> None:
     record = logging.LogRecord("niks3d.x", logging.ERROR, __file__, 1, "two\nlines", None, None)
-    assert TextFormatter(timestamps=False, syslog_prefix=True).format(record) == (
-        "<3>ERROR niks3d.x: two\n<3>lines"
-    )
+    assert TextFormatter(timestamps=False, syslog_prefix=True).format(record) == ("<3>ERROR niks3d.x: two\n<3>lines")
 
 
 # --- redaction -------------------------------------------------------------------------------------------

@@ -91,9 +91,7 @@ def test_socket_activated_child_accepts_on_the_inherited_listening_socket() -> N
     port = _free_port()
     argv = [SOCKET_ACTIVATE, "-l", f"127.0.0.1:{port}", "--fdname=web", "-E", f"PYTHONPATH={REPO}"]
     argv += ["--", sys.executable, "-c", CHILD]
-    with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env(), text=True
-    ) as proc:
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env(), text=True) as proc:
         try:
             # systemd-socket-activate execs the child only when the first connection arrives.
             with _connect(port, time.monotonic() + 10) as conn:
@@ -337,9 +335,7 @@ def test_watchdog_interval_is_half_the_timeout_for_this_process(
         if value is None:
             monkeypatch.delenv(name, raising=False)
         else:
-            monkeypatch.setenv(
-                name, {"self": str(os.getpid()), "other": str(os.getpid() + 1)}.get(value, value)
-            )
+            monkeypatch.setenv(name, {"self": str(os.getpid()), "other": str(os.getpid() + 1)}.get(value, value))
     assert watchdog_interval() == expected
 
 

@@ -34,9 +34,7 @@ def summary(config: Config, *, secrets_opened: bool) -> list[str]:
     """The lines check-config prints for a valid configuration."""
     settings = config.settings
     s3 = settings.s3
-    lines = [
-        f"{config.source}: OK" + ("" if secrets_opened else " (structure only; secret files not opened)")
-    ]
+    lines = [f"{config.source}: OK" + ("" if secrets_opened else " (structure only; secret files not opened)")]
     if config.overrides:
         lines.append(f"environment overrides: {', '.join(config.overrides)}")
     lines.append(f"listen: {', '.join(settings.server.listen)}")

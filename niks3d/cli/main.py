@@ -104,9 +104,7 @@ def _dev_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="keep PostgreSQL, S3 data and the generated config here (default: a temporary directory)",
     )
-    parser.add_argument(
-        "--port", type=_port, metavar="N", help="the daemon's HTTP port (default: 5751)"
-    )
+    parser.add_argument("--port", type=_port, metavar="N", help="the daemon's HTTP port (default: 5751)")
     parser.add_argument("--keep", action="store_true", help="do not delete the directory on exit")
 
 

@@ -92,9 +92,7 @@ def _check_sequence(migrations: Sequence[Migration], where: str) -> tuple[Migrat
     for expected, migration in enumerate(ordered, start=1):
         if migration.version != expected:
             found = ", ".join(m.label for m in ordered)
-            raise DatabaseError(
-                f"{where}: migrations must be numbered 0001, 0002, ... without gaps; found {found}"
-            )
+            raise DatabaseError(f"{where}: migrations must be numbered 0001, 0002, ... without gaps; found {found}")
     return ordered
 
 
@@ -139,9 +137,7 @@ def _plan(known: Sequence[Migration], applied: Sequence[_Applied]) -> list[Migra
 
 
 async def _applied(conn: Any) -> list[_Applied]:
-    rows = await conn.fetch(
-        "SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version"
-    )
+    rows = await conn.fetch("SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version")
     return [_Applied(r["version"], r["name"], r["checksum"], r["applied_at"]) for r in rows]
 
 

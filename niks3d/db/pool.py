@@ -64,9 +64,7 @@ def describe_target(url: str) -> str:
         for host, host_port in endpoints
     ]
     where = ", ".join(targets) or "the default socket (PGHOST, or /run/postgresql)"
-    details = ", ".join(
-        d for d in (f"database {database}" if database else "", f"user {user}" if user else "") if d
-    )
+    details = ", ".join(d for d in (f"database {database}" if database else "", f"user {user}" if user else "") if d)
     return f"{where} ({details})" if details else where
 
 

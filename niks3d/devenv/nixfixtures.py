@@ -168,9 +168,7 @@ def _tail(text: str) -> str:
 def _run(argv: list[str], *, timeout: float = 900) -> str:
     log.info("running %s", shlex.join(argv))
     try:
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, errors="replace", timeout=timeout, check=False
-        )
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ServiceError(f"{shlex.join(argv)} could not run: {exc}") from exc
     if proc.returncode != 0:

@@ -128,9 +128,7 @@ def _classify(key: str) -> tuple[BucketKind, str | None]:
             if dot and suffix in ("narinfo", "ls"):
                 kind: BucketKind = "narinfo" if suffix == "narinfo" else "ls"
                 return kind, validate_hash_part(stem)
-            raise InvalidBucketKey(
-                "a key without '/' must be 'nix-cache-info', '<hash>.narinfo' or '<hash>.ls'"
-            )
+            raise InvalidBucketKey("a key without '/' must be 'nix-cache-info', '<hash>.narinfo' or '<hash>.ls'")
         prefix, _, rest = key.partition("/")
         if prefix == "nar":
             problem = _nar_problem(key)

@@ -47,9 +47,7 @@ def parse_sha256(text: str) -> bytes:
     if not text.startswith("sha256:"):
         algo = re.match(r"([A-Za-z0-9]+)[:-]", text)
         if algo:
-            raise InvalidHash(
-                f"invalid hash {quote(text)}: algorithm {algo[1]!r} is not supported, only sha256"
-            )
+            raise InvalidHash(f"invalid hash {quote(text)}: algorithm {algo[1]!r} is not supported, only sha256")
         raise InvalidHash(f"invalid hash {quote(text)}: expected 'sha256:<hash>' or SRI 'sha256-<base64>'")
     body = text[len("sha256:") :]
     if len(body) == _NIX32_LEN:

@@ -163,9 +163,7 @@ class NarDumper:
     (naming the file), a tree deeper than :data:`MAX_DEPTH`, or a file that shrinks while it is read.
     """
 
-    def __init__(
-        self, path: str | os.PathLike[str], *, chunk_size: int = 1 << 20, listing: bool = True
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, chunk_size: int = 1 << 20, listing: bool = True) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self._path = os.fsencode(path)
@@ -328,8 +326,7 @@ _Step = Generator[int, bytes | None, bytes]
 _OPEN_NODE = (b"(", b"type")
 _OPEN_ENTRY = (b"(", b"name")
 _EXPECTED: dict[tuple[bytes, ...], bytes] = {
-    tags: b"".join(_str(t) for t in tags)
-    for tags in (_OPEN_NODE, _OPEN_ENTRY, (b"node",), (b")",), (b"target",))
+    tags: b"".join(_str(t) for t in tags) for tags in (_OPEN_NODE, _OPEN_ENTRY, (b"node",), (b")",), (b"target",))
 }
 
 
@@ -462,9 +459,7 @@ class NarValidator:
             raise InvalidNar(f"non-zero padding after {what} {_where(path)}", offset=start + 8 + length)
         return body[:length]
 
-    def _expect(
-        self, tags: tuple[bytes, ...], path: bytes, context: str
-    ) -> Generator[int, bytes | None, None]:
+    def _expect(self, tags: tuple[bytes, ...], path: bytes, context: str) -> Generator[int, bytes | None, None]:
         """The keywords ``tags`` in a row, read in one request; a mismatch is diagnosed token by token."""
         start = self._offset
         expected = _EXPECTED[tags]
@@ -482,8 +477,7 @@ class NarValidator:
             length = int.from_bytes(raw[pos : pos + 8], "little")
             if length > MAX_TAG:
                 raise InvalidNar(
-                    f"tag '{tag.decode()}' {_where(path)} is {length} bytes long, more than the limit of "
-                    f"{MAX_TAG}",
+                    f"tag '{tag.decode()}' {_where(path)} is {length} bytes long, more than the limit of {MAX_TAG}",
                     offset=start + pos,
                 )
             end = pos + 8 + ((length + 7) & ~7)
@@ -497,9 +491,7 @@ class NarValidator:
                     offset=start + pos + 8 + length,
                 )
             got = raw[pos + 8 : pos + 8 + length]
-            raise InvalidNar(
-                f"expected tag '{tag.decode()}' {context} {_where(path)}, got {got!r}", offset=start + pos
-            )
+            raise InvalidNar(f"expected tag '{tag.decode()}' {context} {_where(path)}, got {got!r}", offset=start + pos)
 
     def _parse(self) -> _Parser:
         length = yield from self._read_u64("the archive magic", b"")
@@ -511,9 +503,7 @@ class NarValidator:
 
     def _parse_node(self, depth: int, path: bytes) -> _Parser:
         if depth > MAX_DEPTH:
-            raise InvalidNar(
-                f"'{_display(path)}' is nested more than {MAX_DEPTH} levels deep", offset=self._offset
-            )
+            raise InvalidNar(f"'{_display(path)}' is nested more than {MAX_DEPTH} levels deep", offset=self._offset)
         yield from self._expect(_OPEN_NODE, path, "at the start of a node")
         start = self._offset
         kind = yield from self._read_str(MAX_TAG, "the node type", path)
@@ -553,9 +543,7 @@ class NarValidator:
             self._expecting = ("the padding after the contents of the file", path)
             pad = yield 8 - size % 8
             if pad is None or pad.strip(b"\0"):
-                raise InvalidNar(
-                    f"non-zero padding after the contents {_where(path)}", offset=nar_offset + size
-                )
+                raise InvalidNar(f"non-zero padding after the contents {_where(path)}", offset=nar_offset + size)
         yield from self._expect((b")",), path, "after the contents")
         if not self._want_listing:
             return None

@@ -102,17 +102,13 @@ def _check_sig(value: object) -> str:
 
 def _check_ca(value: object) -> str:
     if not isinstance(value, str) or not _CA_RE.fullmatch(value):
-        raise _Problem(
-            f"{quote(value)} is not a content address like 'fixed:r:sha256:<hash>' or 'text:sha256:…'"
-        )
+        raise _Problem(f"{quote(value)} is not a content address like 'fixed:r:sha256:<hash>' or 'text:sha256:…'")
     return value
 
 
 def _check_compression(value: object) -> str:
     if value not in COMPRESSION_EXTENSIONS:
-        raise _Problem(
-            f"unknown compression {quote(value)}; expected one of {', '.join(COMPRESSION_EXTENSIONS)}"
-        )
+        raise _Problem(f"unknown compression {quote(value)}; expected one of {', '.join(COMPRESSION_EXTENSIONS)}")
     return str(value)
 
 
@@ -223,13 +219,9 @@ def _split_lines(text: str) -> list[tuple[int, str, str]]:
     lines = text.split("\n")
     for number, line in enumerate(lines, start=1):
         if "\r" in line:
-            raise InvalidNarInfo(
-                "contains a carriage return (CRLF line endings)", line=number, field=_key_of(line)
-            )
+            raise InvalidNarInfo("contains a carriage return (CRLF line endings)", line=number, field=_key_of(line))
     if lines[-1]:
-        raise InvalidNarInfo(
-            "the last line does not end in a newline", line=len(lines), field=_key_of(lines[-1])
-        )
+        raise InvalidNarInfo("the last line does not end in a newline", line=len(lines), field=_key_of(lines[-1]))
     entries = []
     for number, line in enumerate(lines[:-1], start=1):
         if not line:
@@ -274,9 +266,7 @@ def parse_narinfo(text: str | bytes, *, expected_hash: str | None = None) -> Nar
             if key == "StorePath":
                 path: StorePath = _wrap(StorePath.parse, value)
                 if expected_hash is not None and path.hash != expected_hash:
-                    raise _Problem(
-                        f"the hash part {path.hash!r} does not match the expected {expected_hash!r}"
-                    )
+                    raise _Problem(f"the hash part {path.hash!r} does not match the expected {expected_hash!r}")
                 fields["store_path"] = path
             elif key == "URL":
                 fields["url"] = _check_token(value, "URL")

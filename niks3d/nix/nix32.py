@@ -47,9 +47,7 @@ def decode(text: str, nbytes: int) -> bytes:
     for position, ch in enumerate(text):
         digit = _DIGIT.get(ch)
         if digit is None:
-            raise InvalidNix32(
-                f"invalid nix32 string {quote(text)}: character {ch!r} at index {position} is not nix32"
-            )
+            raise InvalidNix32(f"invalid nix32 string {quote(text)}: character {ch!r} at index {position} is not nix32")
         value = (value << 5) | digit
     if value >> (nbytes * 8):
         raise InvalidNix32(f"invalid nix32 string {quote(text)}: it sets bits beyond {nbytes} bytes")

@@ -82,9 +82,7 @@ class Realisation:
             except InvalidRealisation as exc:
                 raise InvalidRealisation(f"realisation dependentRealisations: {exc}") from None
             if deps.setdefault(dep_id, _basename(dep_path, f"dependentRealisations[{dep_id!r}]")) != dep_path:
-                raise InvalidRealisation(
-                    f"realisation dependency {dep_id!r} is given twice with different paths"
-                )
+                raise InvalidRealisation(f"realisation dependency {dep_id!r} is given twice with different paths")
         object.__setattr__(self, "signatures", sigs)
         object.__setattr__(self, "dependent_realisations", tuple(sorted(deps.items())))
 
@@ -153,9 +151,7 @@ def parse_realisation(text: str | bytes, *, expected_id: str | None = None) -> R
     if not isinstance(body["id"], str):
         raise InvalidRealisation(f"realisation id must be a string, got {type(body['id']).__name__}")
     if expected_id is not None and body["id"] != expected_id:
-        raise InvalidRealisation(
-            f"realisation id {quote(body['id'])} does not match its key's id {expected_id!r}"
-        )
+        raise InvalidRealisation(f"realisation id {quote(body['id'])} does not match its key's id {expected_id!r}")
     signatures = body.get("signatures", [])
     if not isinstance(signatures, list):
         raise InvalidRealisation("realisation 'signatures' must be a list")

@@ -154,9 +154,7 @@ class SecretKey:
             raise InvalidSigningKey(f"secret key {self.name!r} is not valid: expected {_SECRET_LEN} bytes")
         derived = bytes(nacl.signing.SigningKey(self.secret[:_SEED_LEN]).verify_key)
         if derived != self.secret[_SEED_LEN:]:
-            raise InvalidSigningKey(
-                f"secret key {self.name!r} is not valid: its public half does not match its seed"
-            )
+            raise InvalidSigningKey(f"secret key {self.name!r} is not valid: its public half does not match its seed")
 
     @classmethod
     def parse(cls, text: str) -> SecretKey:

@@ -184,9 +184,7 @@ def translate_error(
 
 
 @contextmanager
-def storage_errors(
-    operation: str, bucket: str, key: str | None = None, upload_id: str | None = None
-) -> Iterator[None]:
+def storage_errors(operation: str, bucket: str, key: str | None = None, upload_id: str | None = None) -> Iterator[None]:
     """Re-raise botocore, aiohttp and timeout errors from the block as :class:`StorageError` (chained)."""
     try:
         yield

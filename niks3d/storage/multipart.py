@@ -32,9 +32,7 @@ class MultipartOps(BucketCore):
     async def create_multipart(self, key: str, *, content_type: str) -> str:
         """Start a multipart upload of ``key``; returns its upload id."""
         with storage_errors("CreateMultipartUpload", self.name, key):
-            resp = await self._client.create_multipart_upload(
-                Bucket=self.name, Key=key, ContentType=content_type
-            )
+            resp = await self._client.create_multipart_upload(Bucket=self.name, Key=key, ContentType=content_type)
         upload_id = resp["UploadId"]
         log.debug("started multipart upload %s of %s", upload_id, key)
         return upload_id
@@ -66,9 +64,7 @@ class MultipartOps(BucketCore):
         parts.sort(key=lambda p: p.part_number)
         return parts
 
-    async def complete_multipart(
-        self, key: str, upload_id: str, parts: Sequence[PartInfo] | None = None
-    ) -> None:
+    async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo] | None = None) -> None:
         """Assemble the object from ``parts`` (None: every part S3 has, from :meth:`list_parts`).
 
         Idempotent: if S3 no longer knows ``upload_id`` but ``key`` exists, the upload was completed before.
@@ -77,9 +73,7 @@ class MultipartOps(BucketCore):
             if parts is None:
                 parts = await self.list_parts(key, upload_id)
             if not parts:
-                raise StorageError(
-                    f"multipart upload {upload_id!r} of object {key!r} has no parts to complete"
-                )
+                raise StorageError(f"multipart upload {upload_id!r} of object {key!r} has no parts to complete")
             ordered = sorted(parts, key=lambda p: p.part_number)
             numbers = [p.part_number for p in ordered]
             if len(set(numbers)) != len(numbers):
@@ -96,9 +90,7 @@ class MultipartOps(BucketCore):
         except UploadNotFound:
             if await self.head(key) is None:
                 raise
-            log.info(
-                "multipart upload %s of %s is gone but the object exists: completed before", upload_id, key
-            )
+            log.info("multipart upload %s of %s is gone but the object exists: completed before", upload_id, key)
             return
         log.debug("completed multipart upload %s of %s (%d parts)", upload_id, key, len(ordered))
 
@@ -116,6 +108,4 @@ class MultipartOps(BucketCore):
             paginator = self._client.get_paginator("list_multipart_uploads")
             async for page in paginator.paginate(Bucket=self.name, Prefix=prefix):
                 for upload in page.get("Uploads", []):
-                    yield UploadInfo(
-                        key=upload["Key"], upload_id=upload["UploadId"], initiated=upload["Initiated"]
-                    )
+                    yield UploadInfo(key=upload["Key"], upload_id=upload["UploadId"], initiated=upload["Initiated"])

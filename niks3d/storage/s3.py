@@ -107,9 +107,7 @@ class Bucket(MultipartOps):
         async with await self.open_stream(key) as stream:
             return await stream.read()
 
-    async def open_stream(
-        self, key: str, *, byte_range: tuple[int, int | None] | None = None
-    ) -> ObjectStream:
+    async def open_stream(self, key: str, *, byte_range: tuple[int, int | None] | None = None) -> ObjectStream:
         """GET ``key`` (or a range of it, see :func:`_range_header`) and return once S3 has answered.
 
         Raises ObjectNotFound for a missing key and RangeNotSatisfiable for a range past the end.
@@ -175,9 +173,7 @@ class Bucket(MultipartOps):
         """Every object under ``prefix``, in key order (ListObjectsV2, all pages); no content headers."""
         with storage_errors("ListObjectsV2", self.name):
             paginator = self._client.get_paginator("list_objects_v2")
-            pages = paginator.paginate(
-                Bucket=self.name, Prefix=prefix, PaginationConfig={"PageSize": page_size}
-            )
+            pages = paginator.paginate(Bucket=self.name, Prefix=prefix, PaginationConfig={"PageSize": page_size})
             async for page in pages:
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(
@@ -273,7 +269,6 @@ async def open_bucket(
                 )
         except (BotoCoreError, ValueError) as exc:
             raise StorageError(
-                f"cannot set up the S3 client for bucket {settings.bucket!r} at "
-                f"{settings.endpoint_url or 'AWS'}: {exc}"
+                f"cannot set up the S3 client for bucket {settings.bucket!r} at {settings.endpoint_url or 'AWS'}: {exc}"
             ) from exc
         yield Bucket(settings=settings, client=client, presigner=presigner)

@@ -22,9 +22,7 @@ from niks3d.nix.signing import SecretKey
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "niks3d.toml"
 NIKS3D = Path(sys.executable).with_name("niks3d")
-KNOWN_KEY = (
-    "test-cache-1:PqggjRI4Ue4L9QFtQg+/rYIn5t2c/6jiUk2Q/I+mAHbhNpTF4pJOuaJN1Mck2jYg1kt/Z3hJlFyljAuoyAmKUg=="
-)
+KNOWN_KEY = "test-cache-1:PqggjRI4Ue4L9QFtQg+/rYIn5t2c/6jiUk2Q/I+mAHbhNpTF4pJOuaJN1Mck2jYg1kt/Z3hJlFyljAuoyAmKUg=="
 KNOWN_PUBLIC = "test-cache-1:4TaUxeKSTrmiTdTHJNo2INZLf2d4SZRcpYwLqMgJilI="
 TOKEN = "push-token-0123456789abcdef"
 
@@ -45,9 +43,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def run_niks3d(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {
-        k: v for k, v in os.environ.items() if not k.startswith("NIKS3_") and k != "CREDENTIALS_DIRECTORY"
-    }
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NIKS3_") and k != "CREDENTIALS_DIRECTORY"}
     base.pop("JOURNAL_STREAM", None)
     return subprocess.run(
         [str(NIKS3D), *args],
@@ -140,9 +136,7 @@ def test_environment_problems_name_the_variable(valid: Path) -> None:
     result = run_niks3d("check-config", str(valid), env={"NIKS3_GC__OLDER_THAN": "forever"})
     assert result.returncode == 1
     [line] = result.stdout.splitlines()
-    assert line.startswith(
-        "environment variable NIKS3_GC__OLDER_THAN: gc.older_than: 'forever' is not a duration"
-    )
+    assert line.startswith("environment variable NIKS3_GC__OLDER_THAN: gc.older_than: 'forever' is not a duration")
 
 
 def test_environment_overrides_are_listed(valid: Path) -> None:
@@ -180,9 +174,7 @@ def test_credentials_directory_supplies_relative_secrets(valid: Path, tmp_path: 
     assert KNOWN_PUBLIC in result.stdout
 
 
-def test_no_secrets_checks_structure_without_the_files(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_no_secrets_checks_structure_without_the_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = {
         "s3": {"bucket": "b", "access_key_id_file": "absent-id", "secret_access_key_file": "absent-key"},
         "signing": {"key_files": ["absent-sk"]},
@@ -196,9 +188,7 @@ def test_no_secrets_checks_structure_without_the_files(
     assert "structure only" in out and "absent-sk" in out and "  ci: push" in out
 
 
-def test_no_secrets_still_reports_structural_problems(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_no_secrets_still_reports_structural_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path, {"s3": {"bucket": "b"}, "signing": {"key_files": []}})
     assert main(["check-config", "--no-secrets", str(path)]) == 1
     [line] = capsys.readouterr().out.splitlines()
@@ -230,9 +220,7 @@ def fake_gc(monkeypatch: pytest.MonkeyPatch) -> list[argparse.Namespace]:
         if args.config.name == "interrupt.toml":
             raise KeyboardInterrupt
         if args.config.name == "broken.toml":
-            raise ConfigError(
-                [ConfigProblem("broken.toml", "gc.older_than", "bad"), ConfigProblem("x", "", "y")]
-            )
+            raise ConfigError([ConfigProblem("broken.toml", "gc.older_than", "bad"), ConfigProblem("x", "", "y")])
         return 7
 
     module.gc_command = gc_command  # type: ignore[attr-defined]
@@ -240,13 +228,9 @@ def fake_gc(monkeypatch: pytest.MonkeyPatch) -> list[argparse.Namespace]:
     return calls
 
 
-def test_subcommand_gets_parsed_arguments(
-    fake_gc: list[argparse.Namespace], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_subcommand_gets_parsed_arguments(fake_gc: list[argparse.Namespace], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NIKS3_CONFIG", "/srv/niks3d.toml")
-    assert (
-        main(["--log-level", "debug", "gc", "--older-than", "7d", "--grace-period", "90m", "--dry-run"]) == 7
-    )
+    assert main(["--log-level", "debug", "gc", "--older-than", "7d", "--grace-period", "90m", "--dry-run"]) == 7
     [args] = fake_gc
     assert args.config == Path("/srv/niks3d.toml") and args.log_level == "debug"
     assert args.older_than == timedelta(days=7) and args.grace_period == timedelta(minutes=90)

@@ -101,10 +101,7 @@ async def test_migrations_apply_on_an_empty_database(pool: asyncpg.Pool) -> None
 
     assert applied == [m.label for m in load_migrations()]
     assert await applied_versions(pool) == [(m.version, m.name, m.checksum) for m in load_migrations()]
-    tables = {
-        r["tablename"]
-        for r in await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-    }
+    tables = {r["tablename"] for r in await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert tables == TABLES | {"schema_migrations"}
     await check_schema(pool)
 
@@ -120,9 +117,7 @@ async def test_a_second_run_applies_nothing(pool: asyncpg.Pool) -> None:
 async def test_a_new_migration_applies_on_top_of_earlier_ones(pool: asyncpg.Pool) -> None:
     both = steps("CREATE TABLE t (x int)", "ALTER TABLE t ADD COLUMN y int")
     assert await migrate(pool, migrations=both[:1]) == ["0001_step1"]
-    with pytest.raises(
-        DatabaseError, match=r"1 migration\(s\) not applied \(0002_step2\): run `niks3d migrate`"
-    ):
+    with pytest.raises(DatabaseError, match=r"1 migration\(s\) not applied \(0002_step2\): run `niks3d migrate`"):
         await check_schema(pool, migrations=both)
     assert await migrate(pool, migrations=both) == ["0002_step2"]
     await check_schema(pool, migrations=both)
@@ -132,9 +127,7 @@ async def test_a_new_migration_applies_on_top_of_earlier_ones(pool: asyncpg.Pool
 async def test_a_failing_migration_is_rolled_back_whole_and_releases_the_lock(pool: asyncpg.Pool) -> None:
     migrations = steps("CREATE TABLE kept (x int)", "CREATE TABLE half_done (x int); SELECT 1 / 0;")
 
-    with pytest.raises(
-        DatabaseError, match=r"migration 0002_step2 failed and was rolled back: division by zero"
-    ):
+    with pytest.raises(DatabaseError, match=r"migration 0002_step2 failed and was rolled back: division by zero"):
         await migrate(pool, migrations=migrations)
 
     assert [v for v, _, _ in await applied_versions(pool)] == [1]
@@ -170,9 +163,7 @@ async def test_the_lock_serializes_slow_migrations_across_pools(db_settings: Dat
         assert [r["step"] for r in await a.fetch("SELECT step FROM applied_log ORDER BY step")] == [1, 2]
 
 
-async def test_migrate_waits_while_another_process_holds_the_lock(
-    pool: asyncpg.Pool, database_dsn: str
-) -> None:
+async def test_migrate_waits_while_another_process_holds_the_lock(pool: asyncpg.Pool, database_dsn: str) -> None:
     other = await asyncpg.connect(database_dsn)
     try:
         await other.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
@@ -211,9 +202,7 @@ async def test_a_migration_file_changed_after_it_was_applied_is_refused(pool: as
 
 async def test_a_database_migrated_by_a_newer_niks3d_is_refused(pool: asyncpg.Pool) -> None:
     await migrate(pool)
-    await pool.execute(
-        "INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, 'from_the_future', 'x')"
-    )
+    await pool.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, 'from_the_future', 'x')")
     latest = load_migrations()[-1].label
     expected = (
         r"the database has migration 9999_from_the_future \(applied \d{4}-\d\d-\d\d [0-9:]+ UTC\), "
@@ -304,17 +293,13 @@ async def test_connection_errors_name_the_target_but_never_the_password() -> Non
     with pytest.raises(DatabaseError) as caught:
         await create_pool(settings, "hunter2-very-secret")
     message = str(caught.value)
-    assert message.startswith(
-        f"cannot connect to PostgreSQL at 127.0.0.1:{port} (database cache, user niks3): "
-    )
+    assert message.startswith(f"cannot connect to PostgreSQL at 127.0.0.1:{port} (database cache, user niks3): ")
     assert "hunter2" not in message
 
 
 async def test_connection_errors_name_the_socket(tmp_path: Path) -> None:
     settings = DatabaseSettings(url=f"postgresql:///cache?host={tmp_path}", connect_timeout=5)
-    with pytest.raises(
-        DatabaseError, match=rf"cannot connect to PostgreSQL at socket {tmp_path}/\.s\.PGSQL\.5432"
-    ):
+    with pytest.raises(DatabaseError, match=rf"cannot connect to PostgreSQL at socket {tmp_path}/\.s\.PGSQL\.5432"):
         await create_pool(settings, None)
 
 

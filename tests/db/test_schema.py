@@ -99,9 +99,7 @@ async def add_path(conn: Any, hash_part: str, name: str = "pkg", references: tup
     await add_object(conn, row["narinfo_key"], "narinfo")
     await insert(conn, "store_paths", row)
     for reference in references:
-        await conn.execute(
-            "INSERT INTO path_references (referrer, reference) VALUES ($1, $2)", hash_part, reference
-        )
+        await conn.execute("INSERT INTO path_references (referrer, reference) VALUES ($1, $2)", hash_part, reference)
 
 
 async def add_session(conn: Any, token: str = "ci", idempotency_key: str | None = None) -> uuid.UUID:
@@ -117,9 +115,7 @@ async def add_session(conn: Any, token: str = "ci", idempotency_key: str | None 
     return session_id
 
 
-async def refused(
-    conn: Any, error: type[asyncpg.PostgresError], constraint: str, query: str, *args: Any
-) -> None:
+async def refused(conn: Any, error: type[asyncpg.PostgresError], constraint: str, query: str, *args: Any) -> None:
     with pytest.raises(error) as caught:
         await conn.execute(query, *args)
     assert caught.value.constraint_name == constraint, caught.value
@@ -138,13 +134,9 @@ async def test_a_consistent_closure_with_files_roots_pins_and_claims_is_accepted
         await add_path(conn, TEST, "prototest-1.0", references=(DEP, TEST))
         for key, kind in ((f"{TEST}.ls", "ls"), (f"log/{DRV}", "log"), (REALISATION, "realisation")):
             await add_object(conn, key, kind)
-            await conn.execute(
-                "INSERT INTO path_files (hash, key, kind) VALUES ($1, $2, $3)", TEST, key, kind
-            )
+            await conn.execute("INSERT INTO path_files (hash, key, kind) VALUES ($1, $2, $3)", TEST, key, kind)
         await conn.execute("INSERT INTO roots (hash) VALUES ($1)", TEST)
-        await conn.execute(
-            "INSERT INTO pins (name, hash, created_by) VALUES ('release-1.0_rc.2', $1, 'ci')", TEST
-        )
+        await conn.execute("INSERT INTO pins (name, hash, created_by) VALUES ('release-1.0_rc.2', $1, 'ci')", TEST)
         session = await add_session(conn, idempotency_key="push-1")
         await add_object(conn, nar_key_for(OTHER), "nar", present=False)
         await conn.execute(
@@ -276,9 +268,7 @@ async def test_store_paths_refuse_garbage(pool: asyncpg.Pool) -> None:
 
 
 NARINFO_MANGLES = {
-    "URL of another NAR": lambda text: text.replace(
-        "URL: nar/", "URL: ../nar/"
-    ),  # GC keeps nar_key, not this
+    "URL of another NAR": lambda text: text.replace("URL: nar/", "URL: ../nar/"),  # GC keeps nar_key, not this
     "NarSize": lambda text: text.replace("NarSize: 2072", "NarSize: 2073"),
     "NarHash": lambda text: text.replace("NarHash: sha256:0", "NarHash: sha256:1"),
     "FileSize": lambda text: text.replace("FileSize: 431", "FileSize: 430"),
@@ -323,16 +313,10 @@ async def test_path_files_hold_only_their_own_per_path_files(pool: asyncpg.Pool)
     await add_object(pool, f"{DEP}.ls", "ls")
     await add_object(pool, f"log/{DRV}", "log")
     query = "INSERT INTO path_files (hash, key, kind) VALUES ($1, $2, $3)"
-    await refused(
-        pool, asyncpg.CheckViolationError, "path_files_kind_check", query, TEST, nar_key_for(TEST), "nar"
-    )
-    await refused(
-        pool, asyncpg.CheckViolationError, "path_files_key_matches_kind", query, TEST, f"log/{DRV}", "ls"
-    )
+    await refused(pool, asyncpg.CheckViolationError, "path_files_kind_check", query, TEST, nar_key_for(TEST), "nar")
+    await refused(pool, asyncpg.CheckViolationError, "path_files_key_matches_kind", query, TEST, f"log/{DRV}", "ls")
     await refused(pool, asyncpg.CheckViolationError, "path_files_ls_is_own", query, TEST, f"{DEP}.ls", "ls")
-    await refused(
-        pool, asyncpg.ForeignKeyViolationError, "path_files_key_fkey", query, TEST, f"{TEST}.ls", "ls"
-    )
+    await refused(pool, asyncpg.ForeignKeyViolationError, "path_files_key_fkey", query, TEST, f"{TEST}.ls", "ls")
     await pool.execute(query, DEP, f"{DEP}.ls", "ls")
     await pool.execute(query, TEST, f"log/{DRV}", "log")
     await pool.execute(query, DEP, f"log/{DRV}", "log")  # one build log, several outputs
@@ -366,12 +350,8 @@ async def test_only_an_uploader_claim_carries_a_multipart_upload_id(pool: asyncp
     await add_object(pool, nar_key_for(TEST), "nar", present=False)
     query = "INSERT INTO session_claims (session_id, key, upload_id, uploader) VALUES ($1, $2, $3, $4)"
     constraint = "session_claims_upload_id_check"
-    await refused(
-        pool, asyncpg.CheckViolationError, constraint, query, session, nar_key_for(TEST), "mp", False
-    )
-    await refused(
-        pool, asyncpg.ForeignKeyViolationError, "session_claims_key_fkey", query, session, "x", None, True
-    )
+    await refused(pool, asyncpg.CheckViolationError, constraint, query, session, nar_key_for(TEST), "mp", False)
+    await refused(pool, asyncpg.ForeignKeyViolationError, "session_claims_key_fkey", query, session, "x", None, True)
     await pool.execute(query, session, nar_key_for(TEST), "mp", True)
 
 

@@ -19,16 +19,12 @@ NIX_COMMAND = ["--extra-experimental-features", "nix-command", "--option", "subs
 
 
 def references(path: str) -> set[str]:
-    out = subprocess.run(
-        ["nix-store", "--query", "--references", path], check=True, capture_output=True, text=True
-    )
+    out = subprocess.run(["nix-store", "--query", "--references", path], check=True, capture_output=True, text=True)
     return set(out.stdout.split())
 
 
 def path_info(path: str) -> dict[str, object]:
-    out = subprocess.run(
-        ["nix", "path-info", *NIX_COMMAND, "--json", path], check=True, capture_output=True, text=True
-    )
+    out = subprocess.run(["nix", "path-info", *NIX_COMMAND, "--json", path], check=True, capture_output=True, text=True)
     info = json.loads(out.stdout)
     if isinstance(info, dict):  # 2.19+: an object keyed by path
         return dict(info[path])
@@ -112,9 +108,7 @@ def test_make_closure_builds_a_referenced_tree_of_about_the_requested_size(tmp_p
     assert len(paths) == 7
     assert references(paths[0]) == {paths[1], paths[2]}
     assert references(paths[2]) == {paths[5], paths[6]}
-    closure = subprocess.run(
-        ["nix-store", "--query", "--requisites", paths[0]], capture_output=True, text=True
-    )
+    closure = subprocess.run(["nix-store", "--query", "--requisites", paths[0]], capture_output=True, text=True)
     assert set(closure.stdout.split()) == set(paths)
     total = sum((Path(p) / "data").stat().st_size for p in paths)
     assert total == 7 * 10_000

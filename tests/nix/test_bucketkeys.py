@@ -54,10 +54,7 @@ SPEC_KEY_RES = [
         (f"{HASH}.narinfo", "narinfo", HASH),
         (f"{HASH}.ls", "ls", HASH),
         (f"nar/{FILE_HASH_XZ}.nar", "nar", None),
-        *[
-            (f"nar/{FILE_HASH_XZ}.nar{ext}", "nar", None)
-            for ext in (".zst", ".xz", ".bz2", ".br", ".lz4", ".lzip")
-        ],
+        *[(f"nar/{FILE_HASH_XZ}.nar{ext}", "nar", None) for ext in (".zst", ".xz", ".bz2", ".br", ".lz4", ".lzip")],
         (f"log/{DRV}", "log", "lvmwl5rasr8xhmlh3d1hwjzck3653mqh"),
         (f"log/{HASH}-odd?name=x+y.drv", "log", HASH),
         (f"realisations/{REALISATION_ID}.doi", "realisation", None),
@@ -229,9 +226,7 @@ _valid_keys = st.one_of(
     st.builds(lambda n: f"realisations/sha256:{'ab' * 32}!{n}.doi", _names),
     st.builds(lambda h, n, o: f"build-trace-v2/{h}-{n}.drv/{o}.doi", _hashes, _names, _names),
 )
-_tokens = st.sampled_from(
-    ["/", ".", "..", "../", "%2e", "\\", "\0", "\n", "-", "!", ":", "x", "e", "A", ".drv", ""]
-)
+_tokens = st.sampled_from(["/", ".", "..", "../", "%2e", "\\", "\0", "\n", "-", "!", ":", "x", "e", "A", ".drv", ""])
 
 
 @st.composite

@@ -182,9 +182,7 @@ def test_symlink_targets_are_raw_readlink_bytes_not_resolved(tmp_path: Path) -> 
     data, result = dump(Path(os.fsdecode(root)))
     assert data == MAGIC + tree_nar(tree)
     assert result.listing is not None
-    assert (
-        result.listing["entries"]["latin1"]["target"].encode("utf-8", "surrogateescape") == b"caf\xe9//./x/"
-    )
+    assert result.listing["entries"]["latin1"]["target"].encode("utf-8", "surrogateescape") == b"caf\xe9//./x/"
 
 
 def test_entries_are_sorted_by_raw_bytes_upper_case_first(tmp_path: Path) -> None:

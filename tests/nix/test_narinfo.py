@@ -18,9 +18,7 @@ from niks3d.nix.narinfo import NarInfo, parse_narinfo, render_nix_cache_info
 from niks3d.nix.signing import PublicKey, SecretKey
 from niks3d.nix.storepath import StorePath
 
-TEST_SECRET = (
-    "test-cache-1:PqggjRI4Ue4L9QFtQg+/rYIn5t2c/6jiUk2Q/I+mAHbhNpTF4pJOuaJN1Mck2jYg1kt/Z3hJlFyljAuoyAmKUg=="
-)
+TEST_SECRET = "test-cache-1:PqggjRI4Ue4L9QFtQg+/rYIn5t2c/6jiUk2Q/I+mAHbhNpTF4pJOuaJN1Mck2jYg1kt/Z3hJlFyljAuoyAmKUg=="
 NIXOS_PUBLIC = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
 
 # The narinfos of protocol.md 2.4, exactly as Nix wrote them.
@@ -72,9 +70,7 @@ HPVWRdD1hkeKZBQ==
 """
 
 
-@pytest.mark.parametrize(
-    "text", [PROTOTEST, PROTODEP, HELLO_CA, CURL], ids=["prototest", "protodep", "ca", "curl"]
-)
+@pytest.mark.parametrize("text", [PROTOTEST, PROTODEP, HELLO_CA, CURL], ids=["prototest", "protodep", "ca", "curl"])
 def test_real_narinfos_parse_and_render_byte_for_byte(text):
     info = parse_narinfo(text)
     assert info.render() == text
@@ -180,9 +176,7 @@ def test_hashes_in_base16_and_sri_are_rendered_as_nix32():
 
 
 def test_unknown_fields_are_ignored_and_unknown_deriver_means_none():
-    text = PROTODEP.replace(
-        "Deriver: 21l8hb4afnp7q7y7l1klfm005kpi131l-protodep.drv", "Deriver: unknown-deriver"
-    )
+    text = PROTODEP.replace("Deriver: 21l8hb4afnp7q7y7l1klfm005kpi131l-protodep.drv", "Deriver: unknown-deriver")
     info = parse_narinfo(text + "X-Custom: anything at all\n")
     assert info.deriver is None
     assert "Deriver" not in info.render()
@@ -199,9 +193,7 @@ def test_references_and_sigs_are_sorted_and_unique():
     dep, own = "w253jl7q3l5ia8blv4z6y1mkji7hs53l-protodep", "b3rplkk2fihip23mj9kdvzxdw7zwh64b-prototest-1.0"
     text = PROTOTEST.replace(f"References: {own} {dep}", f"References: {dep} {own} {dep}")
     sig = "Sig: test-cache-1:" + PROTOTEST.split("Sig: test-cache-1:")[1]
-    text = text.replace(
-        "Sig:", "Sig: a-key:" + base64.b64encode(b"\1" * 64).decode() + "\n" + sig + "Sig:", 1
-    )
+    text = text.replace("Sig:", "Sig: a-key:" + base64.b64encode(b"\1" * 64).decode() + "\n" + sig + "Sig:", 1)
     info = parse_narinfo(text)
     assert info.references == parse_narinfo(PROTOTEST).references
     assert info.sigs[0].startswith("a-key:") and len(info.sigs) == 2
@@ -299,9 +291,7 @@ _SIG_B64 = base64.b64encode(b"\0" * 64).decode()
             "the basename contains '/'",
         ),
         (
-            PROTOTEST.replace(
-                " w253jl7q3l5ia8blv4z6y1mkji7hs53l-protodep", " w253jl7q3l5ia8blv4z6y1mkji7hs53l-.."
-            ),
+            PROTOTEST.replace(" w253jl7q3l5ia8blv4z6y1mkji7hs53l-protodep", " w253jl7q3l5ia8blv4z6y1mkji7hs53l-.."),
             8,
             "References",
             "the name must not be '..'",
@@ -398,14 +388,8 @@ def test_errors_are_value_errors():
 
 
 def test_nix_cache_info():
-    assert (
-        render_nix_cache_info("/nix/store", True, 40)
-        == "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
-    )
-    assert (
-        render_nix_cache_info("/nix/store", False, 30)
-        == "StoreDir: /nix/store\nWantMassQuery: 0\nPriority: 30\n"
-    )
+    assert render_nix_cache_info("/nix/store", True, 40) == "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+    assert render_nix_cache_info("/nix/store", False, 30) == "StoreDir: /nix/store\nWantMassQuery: 0\nPriority: 30\n"
     for store_dir in ("nix/store", "/nix/store/", "/nix/../store", "/nix/store\nPriority: 1", ""):
         with pytest.raises(NixFormatError, match="must be a canonical absolute path"):
             render_nix_cache_info(store_dir, True, 40)

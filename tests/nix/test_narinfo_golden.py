@@ -44,9 +44,7 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     require_nix(request.config)
     workdir = tmp_path_factory.mktemp("golden")
     (prototest,) = build_expr(PROTOTEST_EXPR, workdir)
-    protodep = next(
-        p for p in _run(["nix-store", "-q", "--references", prototest]).split() if p.endswith("-protodep")
-    )
+    protodep = next(p for p in _run(["nix-store", "-q", "--references", prototest]).split() if p.endswith("-protodep"))
     hello = workdir / "hello.txt"
     hello.write_text("hello\n")
     return Built(prototest, protodep, add_to_store(hello))
@@ -61,9 +59,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def _run(argv: list[str], *, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, env=env, input=stdin, timeout=300, check=False
-    )
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, input=stdin, timeout=300, check=False)
     assert proc.returncode == 0, f"{shlex.join(argv)} exited {proc.returncode}: {proc.stderr}"
     return proc.stdout
 
@@ -86,9 +82,7 @@ def _local_narinfo(path: str) -> tuple[NarInfo, bytes]:
         file_size=None,
         nar_hash=hashlib.sha256(nar).digest(),
         nar_size=len(nar),
-        references=tuple(
-            StorePath.parse(r).basename for r in _run(["nix-store", "-q", "--references", path]).split()
-        ),
+        references=tuple(StorePath.parse(r).basename for r in _run(["nix-store", "-q", "--references", path]).split()),
         deriver=None if deriver == "unknown-deriver" else StorePath.parse(deriver).basename,
         ca=local.get("ca"),
     )
@@ -152,14 +146,10 @@ def test_nix_rejects_a_narinfo_changed_after_signing(built, env, tmp_path):
     cache = tmp_path / "cache"
     written = _write_cache(cache, [built.protodep], key, "none")
     info = written[built.protodep]
-    forged = replace(
-        info, references=(StorePath.parse(built.prototest).basename,)
-    )  # Sig kept, fingerprint changed
+    forged = replace(info, references=(StorePath.parse(built.prototest).basename,))  # Sig kept, fingerprint changed
     (cache / narinfo_key(info.store_path.hash)).write_text(forged.render())
     trusted = ["--option", "trusted-public-keys", key.public_key().to_text()]
-    code, stderr = _returncode(
-        [*NIX, "store", "verify", "--store", f"file://{cache}", *trusted, built.protodep], env
-    )
+    code, stderr = _returncode([*NIX, "store", "verify", "--store", f"file://{cache}", *trusted, built.protodep], env)
     assert code != 0, stderr
 
 
@@ -194,6 +184,4 @@ def test_nix_generated_key_signs_exactly_like_us(built, env, tmp_path):
         assert (target / theirs.url).exists()
         assert theirs.url == nar_key(theirs.file_hash or b"", "zstd")
         assert hashlib.sha256((target / theirs.url).read_bytes()).digest() == theirs.file_hash
-        assert (
-            zstandard.ZstdDecompressor().decompressobj().decompress((target / theirs.url).read_bytes()) == nar
-        )
+        assert zstandard.ZstdDecompressor().decompressobj().decompress((target / theirs.url).read_bytes()) == nar

@@ -36,9 +36,7 @@ def test_alphabet_omits_e_o_t_u():
 
 
 def test_sha256_of_empty_string_matches_nix():
-    assert (
-        nix32.encode(hashlib.sha256(b"").digest()) == "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
-    )
+    assert nix32.encode(hashlib.sha256(b"").digest()) == "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
 
 
 def test_prototest_nar_hash_matches_nix():

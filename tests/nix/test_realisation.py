@@ -22,9 +22,7 @@ BODY = (
 )
 DEP_ID = "sha256:" + "ab" * 32 + "!dev"
 DEP_OUT = "w253jl7q3l5ia8blv4z6y1mkji7hs53l-protodep"
-TEST_SECRET = (
-    "test-cache-1:PqggjRI4Ue4L9QFtQg+/rYIn5t2c/6jiUk2Q/I+mAHbhNpTF4pJOuaJN1Mck2jYg1kt/Z3hJlFyljAuoyAmKUg=="
-)
+TEST_SECRET = "test-cache-1:PqggjRI4Ue4L9QFtQg+/rYIn5t2c/6jiUk2Q/I+mAHbhNpTF4pJOuaJN1Mck2jYg1kt/Z3hJlFyljAuoyAmKUg=="
 
 
 def test_nix_written_body_parses_and_renders_byte_for_byte():

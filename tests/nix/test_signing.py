@@ -20,9 +20,7 @@ from niks3d.nix.hashes import parse_sha256
 from niks3d.nix.signing import PublicKey, SecretKey, fingerprint, parse_signature
 
 # Throwaway key pair from protocol.md 3.3.
-TEST_SECRET = (
-    "test-cache-1:PqggjRI4Ue4L9QFtQg+/rYIn5t2c/6jiUk2Q/I+mAHbhNpTF4pJOuaJN1Mck2jYg1kt/Z3hJlFyljAuoyAmKUg=="
-)
+TEST_SECRET = "test-cache-1:PqggjRI4Ue4L9QFtQg+/rYIn5t2c/6jiUk2Q/I+mAHbhNpTF4pJOuaJN1Mck2jYg1kt/Z3hJlFyljAuoyAmKUg=="
 TEST_PUBLIC = "test-cache-1:4TaUxeKSTrmiTdTHJNo2INZLf2d4SZRcpYwLqMgJilI="
 NIXOS_PUBLIC = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
 
@@ -37,9 +35,7 @@ PROTODEP_FP = (
     b"1;/nix/store/w253jl7q3l5ia8blv4z6y1mkji7hs53l-protodep;"
     b"sha256:1y0q9wg872jhi9a58ygq1s8xnmm34ic5pvgygjwxayrza6pafvdk;128;"
 )
-PROTOTEST_SIG = (
-    "test-cache-1:WcqKIPgPPFoXr0lj5N7IufhXVqPoeWlyy9+E+wZ+yBNFgB+GYrgORoR/dRVv882Yw9rBj5wxyAjFx8zLX9xQBA=="
-)
+PROTOTEST_SIG = "test-cache-1:WcqKIPgPPFoXr0lj5N7IufhXVqPoeWlyy9+E+wZ+yBNFgB+GYrgORoR/dRVv882Yw9rBj5wxyAjFx8zLX9xQBA=="
 
 
 @pytest.fixture
@@ -166,15 +162,11 @@ def test_secret_key_load_reads_files_and_names_them(tmp_path, secret):
     path.write_text(TEST_SECRET + "\n")
     assert SecretKey.load(path) == secret
     assert SecretKey.load(str(path)) == secret
-    with pytest.raises(
-        InvalidSigningKey, match=re.escape(f"cannot read secret key file {str(tmp_path / 'nope')!r}")
-    ):
+    with pytest.raises(InvalidSigningKey, match=re.escape(f"cannot read secret key file {str(tmp_path / 'nope')!r}")):
         SecretKey.load(tmp_path / "nope")
     bad = tmp_path / "bad"
     bad.write_text("nocolon")
-    with pytest.raises(
-        InvalidSigningKey, match=re.escape(f"secret key file {str(bad)!r}: secret key is not valid")
-    ):
+    with pytest.raises(InvalidSigningKey, match=re.escape(f"secret key file {str(bad)!r}: secret key is not valid")):
         SecretKey.load(bad)
 
 
@@ -184,9 +176,7 @@ def test_generated_keys_sign_and_verify():
     sig = key.sign(PROTOTEST_FP)
     assert parse_signature(sig)[0] == "cache.example.org-1"
     assert key.public_key().verify(sig, PROTOTEST_FP)
-    assert not PublicKey.parse(TEST_PUBLIC.replace("test-cache-1", "cache.example.org-1")).verify(
-        sig, PROTOTEST_FP
-    )
+    assert not PublicKey.parse(TEST_PUBLIC.replace("test-cache-1", "cache.example.org-1")).verify(sig, PROTOTEST_FP)
     assert SecretKey.generate("k").secret != SecretKey.generate("k").secret
 
 

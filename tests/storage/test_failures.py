@@ -18,9 +18,7 @@ from niks3d.storage.errors import DEFAULT_RETRY_AFTER, translate_error
 
 
 @pytest.mark.s3
-async def test_a_wrong_secret_key_is_named_not_mistaken_for_a_missing_object(
-    s3_settings: S3Settings, s3_bucket
-):
+async def test_a_wrong_secret_key_is_named_not_mistaken_for_a_missing_object(s3_settings: S3Settings, s3_bucket):
     async with open_bucket(s3_settings, s3_bucket.access_key_id, "not-the-secret") as wrong:
         with pytest.raises(StorageError, match="SignatureDoesNotMatch: the secret access key does not match"):
             await wrong.check()
@@ -95,9 +93,7 @@ class FakeS3:
             '<?xml version="1.0" encoding="UTF-8"?>\n'
             f"<Error><Code>{self.code}</Code><Message>Please reduce your request rate.</Message></Error>"
         )
-        return web.Response(
-            status=self.status, text=body if request.method != "HEAD" else None, headers=headers
-        )
+        return web.Response(status=self.status, text=body if request.method != "HEAD" else None, headers=headers)
 
 
 @pytest.fixture
@@ -121,9 +117,7 @@ async def fake_s3() -> AsyncIterator[FakeS3]:
 async def test_slowdown_is_retried_by_botocore_then_raised_as_throttled(fake_s3: FakeS3):
     settings = S3Settings(bucket="cache", endpoint_url=fake_s3.url, max_attempts=3)
     async with open_bucket(settings, "AKID", "SECRET") as throttled:
-        with pytest.raises(
-            StorageThrottled, match=r"503 SlowDown, 3 attempts.*PutObject of 'a\.narinfo'"
-        ) as caught:
+        with pytest.raises(StorageThrottled, match=r"503 SlowDown, 3 attempts.*PutObject of 'a\.narinfo'") as caught:
             await throttled.put("a.narinfo", b"x", content_type="text/x-nix-narinfo")
     assert fake_s3.requests == ["PUT /cache/a.narinfo"] * 3
     assert caught.value.retry_after == DEFAULT_RETRY_AFTER
@@ -167,17 +161,13 @@ def _client_error(status: int, code: str, headers: dict[str, str]) -> ClientErro
     ],
 )
 def test_retry_after_is_parsed_and_bounded(headers, expected):
-    error = translate_error(
-        _client_error(503, "SlowDown", headers), operation="GetObject", bucket="b", key="k"
-    )
+    error = translate_error(_client_error(503, "SlowDown", headers), operation="GetObject", bucket="b", key="k")
     assert isinstance(error, StorageThrottled)
     assert error.retry_after == expected
 
 
 def test_a_plain_refusal_is_not_called_throttling():
-    error = translate_error(
-        _client_error(400, "InvalidArgument", {}), operation="GetObject", bucket="b", key="k"
-    )
+    error = translate_error(_client_error(400, "InvalidArgument", {}), operation="GetObject", bucket="b", key="k")
     assert not isinstance(error, StorageThrottled)
     assert str(error) == "GetObject of 'k' in bucket 'b' failed: S3 answered 400 InvalidArgument: m"
 

@@ -46,9 +46,7 @@ async def test_presigned_put_with_the_returned_headers_stores_the_object(bucket:
     ids=["changed-content-type", "dropped-content-encoding"],
 )
 async def test_presigned_put_is_refused_when_a_signed_header_differs(bucket: Bucket, headers):
-    request = await bucket.presign_put(
-        "nar/x.nar.zst", content_type="application/x-nix-nar", content_encoding="zstd"
-    )
+    request = await bucket.presign_put("nar/x.nar.zst", content_type="application/x-nix-nar", content_encoding="zstd")
     async with (
         aiohttp.ClientSession() as http,
         http.put(request.url, data=b"bytes", headers=headers) as resp,

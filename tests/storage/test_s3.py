@@ -99,9 +99,7 @@ async def test_stream_of_a_range_yields_exactly_those_bytes(bucket: Bucket):
         assert await stream.read() == body[-5:]
 
 
-async def test_a_stream_closed_early_gives_its_connection_back(
-    s3_settings: S3Settings, s3_bucket, bucket: Bucket
-):
+async def test_a_stream_closed_early_gives_its_connection_back(s3_settings: S3Settings, s3_bucket, bucket: Bucket):
     body = b"x" * (2 * 1024 * 1024)
     await bucket.put("partial", body, content_type="application/octet-stream")
     async with open_bucket(
