@@ -1,0 +1,173 @@
+"""Queries on published store paths: lookups, the publication transaction's inserts, roots and pins."""
+
+from __future__ import annotations
+
+__all__ = [
+    "PinRow",
+    "PublishedPath",
+    "delete_pin",
+    "get_pin",
+    "insert_published",
+    "list_pins",
+    "narinfo_by_hash",
+    "path_name",
+    "published_hashes",
+    "touch_roots",
+    "upsert_pin",
+]
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from asyncpg import Connection
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedPath:
+    """One row of ``store_paths`` to insert, with its references and per-path files."""
+
+    hash: str
+    name: str
+    nar_hash: str
+    nar_size: int
+    nar_key: str
+    narinfo_key: str
+    compression: str
+    file_hash: str
+    file_size: int
+    deriver: str | None
+    ca: str | None
+    narinfo: str
+    references: tuple[str, ...]  # hash parts
+    files: tuple[tuple[str, str], ...]  # (key, kind) of ls / log / realisation objects
+
+
+@dataclass(frozen=True, slots=True)
+class PinRow:
+    name: str
+    path: str
+    created_at: datetime
+    updated_at: datetime
+    created_by: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "created_by": self.created_by,
+        }
+
+
+async def published_hashes(conn: Connection, hashes: Sequence[str]) -> set[str]:
+    rows = await conn.fetch("SELECT hash FROM store_paths WHERE hash = ANY($1::text[])", list(hashes))
+    return {r["hash"] for r in rows}
+
+
+async def path_name(conn: Connection, hash_part: str) -> str | None:
+    """The name of the published path with this hash part, or None."""
+    value: str | None = await conn.fetchval("SELECT name FROM store_paths WHERE hash = $1", hash_part)
+    return value
+
+
+async def narinfo_by_hash(conn: Connection, hash_part: str) -> str | None:
+    value: str | None = await conn.fetchval("SELECT narinfo FROM store_paths WHERE hash = $1", hash_part)
+    return value
+
+
+async def insert_published(conn: Connection, paths: Sequence[PublishedPath]) -> None:
+    """Insert store paths, then their references and files; paths already present are left alone."""
+    if not paths:
+        return
+    await conn.executemany(
+        """INSERT INTO store_paths (hash, name, nar_hash, nar_size, nar_key, narinfo_key, compression,
+                                    file_hash, file_size, deriver, ca, narinfo, published_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now())
+           ON CONFLICT (hash) DO NOTHING""",
+        [
+            (
+                p.hash,
+                p.name,
+                p.nar_hash,
+                p.nar_size,
+                p.nar_key,
+                p.narinfo_key,
+                p.compression,
+                p.file_hash,
+                p.file_size,
+                p.deriver,
+                p.ca,
+                p.narinfo,
+            )
+            for p in paths
+        ],
+    )
+    refs = [(p.hash, r) for p in paths for r in p.references]
+    await conn.execute(
+        """INSERT INTO path_references (referrer, reference)
+           SELECT a, b FROM unnest($1::text[], $2::text[]) AS x(a, b) ON CONFLICT DO NOTHING""",
+        [a for a, _ in refs],
+        [b for _, b in refs],
+    )
+    files = [(p.hash, key, kind) for p in paths for key, kind in p.files]
+    await conn.execute(
+        """INSERT INTO path_files (hash, key, kind)
+           SELECT a, b, c FROM unnest($1::text[], $2::text[], $3::text[]) AS x(a, b, c) ON CONFLICT DO NOTHING""",
+        [a for a, _, _ in files],
+        [b for _, b, _ in files],
+        [c for _, _, c in files],
+    )
+
+
+async def touch_roots(conn: Connection, hashes: Iterable[str], session_id: Any) -> None:
+    """Make ``hashes`` roots pushed now (a re-push renews a root's retention)."""
+    await conn.execute(
+        """INSERT INTO roots (hash, first_pushed_at, last_pushed_at, last_session)
+           SELECT h, now(), now(), $2 FROM unnest($1::text[]) AS x(h)
+           ON CONFLICT (hash) DO UPDATE SET last_pushed_at = now(), last_session = excluded.last_session""",
+        list(hashes),
+        session_id,
+    )
+
+
+def _pin(row: Any) -> PinRow:
+    return PinRow(
+        name=row["name"],
+        path=f"/nix/store/{row['hash']}-{row['pname']}",
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        created_by=row["created_by"],
+    )
+
+
+_PIN_SELECT = """SELECT p.name, p.hash, s.name AS pname, p.created_at, p.updated_at, p.created_by
+                 FROM pins p JOIN store_paths s ON s.hash = p.hash"""
+
+
+async def upsert_pin(conn: Connection, name: str, hash_part: str, created_by: str) -> PinRow:
+    await conn.execute(
+        """INSERT INTO pins (name, hash, created_at, updated_at, created_by) VALUES ($1, $2, now(), now(), $3)
+           ON CONFLICT (name) DO UPDATE SET hash = excluded.hash, updated_at = now()""",
+        name,
+        hash_part,
+        created_by,
+    )
+    row = await conn.fetchrow(f"{_PIN_SELECT} WHERE p.name = $1", name)
+    return _pin(row)
+
+
+async def get_pin(conn: Connection, name: str) -> PinRow | None:
+    row = await conn.fetchrow(f"{_PIN_SELECT} WHERE p.name = $1", name)
+    return _pin(row) if row else None
+
+
+async def list_pins(conn: Connection) -> list[PinRow]:
+    return [_pin(r) for r in await conn.fetch(f"{_PIN_SELECT} ORDER BY p.name")]
+
+
+async def delete_pin(conn: Connection, name: str) -> bool:
+    result: str = await conn.execute("DELETE FROM pins WHERE name = $1", name)
+    return result.endswith(" 1")

@@ -1,0 +1,223 @@
+"""Queries of the push protocol: upload sessions, their claims on bucket keys, and object states.
+
+Locking rules (docs/database.md): a session claims keys inside one transaction that locks the ``objects`` rows
+``FOR NO KEY UPDATE`` in key order, so two sessions deciding who uploads a shared object are serialized; GC
+locks rows ``FOR UPDATE`` while it deletes them from the bucket, so a claim on a row being swept waits and then
+finds the row gone (and the key is uploaded again).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Claim",
+    "SessionRow",
+    "claims_of_session",
+    "clear_idempotency_key",
+    "ensure_objects",
+    "find_session_by_key",
+    "insert_claims",
+    "insert_session",
+    "live_uploaders",
+    "load_session",
+    "lock_objects",
+    "mark_present",
+    "object_states",
+    "set_upload_id",
+    "take_over",
+    "touch_session",
+]
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from asyncpg import Connection
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    id: uuid.UUID
+    token_name: str
+    state: str
+    created_at: datetime
+    expires_at: datetime
+    last_seen_at: datetime
+    request: dict[str, Any]
+    request_digest: str
+    result: dict[str, Any] | None
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.state == "expired" or (self.state == "open" and self.expires_at <= now)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    key: str
+    uploader: bool
+    upload_id: str | None
+
+
+_SESSION_COLUMNS = "id, token_name, state, created_at, expires_at, last_seen_at, request, request_digest, result"
+
+
+def _session(row: Any) -> SessionRow:
+    return SessionRow(**dict(row))
+
+
+async def find_session_by_key(conn: Connection, token_name: str, key: str) -> SessionRow | None:
+    row = await conn.fetchrow(
+        f"SELECT {_SESSION_COLUMNS} FROM upload_sessions WHERE idempotency_key = $1 AND token_name = $2",  # noqa: S608
+        key,
+        token_name,
+    )
+    return _session(row) if row else None
+
+
+async def clear_idempotency_key(conn: Connection, session_id: uuid.UUID) -> None:
+    await conn.execute("UPDATE upload_sessions SET idempotency_key = NULL WHERE id = $1", session_id)
+
+
+async def insert_session(
+    conn: Connection,
+    *,
+    token_name: str,
+    idempotency_key: str | None,
+    request: dict[str, Any],
+    request_digest: str,
+    expiry: timedelta,
+) -> uuid.UUID:
+    session_id = uuid.uuid4()
+    await conn.execute(
+        """INSERT INTO upload_sessions
+               (id, idempotency_key, token_name, state, created_at, expires_at, last_seen_at, request, request_digest)
+           VALUES ($1, $2, $3, 'open', now(), now() + $4::interval, now(), $5, $6)""",
+        session_id,
+        idempotency_key,
+        token_name,
+        expiry,
+        request,
+        request_digest,
+    )
+    return session_id
+
+
+async def load_session(conn: Connection, session_id: uuid.UUID, *, for_update: bool = False) -> SessionRow | None:
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(
+        f"SELECT {_SESSION_COLUMNS} FROM upload_sessions WHERE id = $1{lock}",  # noqa: S608 - constants only
+        session_id,
+    )
+    return _session(row) if row else None
+
+
+async def touch_session(conn: Connection, session_id: uuid.UUID, expiry: timedelta) -> None:
+    """Record activity: the session stays live while its client keeps calling."""
+    await conn.execute(
+        """UPDATE upload_sessions SET last_seen_at = now(),
+                  expires_at = greatest(expires_at, now() + $2::interval)
+           WHERE id = $1 AND state = 'open'""",
+        session_id,
+        expiry,
+    )
+
+
+async def ensure_objects(conn: Connection, objects: Iterable[tuple[str, str]]) -> None:
+    """Insert ``(key, kind)`` rows as pending unless the key is already known."""
+    pairs = list(objects)
+    await conn.execute(
+        """INSERT INTO objects (key, kind, state)
+           SELECT k, t, 'pending' FROM unnest($1::text[], $2::text[]) AS u(k, t)
+           ON CONFLICT (key) DO NOTHING""",
+        [k for k, _ in pairs],
+        [t for _, t in pairs],
+    )
+
+
+async def lock_objects(conn: Connection, keys: Sequence[str]) -> dict[str, str]:
+    """Lock the rows of ``keys`` in key order (serializing sessions that share objects); key -> state."""
+    rows = await conn.fetch(
+        "SELECT key, state FROM objects WHERE key = ANY($1::text[]) ORDER BY key FOR NO KEY UPDATE",
+        list(keys),
+    )
+    return {r["key"]: r["state"] for r in rows}
+
+
+async def object_states(conn: Connection, keys: Sequence[str]) -> dict[str, tuple[str, int | None, str | None]]:
+    """key -> (state, size, file_hash) for the keys that exist."""
+    rows = await conn.fetch("SELECT key, state, size, file_hash FROM objects WHERE key = ANY($1::text[])", list(keys))
+    return {r["key"]: (r["state"], r["size"], r["file_hash"]) for r in rows}
+
+
+async def live_uploaders(
+    conn: Connection, keys: Sequence[str], *, exclude: uuid.UUID, stale_after: timedelta
+) -> dict[str, uuid.UUID]:
+    """For each key, the other open, recently active session that uploads it (if any)."""
+    rows = await conn.fetch(
+        """SELECT c.key, c.session_id FROM session_claims c JOIN upload_sessions s ON s.id = c.session_id
+           WHERE c.key = ANY($1::text[]) AND c.uploader AND c.session_id <> $2
+             AND s.state = 'open' AND s.expires_at > now() AND s.last_seen_at > now() - $3::interval""",
+        list(keys),
+        exclude,
+        stale_after,
+    )
+    return {r["key"]: r["session_id"] for r in rows}
+
+
+async def insert_claims(conn: Connection, session_id: uuid.UUID, claims: Iterable[tuple[str, bool]]) -> None:
+    """Claim ``(key, uploader)`` pairs for a session (idempotent)."""
+    pairs = list(claims)
+    await conn.execute(
+        """INSERT INTO session_claims (session_id, key, uploader)
+           SELECT $1, k, u FROM unnest($2::text[], $3::bool[]) AS x(k, u)
+           ON CONFLICT (session_id, key) DO NOTHING""",
+        session_id,
+        [k for k, _ in pairs],
+        [u for _, u in pairs],
+    )
+
+
+async def take_over(conn: Connection, session_id: uuid.UUID, keys: Sequence[str]) -> list[tuple[str, str]]:
+    """Make ``session_id`` the uploader of ``keys`` whose uploader went away; returns the dropped
+    ``(key, upload_id)`` multipart uploads of the previous uploaders, which the caller aborts."""
+    dropped = await conn.fetch(
+        """DELETE FROM session_claims WHERE key = ANY($1::text[]) AND uploader AND session_id <> $2
+           RETURNING key, upload_id""",
+        list(keys),
+        session_id,
+    )
+    await conn.execute(
+        "UPDATE session_claims SET uploader = true WHERE session_id = $1 AND key = ANY($2::text[])",
+        session_id,
+        list(keys),
+    )
+    return [(r["key"], r["upload_id"]) for r in dropped if r["upload_id"]]
+
+
+async def claims_of_session(conn: Connection, session_id: uuid.UUID) -> dict[str, Claim]:
+    rows = await conn.fetch("SELECT key, uploader, upload_id FROM session_claims WHERE session_id = $1", session_id)
+    return {r["key"]: Claim(r["key"], r["uploader"], r["upload_id"]) for r in rows}
+
+
+async def set_upload_id(conn: Connection, session_id: uuid.UUID, key: str, upload_id: str | None) -> None:
+    await conn.execute(
+        "UPDATE session_claims SET upload_id = $3 WHERE session_id = $1 AND key = $2",
+        session_id,
+        key,
+        upload_id,
+    )
+
+
+async def mark_present(conn: Connection, entries: Iterable[tuple[str, int, str | None]]) -> None:
+    """Record ``(key, size, file_hash)`` objects as present in the bucket."""
+    rows = list(entries)
+    await conn.execute(
+        """UPDATE objects o SET state = 'present', size = x.size, file_hash = x.file_hash,
+                  present_at = coalesce(o.present_at, now())
+           FROM unnest($1::text[], $2::bigint[], $3::text[]) AS x(key, size, file_hash)
+           WHERE o.key = x.key""",
+        [k for k, _, _ in rows],
+        [s for _, s, _ in rows],
+        [h for _, _, h in rows],
+    )

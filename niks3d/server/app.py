@@ -1,0 +1,64 @@
+"""The application factory: ``create_app(config)`` wires every resource as a cleanup context.
+
+Start-up order: the database pool, migrations (under their lock), the bucket check and ``nix-cache-info``; only
+then does the runner start its sites and the caller send ``READY=1``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["create_app"]
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from niks3d.config import Config
+from niks3d.db.migrate import migrate
+from niks3d.db.pool import open_pool
+from niks3d.nix.narinfo import render_nix_cache_info
+from niks3d.server.auth import TokenTable
+from niks3d.server.errors import error_middleware
+from niks3d.server.keys import bucket_key, config_key, pool_key, push_key, tokens_key
+from niks3d.server.routes import setup_routes
+from niks3d.storage.cacheinfo import ensure_nix_cache_info
+from niks3d.storage.s3 import open_bucket
+from niks3d.uploads.context import PushContext
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(config: Config, *, run_migrations: bool = True) -> web.Application:
+    settings = config.settings
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.server.max_body_bytes)
+    app[config_key] = config
+    app[tokens_key] = TokenTable(config.secrets.tokens)
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        async with open_pool(settings.database, config.secrets.database_password) as pool:
+            if run_migrations:
+                applied = await migrate(pool)
+                if applied:
+                    logger.info("applied migrations: %s", ", ".join(applied))
+            app[pool_key] = pool
+            yield
+
+    async def storage(app: web.Application) -> AsyncIterator[None]:
+        async with open_bucket(
+            settings.s3, config.secrets.s3_access_key_id, config.secrets.s3_secret_access_key
+        ) as bucket:
+            await bucket.check()
+            text = render_nix_cache_info(
+                settings.cache.store_dir, settings.cache.want_mass_query, settings.cache.priority
+            )
+            if await ensure_nix_cache_info(bucket, text):
+                logger.info("wrote nix-cache-info to bucket %s", bucket.name)
+            app[bucket_key] = bucket
+            app[push_key] = PushContext(
+                pool=app[pool_key], bucket=bucket, settings=settings, signing_keys=config.secrets.signing_keys
+            )
+            yield
+
+    app.cleanup_ctx.extend([database, storage])
+    setup_routes(app)
+    return app

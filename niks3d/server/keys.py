@@ -1,0 +1,26 @@
+"""Typed keys for the state kept on the aiohttp application and requests."""
+
+from __future__ import annotations
+
+__all__ = ["bucket_key", "config_key", "metrics_key", "pool_key", "push_key", "token_key", "tokens_key"]
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from niks3d.config import Config, Token
+    from niks3d.server.auth import TokenTable
+    from niks3d.storage.s3 import Bucket
+    from niks3d.uploads.context import PushContext
+
+config_key: web.AppKey[Config] = web.AppKey("config_key")
+pool_key: web.AppKey[asyncpg.Pool] = web.AppKey("pool_key")
+bucket_key: web.AppKey[Bucket] = web.AppKey("bucket_key")
+push_key: web.AppKey[PushContext] = web.AppKey("push_key")
+tokens_key: web.AppKey[TokenTable] = web.AppKey("tokens_key")
+metrics_key: web.AppKey[dict[str, int]] = web.AppKey("metrics_key")
+# The token that authenticated the request, set by niks3d.server.auth.
+token_key: web.RequestKey[Token] = web.RequestKey("token_key")

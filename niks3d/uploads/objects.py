@@ -1,0 +1,100 @@
+"""Which bucket objects a pushed path needs, and the upload specs (presigned requests) handed to clients."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CONTENT_TYPES",
+    "WantedObject",
+    "initial_part_count",
+    "object_spec",
+    "wanted_objects",
+]
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from niks3d.nix.bucketkeys import log_key, ls_key, nar_key, narinfo_key, realisation_key
+
+if TYPE_CHECKING:
+    from niks3d.config import S3Settings
+    from niks3d.storage.models import PresignedRequest
+    from niks3d.storage.s3 import Bucket
+    from niks3d.uploads.request import PathRequest
+
+# kind -> (Content-Type, Content-Encoding) of what is stored under that kind of key
+CONTENT_TYPES: dict[str, tuple[str, str | None]] = {
+    "nar": ("application/x-nix-nar", None),
+    "ls": ("application/json", None),
+    "log": ("text/plain; charset=utf-8", "zstd"),
+    "narinfo": ("text/x-nix-narinfo", None),
+    "realisation": ("application/json", None),
+}
+_INITIAL_PARTS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class WantedObject:
+    key: str
+    kind: str
+    nar_size: int  # for NARs, the uncompressed size (decides multipart); 0 otherwise
+
+    @property
+    def client_uploads(self) -> bool:
+        """NARs, listings and logs come from the client; narinfos and realisations are written by the server."""
+        return self.kind in ("nar", "ls", "log")
+
+
+def wanted_objects(path: PathRequest, *, published: bool) -> list[WantedObject]:
+    """The keys a session claims for ``path``: only its narinfo if it is already published, else everything."""
+    objects = [WantedObject(narinfo_key(path.path.hash), "narinfo", 0)]
+    if published:
+        return objects
+    objects.append(WantedObject(nar_key(path.nar_hash, "zstd"), "nar", path.nar_size))
+    if path.listing:
+        objects.append(WantedObject(ls_key(path.path.hash), "ls", 0))
+    if path.log and path.deriver is not None:
+        objects.append(WantedObject(log_key(path.deriver.basename), "log", 0))
+    objects.extend(WantedObject(realisation_key(r.id), "realisation", 0) for r in path.realisations)
+    return objects
+
+
+def initial_part_count(nar_size: int, part_size: int) -> int:
+    """How many part URLs to hand out at first: enough for a NAR that does not compress, capped."""
+    worst = nar_size + nar_size // 128 + 64 * 1024  # zstd's worst-case expansion, generously
+    return max(1, min(_INITIAL_PARTS, -(-worst // part_size)))
+
+
+def _request_json(req: PresignedRequest) -> dict[str, Any]:
+    return {"url": req.url, "method": req.method, "headers": dict(req.headers)}
+
+
+async def object_spec(
+    bucket: Bucket,
+    s3: S3Settings,
+    obj: WantedObject,
+    *,
+    state: str,
+    uploader: bool,
+    upload_id: str | None,
+    parts: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
+    """The JSON an upload client gets for one object (docs/api.md, "action")."""
+    spec: dict[str, Any] = {"kind": obj.kind, "key": obj.key}
+    if state == "present":
+        return {**spec, "action": "none", "reason": "present"}
+    if not uploader:
+        return {**spec, "action": "none", "reason": "in_progress"}
+    content_type, content_encoding = CONTENT_TYPES[obj.kind]
+    if upload_id is None:
+        req = await bucket.presign_put(obj.key, content_type=content_type, content_encoding=content_encoding)
+        return {**spec, "action": "put", **_request_json(req)}
+    numbers = parts if parts is not None else range(1, initial_part_count(obj.nar_size, s3.multipart_part_size) + 1)
+    return {
+        **spec,
+        "action": "multipart",
+        "upload_id": upload_id,
+        "part_size": s3.multipart_part_size,
+        "parts": [
+            {"part_number": n, **_request_json(await bucket.presign_part(obj.key, upload_id, n))} for n in numbers
+        ],
+    }

@@ -1,0 +1,200 @@
+"""Opening an upload session (``POST /api/v1/sessions``) and handing out upload URLs.
+
+A session claims, in one transaction, every key it needs: the narinfo of every path of the push (so GC keeps
+already-published references alive while the push runs) and, for paths not yet published, their NAR, listing,
+log and realisations. Of the objects not yet in the bucket it becomes the uploader unless another live session
+already is; only the uploader gets URLs, so a shared object is uploaded once.
+"""
+
+from __future__ import annotations
+
+__all__ = ["build_response", "open_session", "refresh_urls"]
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from niks3d.db import paths as db_paths
+from niks3d.db import uploads as db
+from niks3d.db.retry import retry_transaction
+from niks3d.errors import ApiError
+from niks3d.uploads.context import SESSION_STALE_AFTER, PushContext
+from niks3d.uploads.objects import CONTENT_TYPES, WantedObject, object_spec, wanted_objects
+from niks3d.uploads.request import SessionRequest
+
+logger = logging.getLogger(__name__)
+
+
+async def _check_references(ctx: PushContext, req: SessionRequest) -> None:
+    in_request = {p.path.hash for p in req.paths}
+    outside = sorted({r.hash: r for p in req.paths for r in p.references if r.hash not in in_request}.items())
+    if not outside:
+        return
+    async with ctx.pool.acquire() as conn:
+        published = await db_paths.published_hashes(conn, [h for h, _ in outside])
+    unknown = [r.path for h, r in outside if h not in published]
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        raise ApiError(
+            422,
+            "unknown_references",
+            f"references are neither in this push nor in the cache: {shown}",
+            references=unknown,
+        )
+
+
+def session_objects(req: SessionRequest, published: set[str]) -> dict[str, list[WantedObject]]:
+    """path hash -> the objects the session claims for it."""
+    return {p.path.hash: wanted_objects(p, published=p.path.hash in published) for p in req.paths}
+
+
+async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -> tuple[dict[str, Any], bool]:
+    """Open (or, for a repeated idempotency key, find again) a session; returns (answer, created)."""
+    await _check_references(ctx, req)
+    digest = req.fingerprint()
+    gc = ctx.settings.gc
+
+    async def attempt() -> tuple[uuid.UUID, bool]:
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            if req.idempotency_key is not None:
+                existing = await db.find_session_by_key(conn, token_name, req.idempotency_key)
+                if existing is not None:
+                    if existing.request_digest != digest:
+                        raise ApiError(
+                            409,
+                            "idempotency_conflict",
+                            f"idempotency_key {req.idempotency_key!r} was used for a different request",
+                        )
+                    if existing.state in ("open", "completed") and not existing.is_expired(datetime.now(UTC)):
+                        await db.touch_session(conn, existing.id, gc.session_expiry)
+                        return existing.id, False
+                    await db.clear_idempotency_key(conn, existing.id)
+            session_id = await db.insert_session(
+                conn,
+                token_name=token_name,
+                idempotency_key=req.idempotency_key,
+                request=req.to_json(),
+                request_digest=digest,
+                expiry=gc.session_expiry,
+            )
+            published = await db_paths.published_hashes(conn, [p.path.hash for p in req.paths])
+            wanted = {o.key: o for objs in session_objects(req, published).values() for o in objs}
+            keys = sorted(wanted)
+            await db.ensure_objects(conn, [(k, wanted[k].kind) for k in keys])
+            states = await db.lock_objects(conn, keys)
+            busy = await db.live_uploaders(conn, keys, exclude=session_id, stale_after=SESSION_STALE_AFTER)
+            stale = [k for k in keys if wanted[k].client_uploads and states[k] == "pending" and k not in busy]
+            # A claim left by a session that went away blocks nobody: this session takes the upload over.
+            await db.insert_claims(conn, session_id, [(k, False) for k in keys])
+            aborted = await db.take_over(conn, session_id, stale)
+        await _abort_uploads(ctx, aborted)
+        return session_id, True
+
+    session_id, created = await retry_transaction(attempt)
+    await _start_multipart_uploads(ctx, session_id)
+    answer = await build_response(ctx, session_id)
+    if created:
+        logger.info(
+            "opened upload session %s for %d paths (%d roots)",
+            session_id,
+            len(req.paths),
+            len(req.roots),
+            extra={
+                "event": "session.opened",
+                "fields": {"session": str(session_id), "paths": len(req.paths)},
+            },
+        )
+    return answer, created
+
+
+async def _abort_uploads(ctx: PushContext, uploads: list[tuple[str, str]]) -> None:
+    for key, upload_id in uploads:
+        try:
+            await ctx.bucket.abort_multipart(key, upload_id)
+        except Exception:
+            logger.warning("could not abort multipart upload %s of %s", upload_id, key, exc_info=True)
+
+
+async def _start_multipart_uploads(ctx: PushContext, session_id: uuid.UUID) -> None:
+    """Create the multipart uploads of large NARs this session uploads and has none for yet."""
+    s3 = ctx.settings.s3
+    async with ctx.pool.acquire() as conn:
+        session = await db.load_session(conn, session_id)
+        assert session is not None
+        claims = await db.claims_of_session(conn, session_id)
+        states = await db.object_states(conn, list(claims))
+    req = SessionRequest.from_json(session.request)
+    sizes = {o.key: o.nar_size for p in req.paths for o in wanted_objects(p, published=False) if o.kind == "nar"}
+    for key, claim in sorted(claims.items()):
+        if (
+            claim.uploader
+            and claim.upload_id is None
+            and sizes.get(key, 0) >= s3.multipart_threshold
+            and states.get(key, ("pending",))[0] == "pending"
+        ):
+            upload_id = await ctx.bucket.create_multipart(key, content_type=CONTENT_TYPES["nar"][0])
+            async with ctx.pool.acquire() as conn:
+                await db.set_upload_id(conn, session_id, key, upload_id)
+
+
+async def build_response(ctx: PushContext, session_id: uuid.UUID) -> dict[str, Any]:
+    """The answer to ``POST /sessions``: per path, cached or the upload spec of each object."""
+    async with ctx.pool.acquire() as conn:
+        session = await db.load_session(conn, session_id)
+        assert session is not None
+        claims = await db.claims_of_session(conn, session_id)
+        req = SessionRequest.from_json(session.request)
+        published = await db_paths.published_hashes(conn, [p.path.hash for p in req.paths])
+        states = await db.object_states(conn, list(claims))
+    paths: list[dict[str, Any]] = []
+    for p in req.paths:
+        if p.path.hash in published:
+            paths.append({"path": p.path.path, "status": "cached"})
+            continue
+        objects = []
+        for obj in wanted_objects(p, published=False):
+            claim = claims.get(obj.key)
+            if not obj.client_uploads or claim is None:
+                continue
+            objects.append(
+                await object_spec(
+                    ctx.bucket,
+                    ctx.settings.s3,
+                    obj,
+                    state=states.get(obj.key, ("pending", None, None))[0],
+                    uploader=claim.uploader,
+                    upload_id=claim.upload_id,
+                )
+            )
+        paths.append({"path": p.path.path, "status": "upload", "objects": objects})
+    return {"session_id": str(session.id), "expires_at": session.expires_at.isoformat(), "paths": paths}
+
+
+async def refresh_urls(ctx: PushContext, session: db.SessionRow, wanted: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """Fresh URLs (and more part URLs) for objects this session uploads."""
+    req = SessionRequest.from_json(session.request)
+    by_key = {o.key: o for p in req.paths for o in wanted_objects(p, published=False) if o.client_uploads}
+    async with ctx.pool.acquire() as conn:
+        claims = await db.claims_of_session(conn, session.id)
+        states = await db.object_states(conn, list(wanted))
+        await db.touch_session(conn, session.id, ctx.settings.gc.session_expiry)
+    specs = []
+    for key, parts in wanted.items():
+        claim = claims.get(key)
+        if claim is None or key not in by_key:
+            raise ApiError(400, "invalid_request", f"objects: {key!r} is not an object of this session")
+        if parts and claim.upload_id is None:
+            raise ApiError(400, "invalid_request", f"objects: {key!r} is not a multipart upload; ask without parts")
+        specs.append(
+            await object_spec(
+                ctx.bucket,
+                ctx.settings.s3,
+                by_key[key],
+                state=states.get(key, ("pending", None, None))[0],
+                uploader=claim.uploader,
+                upload_id=claim.upload_id,
+                parts=parts or None,
+            )
+        )
+    return {"objects": specs}

@@ -1,0 +1,264 @@
+"""Completing a session: check that every object is there, sign the narinfos, publish them references first,
+and commit paths, references, files and roots in one transaction (design.md, push protocol step 4).
+
+Nothing is published unless all of it can be: missing objects give a 422 with fresh upload specs, objects that
+another live session is still uploading give a 409 with ``retry_after``. Narinfos are written while their rows
+are locked, in topological order, so at every moment every narinfo in the bucket has its NAR and the narinfos of
+all its references (invariant 1). A repeated ``complete`` of a completed session returns the stored answer.
+"""
+
+from __future__ import annotations
+
+__all__ = ["complete_session"]
+
+import asyncio
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from niks3d.db import paths as db_paths
+from niks3d.db import uploads as db
+from niks3d.db.retry import retry_transaction
+from niks3d.errors import ApiError
+from niks3d.nix.bucketkeys import narinfo_key, realisation_key
+from niks3d.nix.hashes import format_sha256, parse_sha256
+from niks3d.nix.narinfo import NarInfo
+from niks3d.nix.realisation import Realisation
+from niks3d.uploads.context import SESSION_STALE_AFTER, PushContext
+from niks3d.uploads.objects import CONTENT_TYPES, object_spec, wanted_objects
+from niks3d.uploads.open import _abort_uploads, _start_multipart_uploads
+from niks3d.uploads.report import report_objects
+from niks3d.uploads.request import ObjectReport, PathRequest, SessionRequest
+
+logger = logging.getLogger(__name__)
+_PUT_CONCURRENCY = 32
+PENDING_RETRY_AFTER = 2
+
+
+def closed_error(session: db.SessionRow) -> ApiError:
+    state = "expired" if session.is_expired(datetime.now(UTC)) else session.state
+    return ApiError(409, "session_closed", f"session {session.id} is {state}; open a new one")
+
+
+async def complete_session(ctx: PushContext, session_id: uuid.UUID, reports: dict[str, ObjectReport]) -> dict[str, Any]:
+    async with ctx.pool.acquire() as conn:
+        session = await db.load_session(conn, session_id)
+    if session is None:
+        raise ApiError(404, "session_not_found", f"no upload session {session_id}")
+    if session.state == "completed" and session.result is not None:
+        return session.result
+    if session.state != "open" or session.is_expired(datetime.now(UTC)):
+        raise closed_error(session)
+    await report_objects(ctx, session, reports)
+    req = SessionRequest.from_json(session.request)
+    await _check_objects(ctx, session, req)
+    result = await retry_transaction(lambda: _publish(ctx, session_id, req))
+    logger.info(
+        "session %s completed: %d published, %d already cached, %d roots",
+        session_id,
+        len(result["published"]),
+        len(result["cached"]),
+        len(result["roots"]),
+        extra={
+            "event": "session.completed",
+            "fields": {"session": str(session_id), "published": len(result["published"])},
+        },
+    )
+    return result
+
+
+async def _check_objects(ctx: PushContext, session: db.SessionRow, req: SessionRequest) -> None:
+    """Raise 422/409 unless every object needed to publish the unpublished paths is present."""
+    async with ctx.pool.acquire() as conn:
+        published = await db_paths.published_hashes(conn, [p.path.hash for p in req.paths])
+        needed = {
+            o.key: o
+            for p in req.paths
+            if p.path.hash not in published
+            for o in wanted_objects(p, published=False)
+            if o.client_uploads
+        }
+        states = await db.object_states(conn, list(needed))
+        claims = await db.claims_of_session(conn, session.id)
+        absent = [k for k in sorted(needed) if states.get(k, ("pending",))[0] != "present"]
+        busy = await db.live_uploaders(conn, absent, exclude=session.id, stale_after=SESSION_STALE_AFTER)
+    mine = [k for k in absent if claims.get(k) is not None and claims[k].uploader]
+    pending = [k for k in absent if k in busy]
+    orphaned = [k for k in absent if k not in busy and k not in mine]
+    if orphaned:
+        # Their uploader went away: this session uploads them now.
+        async def take() -> list[tuple[str, str]]:
+            async with ctx.pool.acquire() as conn, conn.transaction():
+                await db.ensure_objects(conn, [(k, needed[k].kind) for k in orphaned])
+                await db.lock_objects(conn, orphaned)
+                await db.insert_claims(conn, session.id, [(k, False) for k in orphaned])
+                return await db.take_over(conn, session.id, orphaned)
+
+        await _abort_uploads(ctx, await retry_transaction(take))
+        await _start_multipart_uploads(ctx, session.id)
+        mine += orphaned
+    if mine:
+        async with ctx.pool.acquire() as conn:
+            claims = await db.claims_of_session(conn, session.id)
+        specs = [
+            await object_spec(
+                ctx.bucket,
+                ctx.settings.s3,
+                needed[k],
+                state="pending",
+                uploader=True,
+                upload_id=claims[k].upload_id,
+            )
+            for k in sorted(mine)
+        ]
+        raise ApiError(
+            422,
+            "objects_missing",
+            f"{len(mine)} object(s) of this session are not in the bucket: "
+            + ", ".join(sorted(mine)[:5])
+            + (" ..." if len(mine) > 5 else ""),
+            missing=[{"key": k, "reason": "not uploaded or not reported"} for k in sorted(mine)],
+            objects=specs,
+            pending=pending,
+        )
+    if pending:
+        raise ApiError(
+            409,
+            "objects_pending",
+            f"{len(pending)} object(s) are still being uploaded by another session: " + ", ".join(pending[:5]),
+            pending=pending,
+            retry_after=PENDING_RETRY_AFTER,
+        )
+
+
+def _levels(paths: list[PathRequest]) -> list[list[PathRequest]]:
+    """Group paths so that each path comes after every referenced path of the same group (references first)."""
+    by_hash = {p.path.hash: p for p in paths}
+    depth: dict[str, int] = {}
+
+    def level(h: str, trail: frozenset[str]) -> int:
+        if h in depth:
+            return depth[h]
+        refs = [r.hash for r in by_hash[h].references if r.hash in by_hash and r.hash != h]
+        if any(r in trail for r in refs):
+            raise ApiError(400, "invalid_request", f"reference cycle through {by_hash[h].path.path}")
+        depth[h] = 1 + max((level(r, trail | {h}) for r in refs), default=-1)
+        return depth[h]
+
+    for h in sorted(by_hash):
+        level(h, frozenset())
+    groups: list[list[PathRequest]] = [[] for _ in range(1 + max(depth.values(), default=-1))]
+    for h in sorted(by_hash):
+        groups[depth[h]].append(by_hash[h])
+    return groups
+
+
+async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest) -> dict[str, Any]:
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        session = await db.load_session(conn, session_id, for_update=True)
+        assert session is not None
+        if session.state == "completed" and session.result is not None:
+            return session.result
+        if session.state != "open":
+            raise closed_error(session)
+        all_hashes = [p.path.hash for p in req.paths]
+        todo_keys = sorted(narinfo_key(h) for h in all_hashes)
+        await db.lock_objects(conn, todo_keys)
+        published = await db_paths.published_hashes(conn, all_hashes)
+        todo = [p for p in req.paths if p.path.hash not in published]
+        objects = await db.object_states(conn, [o.key for p in todo for o in wanted_objects(p, published=False)])
+        rows: list[db_paths.PublishedPath] = []
+        for group in _levels(todo):
+            rendered = [_render(ctx, p, objects) for p in group]
+            await _put_all(ctx, [(r.narinfo_key, r.narinfo.encode(), "narinfo") for r in rendered])
+            rows.extend(rendered)
+        realisations = [
+            (realisation_key(r.id), _realisation_body(ctx, r), "realisation") for p in todo for r in p.realisations
+        ]
+        await _put_all(ctx, realisations)
+        await db.mark_present(
+            conn,
+            [(r.narinfo_key, len(r.narinfo.encode()), None) for r in rows]
+            + [(key, len(body), None) for key, body, _ in realisations],
+        )
+        await db_paths.insert_published(conn, rows)
+        await db_paths.touch_roots(conn, [r.hash for r in req.roots], session_id)
+        result = {
+            "session_id": str(session_id),
+            "state": "completed",
+            "published": [p.path.path for p in todo],
+            "cached": [p.path.path for p in req.paths if p.path.hash in published],
+            "roots": [r.path for r in req.roots],
+        }
+        await conn.execute(
+            "UPDATE upload_sessions SET state = 'completed', completed_at = now(), result = $2 WHERE id = $1",
+            session_id,
+            result,
+        )
+        await conn.execute("DELETE FROM session_claims WHERE session_id = $1", session_id)
+        return result
+
+
+def _render(
+    ctx: PushContext, p: PathRequest, objects: dict[str, tuple[str, int | None, str | None]]
+) -> db_paths.PublishedPath:
+    files: list[tuple[str, str]] = []
+    nar = None
+    for obj in wanted_objects(p, published=False):
+        state, size, file_hash = objects.get(obj.key, ("pending", None, None))
+        if obj.kind == "nar":
+            nar = (obj.key, size, file_hash)
+        elif (obj.kind in ("ls", "log") and state == "present") or obj.kind == "realisation":
+            files.append((obj.key, obj.kind))
+    assert nar is not None and nar[1] is not None and nar[2] is not None, f"NAR of {p.path} not verified"
+    info = NarInfo(
+        store_path=p.path,
+        url=nar[0],
+        compression="zstd",
+        file_hash=parse_sha256(nar[2]),
+        file_size=nar[1],
+        nar_hash=p.nar_hash,
+        nar_size=p.nar_size,
+        references=tuple(r.basename for r in p.references),
+        deriver=p.deriver.basename if p.deriver else None,
+        system=None,
+        sigs=(),
+        ca=p.ca,
+    ).signed(ctx.signing_keys)
+    return db_paths.PublishedPath(
+        hash=p.path.hash,
+        name=p.path.name,
+        nar_hash=format_sha256(p.nar_hash),
+        nar_size=p.nar_size,
+        nar_key=nar[0],
+        narinfo_key=narinfo_key(p.path.hash),
+        compression="zstd",
+        file_hash=nar[2],
+        file_size=nar[1],
+        deriver=info.deriver,
+        ca=p.ca,
+        narinfo=info.render(),
+        references=tuple(r.hash for r in p.references),
+        files=tuple(files),
+    )
+
+
+def _realisation_body(ctx: PushContext, r: Any) -> bytes:
+    realisation = Realisation(
+        id=r.id,
+        out_path=r.out_path.basename,
+        signatures=(),
+        dependent_realisations=tuple(r.dependent_realisations),
+    ).signed(ctx.signing_keys)
+    return realisation.to_json().encode()
+
+
+async def _put_all(ctx: PushContext, items: list[tuple[str, bytes, str]]) -> None:
+    semaphore = asyncio.Semaphore(_PUT_CONCURRENCY)
+
+    async def put(key: str, body: bytes, kind: str) -> None:
+        async with semaphore:
+            await ctx.bucket.put(key, body, content_type=CONTENT_TYPES[kind][0])
+
+    await asyncio.gather(*(put(k, b, t) for k, b, t in items))

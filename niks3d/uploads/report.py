@@ -1,0 +1,108 @@
+"""Object reports: the client says what it uploaded; niks3d checks the bucket and records what is really there.
+
+For every reported key this session uploads, a multipart upload is finished first, then the object must exist
+with exactly the reported size (and, with ``s3.verify = "full"``, a NAR must decompress to the declared NarHash
+and NarSize under Nix's parser rules). Only then is the object recorded as present, with its FileHash.
+"""
+
+from __future__ import annotations
+
+__all__ = ["report_objects"]
+
+import asyncio
+import logging
+from typing import Any
+
+from niks3d.db import uploads as db
+from niks3d.errors import ApiError, ObjectNotFound, StorageError
+from niks3d.nix.bucketkeys import nar_key
+from niks3d.nix.hashes import format_sha256
+from niks3d.nix.storepath import StorePath
+from niks3d.uploads.context import PushContext
+from niks3d.uploads.request import ObjectReport, SessionRequest
+from niks3d.uploads.verify import verify_nar_object
+
+logger = logging.getLogger(__name__)
+_CONCURRENCY = 32
+
+
+def _nar_expectations(req: SessionRequest) -> dict[str, tuple[bytes, int, StorePath]]:
+    return {nar_key(p.nar_hash, "zstd"): (p.nar_hash, p.nar_size, p.path) for p in req.paths}
+
+
+async def report_objects(
+    ctx: PushContext, session: db.SessionRow, reports: dict[str, ObjectReport]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Check and record reported objects; returns (accepted keys, missing [{key, reason}])."""
+    if not reports:
+        return [], []
+    req = SessionRequest.from_json(session.request)
+    expected_nars = _nar_expectations(req)
+    async with ctx.pool.acquire() as conn:
+        claims = await db.claims_of_session(conn, session.id)
+        states = await db.object_states(conn, list(reports))
+        await db.touch_session(conn, session.id, ctx.settings.gc.session_expiry)
+    accepted: list[str] = []
+    missing: list[dict[str, Any]] = []
+    to_check: list[tuple[ObjectReport, db.Claim]] = []
+    for key, report in sorted(reports.items()):
+        claim = claims.get(key)
+        if claim is None:
+            raise ApiError(400, "invalid_request", f"objects: {key!r} is not an object of this session")
+        if states.get(key, ("pending",))[0] == "present":
+            accepted.append(key)
+        elif not claim.uploader:
+            missing.append({"key": key, "reason": "another session is uploading this object"})
+        else:
+            to_check.append((report, claim))
+
+    semaphore = asyncio.Semaphore(_CONCURRENCY)
+
+    async def check(report: ObjectReport, claim: db.Claim) -> tuple[str, int, str | None] | dict[str, Any]:
+        async with semaphore:
+            return await _check_one(ctx, report, claim, expected_nars.get(report.key))
+
+    results = await asyncio.gather(*(check(r, c) for r, c in to_check))
+    good = [r for r in results if isinstance(r, tuple)]
+    missing.extend(r for r in results if isinstance(r, dict))
+    if good:
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            await db.mark_present(conn, good)
+            for key, _, _ in good:
+                await db.set_upload_id(conn, session.id, key, None)
+        accepted.extend(k for k, _, _ in good)
+    for item in missing:
+        logger.info("session %s: object %s not accepted: %s", session.id, item["key"], item["reason"])
+    return sorted(accepted), missing
+
+
+async def _check_one(
+    ctx: PushContext,
+    report: ObjectReport,
+    claim: db.Claim,
+    nar: tuple[bytes, int, StorePath] | None,
+) -> tuple[str, int, str | None] | dict[str, Any]:
+    key = report.key
+    try:
+        if claim.upload_id is not None:
+            await ctx.bucket.complete_multipart(key, claim.upload_id)
+        info = await ctx.bucket.head(key)
+    except ObjectNotFound:
+        info = None
+    except StorageError as exc:
+        if "NoSuchUpload" in str(exc) or "no parts" in str(exc).lower():
+            return {"key": key, "reason": f"the multipart upload cannot be completed: {exc}"}
+        raise
+    if info is None:
+        return {"key": key, "reason": "not found in the bucket"}
+    if info.size != report.file_size:
+        return {
+            "key": key,
+            "reason": f"size mismatch: reported {report.file_size} bytes, the bucket has {info.size}",
+        }
+    file_hash = format_sha256(report.file_hash) if report.file_hash is not None else None
+    if nar is not None and ctx.settings.s3.verify == "full":
+        problem = await verify_nar_object(ctx.bucket, key, report, nar_hash=nar[0], nar_size=nar[1])
+        if problem:
+            return {"key": key, "reason": problem}
+    return key, info.size, file_hash

@@ -1,0 +1,313 @@
+"""Validation of push requests: JSON bodies become typed, fully validated domain values or a 400 naming the field.
+
+Every store path, hash, bucket key and name is checked here, before anything reaches SQL, S3 or a log line.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MAX_PATHS_PER_SESSION",
+    "ObjectReport",
+    "PathRequest",
+    "RealisationRequest",
+    "SessionRequest",
+    "parse_object_reports",
+    "parse_session_request",
+    "parse_url_request",
+]
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from niks3d.errors import ApiError
+from niks3d.nix.bucketkeys import parse_bucket_key
+from niks3d.nix.errors import NixFormatError
+from niks3d.nix.hashes import format_sha256, parse_sha256
+from niks3d.nix.realisation import parse_realisation_id
+from niks3d.nix.storepath import StorePath
+
+MAX_PATHS_PER_SESSION = 100_000
+MAX_REFERENCES = 10_000
+MAX_PARTS = 10_000
+_IDEMPOTENCY_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_CA_RE = re.compile(r"(?:fixed:(?:r:|git:)?|text:)(?:sha256|sha1|sha512|md5):[0-9A-Za-z+/=]{16,128}")
+
+
+def _bad(where: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_request", f"{where}: {message}")
+
+
+def _object(value: object, where: str, fields: Mapping[str, bool]) -> dict[str, Any]:
+    """Check that ``value`` is a JSON object with only known ``fields`` (name -> required)."""
+    if not isinstance(value, dict):
+        raise _bad(where, f"must be a JSON object, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise _bad(where, f"unknown field(s) {', '.join(map(repr, unknown))}")
+    missing = sorted(name for name, required in fields.items() if required and name not in value)
+    if missing:
+        raise _bad(where, f"missing field(s) {', '.join(map(repr, missing))}")
+    return value
+
+
+def _list(value: object, where: str, limit: int) -> list[Any]:
+    if not isinstance(value, list):
+        raise _bad(where, f"must be a JSON array, got {type(value).__name__}")
+    if len(value) > limit:
+        raise _bad(where, f"has {len(value)} entries, the limit is {limit}")
+    return value
+
+
+def _store_path(value: object, where: str) -> StorePath:
+    """A full store path or a basename."""
+    if not isinstance(value, str):
+        raise _bad(where, f"must be a store path string, got {type(value).__name__}")
+    try:
+        return StorePath.parse(value) if value.startswith("/") else StorePath.from_basename(value)
+    except NixFormatError as exc:
+        raise _bad(where, str(exc)) from None
+
+
+def _int(value: object, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(where, f"must be an integer, got {type(value).__name__}")
+    if value < minimum or value > 2**62:
+        raise _bad(where, f"{value} is out of range")
+    return value
+
+
+def _bool(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(where, f"must be true or false, got {type(value).__name__}")
+    return value
+
+
+def _hash(value: object, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise _bad(where, f"must be a hash string, got {type(value).__name__}")
+    try:
+        return parse_sha256(value)
+    except NixFormatError as exc:
+        raise _bad(where, str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class RealisationRequest:
+    id: str
+    out_path: StorePath
+    dependent_realisations: tuple[tuple[str, str], ...]  # (id, basename), sorted
+
+
+@dataclass(frozen=True, slots=True)
+class PathRequest:
+    path: StorePath
+    nar_hash: bytes
+    nar_size: int
+    references: tuple[StorePath, ...]  # sorted by basename, unique
+    deriver: StorePath | None
+    ca: str | None
+    listing: bool
+    log: bool
+    realisations: tuple[RealisationRequest, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path.path,
+            "nar_hash": format_sha256(self.nar_hash),
+            "nar_size": self.nar_size,
+            "references": [r.path for r in self.references],
+            "deriver": self.deriver.path if self.deriver else None,
+            "ca": self.ca,
+            "listing": self.listing,
+            "log": self.log,
+            "realisations": [
+                {
+                    "id": r.id,
+                    "out_path": r.out_path.path,
+                    "dependent_realisations": dict(r.dependent_realisations),
+                }
+                for r in self.realisations
+            ],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRequest:
+    idempotency_key: str | None
+    roots: tuple[StorePath, ...]
+    paths: tuple[PathRequest, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "idempotency_key": self.idempotency_key,
+            "roots": [r.path for r in self.roots],
+            "paths": [p.to_json() for p in self.paths],
+        }
+
+    def fingerprint(self) -> str:
+        """A digest of the request's content, to tell an idempotent repeat from a different request."""
+        body = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(body).hexdigest()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SessionRequest:
+        """Rebuild a stored (already validated) request."""
+        return parse_session_request(dict(data))
+
+
+def _parse_realisation(value: object, where: str) -> RealisationRequest:
+    obj = _object(value, where, {"id": True, "out_path": True, "dependent_realisations": False})
+    rid = obj["id"]
+    try:
+        parse_realisation_id(rid)
+    except NixFormatError as exc:
+        raise _bad(f"{where}.id", str(exc)) from None
+    deps_raw = obj.get("dependent_realisations") or {}
+    if not isinstance(deps_raw, dict):
+        raise _bad(f"{where}.dependent_realisations", "must be a JSON object")
+    deps: list[tuple[str, str]] = []
+    for dep_id, dep_path in deps_raw.items():
+        try:
+            parse_realisation_id(dep_id)
+        except NixFormatError as exc:
+            raise _bad(f"{where}.dependent_realisations", str(exc)) from None
+        deps.append((dep_id, _store_path(dep_path, f"{where}.dependent_realisations[{dep_id!r}]").basename))
+    return RealisationRequest(rid, _store_path(obj["out_path"], f"{where}.out_path"), tuple(sorted(deps)))
+
+
+def _parse_path(value: object, where: str) -> PathRequest:
+    obj = _object(
+        value,
+        where,
+        {
+            "path": True,
+            "nar_hash": True,
+            "nar_size": True,
+            "references": True,
+            "deriver": False,
+            "ca": False,
+            "listing": False,
+            "log": False,
+            "realisations": False,
+        },
+    )
+    path = _store_path(obj["path"], f"{where}.path")
+    refs_raw = _list(obj["references"], f"{where}.references", MAX_REFERENCES)
+    refs = {}
+    for i, raw in enumerate(refs_raw):
+        ref = _store_path(raw, f"{where}.references[{i}]")
+        refs[ref.basename] = ref
+    deriver = None
+    if obj.get("deriver") is not None:
+        deriver = _store_path(obj["deriver"], f"{where}.deriver")
+        if not deriver.is_derivation:
+            raise _bad(f"{where}.deriver", f"{deriver.path} is not a derivation (.drv)")
+    ca = obj.get("ca")
+    if ca is not None and (not isinstance(ca, str) or not _CA_RE.fullmatch(ca)):
+        raise _bad(f"{where}.ca", f"{str(ca)[:80]!r} is not a content address such as 'fixed:r:sha256:<hash>'")
+    log = _bool(obj.get("log", False), f"{where}.log")
+    if log and deriver is None:
+        raise _bad(f"{where}.log", "a build log needs the path's deriver")
+    realisations = tuple(
+        _parse_realisation(r, f"{where}.realisations[{i}]")
+        for i, r in enumerate(_list(obj.get("realisations", []), f"{where}.realisations", 64))
+    )
+    for r in realisations:
+        if r.out_path != path:
+            raise _bad(f"{where}.realisations", f"realisation {r.id} points to {r.out_path.path}, not to {path.path}")
+    return PathRequest(
+        path=path,
+        nar_hash=_hash(obj["nar_hash"], f"{where}.nar_hash"),
+        nar_size=_int(obj["nar_size"], f"{where}.nar_size", 1),
+        references=tuple(refs[k] for k in sorted(refs)),
+        deriver=deriver,
+        ca=ca,
+        listing=_bool(obj.get("listing", True), f"{where}.listing"),
+        log=log,
+        realisations=realisations,
+    )
+
+
+def parse_session_request(body: object) -> SessionRequest:
+    """Validate the body of ``POST /api/v1/sessions``."""
+    obj = _object(body, "request", {"idempotency_key": False, "roots": True, "paths": True})
+    key = obj.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not _IDEMPOTENCY_RE.fullmatch(key)):
+        raise _bad("idempotency_key", "must match [A-Za-z0-9._-]{1,128}")
+    paths_raw = _list(obj["paths"], "paths", MAX_PATHS_PER_SESSION)
+    if not paths_raw:
+        raise _bad("paths", "must not be empty")
+    paths: dict[str, PathRequest] = {}
+    for i, raw in enumerate(paths_raw):
+        p = _parse_path(raw, f"paths[{i}]")
+        if p.path.hash in paths:
+            raise _bad(f"paths[{i}].path", f"{p.path.path} is listed twice (or its hash part is)")
+        paths[p.path.hash] = p
+    roots_raw = _list(obj["roots"], "roots", MAX_PATHS_PER_SESSION)
+    roots: dict[str, StorePath] = {}
+    for i, raw in enumerate(roots_raw):
+        root = _store_path(raw, f"roots[{i}]")
+        known = paths.get(root.hash)
+        if known is None or known.path != root:
+            raise _bad(f"roots[{i}]", f"{root.path} is not one of the paths of this request")
+        roots[root.hash] = root
+    return SessionRequest(
+        idempotency_key=key,
+        roots=tuple(roots[k] for k in sorted(roots)),
+        paths=tuple(paths[k] for k in sorted(paths)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectReport:
+    key: str
+    file_size: int
+    file_hash: bytes | None
+
+
+def parse_object_reports(body: object, *, optional: bool) -> dict[str, ObjectReport]:
+    """Validate ``{"objects": {key: {"file_size": N, "file_hash": "sha256:..."}}}``."""
+    if optional and body is None:
+        return {}
+    obj = _object(body, "request", {"objects": not optional})
+    raw = obj.get("objects", {})
+    if not isinstance(raw, dict):
+        raise _bad("objects", "must be a JSON object keyed by bucket key")
+    if len(raw) > 4 * MAX_PATHS_PER_SESSION:
+        raise _bad("objects", "too many objects")
+    reports: dict[str, ObjectReport] = {}
+    for key, value in raw.items():
+        where = f"objects[{key[:200]!r}]"
+        try:
+            bucket_key = parse_bucket_key(key)
+        except NixFormatError as exc:
+            raise _bad(where, str(exc)) from None
+        if bucket_key.kind not in ("nar", "ls", "log"):
+            raise _bad(where, f"{bucket_key.kind} objects are written by the server, not uploaded")
+        fields = _object(value, where, {"file_size": True, "file_hash": bucket_key.kind == "nar"})
+        file_hash = _hash(fields["file_hash"], f"{where}.file_hash") if "file_hash" in fields else None
+        reports[key] = ObjectReport(key, _int(fields["file_size"], f"{where}.file_size", 1), file_hash)
+    return reports
+
+
+def parse_url_request(body: object) -> dict[str, tuple[int, ...]]:
+    """Validate ``{"objects": [{"key": ..., "parts": [n, ...]}]}`` into key -> part numbers."""
+    obj = _object(body, "request", {"objects": True})
+    wanted: dict[str, tuple[int, ...]] = {}
+    for i, raw in enumerate(_list(obj["objects"], "objects", 4 * MAX_PATHS_PER_SESSION)):
+        item = _object(raw, f"objects[{i}]", {"key": True, "parts": False})
+        key = item["key"]
+        try:
+            parse_bucket_key(key)
+        except (NixFormatError, TypeError) as exc:
+            raise _bad(f"objects[{i}].key", str(exc)) from None
+        parts = _list(item.get("parts", []), f"objects[{i}].parts", 1000)
+        numbers = tuple(sorted({_int(n, f"objects[{i}].parts", 1) for n in parts}))
+        if numbers and numbers[-1] > MAX_PARTS:
+            raise _bad(f"objects[{i}].parts", f"part numbers go from 1 to {MAX_PARTS}")
+        wanted[key] = numbers
+    return wanted

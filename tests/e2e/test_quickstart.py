@@ -1,0 +1,58 @@
+"""The README's quick start: `niks3d dev` comes up on a fresh machine, answers /ready, serves nix-cache-info,
+and Ctrl-C stops everything and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from niks3d.devenv.process import free_port
+from tests.fixtures.daemon import niks3d_argv
+
+
+@pytest.mark.postgres
+@pytest.mark.s3
+def test_niks3d_dev_serves_a_working_cache(tmp_path: Path) -> None:
+    port = free_port()
+    workdir = tmp_path / "dev"
+    log_path = tmp_path / "dev.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            niks3d_argv("dev", "--port", str(port), "--dir", str(workdir)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while "niks3d dev is running" not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        output = log_path.read_text()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=10) as r:
+            assert r.status == 200 and json.load(r)["status"] == "ready"
+        cache_url = re.search(r"cache \(Nix reads\): (\S+)", output)
+        assert cache_url, output
+        with urllib.request.urlopen(f"{cache_url[1]}/nix-cache-info", timeout=10) as r:
+            text = r.read().decode()
+        assert "StoreDir: /nix/store\n" in text and "Priority: 40\n" in text
+        public_key = re.search(r"public key:\s+(\S+)", output)
+        assert public_key and public_key[1].startswith("niks3d-dev-1:")
+        assert (workdir / "secrets" / "push-token").stat().st_mode & 0o077 == 0
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode == 0, log_path.read_text()[-3000:]
+    leftovers = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True).stdout
+    assert not leftovers.strip(), f"processes left behind: {leftovers}"
