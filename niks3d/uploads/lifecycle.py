@@ -12,6 +12,7 @@ from typing import Any
 from niks3d.db import uploads as db
 from niks3d.errors import ApiError
 from niks3d.uploads.context import PushContext
+from niks3d.uploads.multipart import abort_uploads
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +50,7 @@ async def abort_session(ctx: PushContext, session_id: uuid.UUID) -> dict[str, An
         )
         if session.state == "open":
             await conn.execute("UPDATE upload_sessions SET state = 'aborted' WHERE id = $1", session_id)
-    for row in uploads:
-        if row["upload_id"]:
-            try:
-                await ctx.bucket.abort_multipart(row["key"], row["upload_id"])
-            except Exception:
-                logger.warning("could not abort multipart upload of %s", row["key"], exc_info=True)
+    await abort_uploads(ctx, [(r["key"], r["upload_id"]) for r in uploads if r["upload_id"]])
     logger.info(
         "session %s aborted",
         session_id,

@@ -20,7 +20,8 @@ from niks3d.db import uploads as db
 from niks3d.db.retry import retry_transaction
 from niks3d.errors import ApiError
 from niks3d.uploads.context import SESSION_STALE_AFTER, PushContext
-from niks3d.uploads.objects import CONTENT_TYPES, WantedObject, object_spec, wanted_objects
+from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
+from niks3d.uploads.objects import WantedObject, object_spec, wanted_objects
 from niks3d.uploads.request import SessionRequest
 
 logger = logging.getLogger(__name__)
@@ -88,11 +89,11 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
             # A claim left by a session that went away blocks nobody: this session takes the upload over.
             await db.insert_claims(conn, session_id, [(k, False) for k in keys])
             aborted = await db.take_over(conn, session_id, stale)
-        await _abort_uploads(ctx, aborted)
+        await abort_uploads(ctx, aborted)
         return session_id, True
 
     session_id, created = await retry_transaction(attempt)
-    await _start_multipart_uploads(ctx, session_id)
+    await start_multipart_uploads(ctx, session_id)
     answer = await build_response(ctx, session_id)
     if created:
         logger.info(
@@ -106,36 +107,6 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
             },
         )
     return answer, created
-
-
-async def _abort_uploads(ctx: PushContext, uploads: list[tuple[str, str]]) -> None:
-    for key, upload_id in uploads:
-        try:
-            await ctx.bucket.abort_multipart(key, upload_id)
-        except Exception:
-            logger.warning("could not abort multipart upload %s of %s", upload_id, key, exc_info=True)
-
-
-async def _start_multipart_uploads(ctx: PushContext, session_id: uuid.UUID) -> None:
-    """Create the multipart uploads of large NARs this session uploads and has none for yet."""
-    s3 = ctx.settings.s3
-    async with ctx.pool.acquire() as conn:
-        session = await db.load_session(conn, session_id)
-        assert session is not None
-        claims = await db.claims_of_session(conn, session_id)
-        states = await db.object_states(conn, list(claims))
-    req = SessionRequest.from_json(session.request)
-    sizes = {o.key: o.nar_size for p in req.paths for o in wanted_objects(p, published=False) if o.kind == "nar"}
-    for key, claim in sorted(claims.items()):
-        if (
-            claim.uploader
-            and claim.upload_id is None
-            and sizes.get(key, 0) >= s3.multipart_threshold
-            and states.get(key, ("pending",))[0] == "pending"
-        ):
-            upload_id = await ctx.bucket.create_multipart(key, content_type=CONTENT_TYPES["nar"][0])
-            async with ctx.pool.acquire() as conn:
-                await db.set_upload_id(conn, session_id, key, upload_id)
 
 
 async def build_response(ctx: PushContext, session_id: uuid.UUID) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.narinfo import NarInfo
 from niks3d.nix.realisation import Realisation
 from niks3d.uploads.context import SESSION_STALE_AFTER, PushContext
+from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
 from niks3d.uploads.objects import CONTENT_TYPES, object_spec, wanted_objects
-from niks3d.uploads.open import _abort_uploads, _start_multipart_uploads
 from niks3d.uploads.report import report_objects
 from niks3d.uploads.request import ObjectReport, PathRequest, SessionRequest
 
@@ -50,9 +50,9 @@ async def complete_session(ctx: PushContext, session_id: uuid.UUID, reports: dic
         return session.result
     if session.state != "open" or session.is_expired(datetime.now(UTC)):
         raise closed_error(session)
-    await report_objects(ctx, session, reports)
+    _, failed = await report_objects(ctx, session, reports)
     req = SessionRequest.from_json(session.request)
-    await _check_objects(ctx, session, req)
+    await _check_objects(ctx, session, req, {m["key"]: m["reason"] for m in failed})
     result = await retry_transaction(lambda: _publish(ctx, session_id, req))
     logger.info(
         "session %s completed: %d published, %d already cached, %d roots",
@@ -68,7 +68,9 @@ async def complete_session(ctx: PushContext, session_id: uuid.UUID, reports: dic
     return result
 
 
-async def _check_objects(ctx: PushContext, session: db.SessionRow, req: SessionRequest) -> None:
+async def _check_objects(
+    ctx: PushContext, session: db.SessionRow, req: SessionRequest, reasons: dict[str, str]
+) -> None:
     """Raise 422/409 unless every object needed to publish the unpublished paths is present."""
     async with ctx.pool.acquire() as conn:
         published = await db_paths.published_hashes(conn, [p.path.hash for p in req.paths])
@@ -95,8 +97,8 @@ async def _check_objects(ctx: PushContext, session: db.SessionRow, req: SessionR
                 await db.insert_claims(conn, session.id, [(k, False) for k in orphaned])
                 return await db.take_over(conn, session.id, orphaned)
 
-        await _abort_uploads(ctx, await retry_transaction(take))
-        await _start_multipart_uploads(ctx, session.id)
+        await abort_uploads(ctx, await retry_transaction(take))
+        await start_multipart_uploads(ctx, session.id)
         mine += orphaned
     if mine:
         async with ctx.pool.acquire() as conn:
@@ -118,7 +120,7 @@ async def _check_objects(ctx: PushContext, session: db.SessionRow, req: SessionR
             f"{len(mine)} object(s) of this session are not in the bucket: "
             + ", ".join(sorted(mine)[:5])
             + (" ..." if len(mine) > 5 else ""),
-            missing=[{"key": k, "reason": "not uploaded or not reported"} for k in sorted(mine)],
+            missing=[{"key": k, "reason": reasons.get(k, "not uploaded or not reported")} for k in sorted(mine)],
             objects=specs,
             pending=pending,
         )

@@ -14,11 +14,13 @@ import logging
 from typing import Any
 
 from niks3d.db import uploads as db
-from niks3d.errors import ApiError, ObjectNotFound, StorageError
+from niks3d.errors import ApiError, StorageError, StorageThrottled
 from niks3d.nix.bucketkeys import nar_key
 from niks3d.nix.hashes import format_sha256
 from niks3d.nix.storepath import StorePath
+from niks3d.storage.errors import UploadNotFound
 from niks3d.uploads.context import PushContext
+from niks3d.uploads.multipart import start_multipart_uploads
 from niks3d.uploads.request import ObjectReport, SessionRequest
 from niks3d.uploads.verify import verify_nar_object
 
@@ -64,7 +66,14 @@ async def report_objects(
 
     results = await asyncio.gather(*(check(r, c) for r, c in to_check))
     good = [r for r in results if isinstance(r, tuple)]
-    missing.extend(r for r in results if isinstance(r, dict))
+    failed = [r for r in results if isinstance(r, dict)]
+    reset = [r["key"] for r in failed if r.pop("reset", False)]
+    missing.extend(failed)
+    if reset:
+        async with ctx.pool.acquire() as conn:
+            for key in reset:
+                await db.set_upload_id(conn, session.id, key, None)
+        await start_multipart_uploads(ctx, session.id)
     if good:
         async with ctx.pool.acquire() as conn, conn.transaction():
             await db.mark_present(conn, good)
@@ -83,26 +92,28 @@ async def _check_one(
     nar: tuple[bytes, int, StorePath] | None,
 ) -> tuple[str, int, str | None] | dict[str, Any]:
     key = report.key
-    try:
-        if claim.upload_id is not None:
+    if claim.upload_id is not None:
+        try:
             await ctx.bucket.complete_multipart(key, claim.upload_id)
-        info = await ctx.bucket.head(key)
-    except ObjectNotFound:
-        info = None
-    except StorageError as exc:
-        if "NoSuchUpload" in str(exc) or "no parts" in str(exc).lower():
+        except UploadNotFound:
+            return {"key": key, "reason": "the multipart upload is gone; upload the object again", "reset": True}
+        except StorageThrottled:
+            raise
+        except StorageError as exc:
             return {"key": key, "reason": f"the multipart upload cannot be completed: {exc}"}
-        raise
+    info = await ctx.bucket.head(key)
     if info is None:
-        return {"key": key, "reason": "not found in the bucket"}
+        return {"key": key, "reason": "not found in the bucket", "reset": claim.upload_id is not None}
     if info.size != report.file_size:
         return {
             "key": key,
             "reason": f"size mismatch: reported {report.file_size} bytes, the bucket has {info.size}",
+            # a completed multipart upload is consumed: a new one is needed for the next attempt
+            "reset": claim.upload_id is not None,
         }
     file_hash = format_sha256(report.file_hash) if report.file_hash is not None else None
     if nar is not None and ctx.settings.s3.verify == "full":
         problem = await verify_nar_object(ctx.bucket, key, report, nar_hash=nar[0], nar_size=nar[1])
         if problem:
-            return {"key": key, "reason": problem}
+            return {"key": key, "reason": problem, "reset": claim.upload_id is not None}
     return key, info.size, file_hash

@@ -1,0 +1,82 @@
+"""What complete checks before it signs: sizes always, and with s3.verify = "full" the NAR itself; a multipart
+upload that arrived short is handed out again as a fresh multipart upload."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from niks3d.nix.hashes import format_sha256
+from tests.server.bucketview import bucket_keys, table_counts
+from tests.server.pushkit import ZSTD, PushKit, make_closure, make_path
+
+
+async def test_full_verification_refuses_a_nar_that_does_not_match_its_metadata(
+    start_daemon: Any, tmp_path: Path
+) -> None:
+    daemon = start_daemon(s3={"verify": "full"})
+    good, liar = make_closure(tmp_path, seed=30, n=2)
+    liar.references = []
+    impostor = make_path(tmp_path, random.Random(31), "impostor")
+    async with aiohttp.ClientSession() as http:
+        kit = PushKit(http, daemon.url, daemon.tokens["pusher"])
+        session = await kit.open([good, liar], [good, liar])
+        specs = {o["key"]: o for e in session["paths"] for o in e["objects"]}
+        reports: dict[str, Any] = {}
+        for p, body in ((good, good.compressed), (liar, ZSTD.compress(impostor.nar))):
+            nar_spec = next(
+                o for e in session["paths"] if e["path"] == p.path for o in e["objects"] if o["kind"] == "nar"
+            )
+            await kit.put(nar_spec, body)
+            reports[nar_spec["key"]] = {
+                "file_size": len(body),
+                "file_hash": format_sha256(hashlib.sha256(body).digest()),
+            }
+            ls_key = f"{p.hash}.ls"
+            await kit.put(specs[ls_key], p.listing)
+            reports[ls_key] = {"file_size": len(p.listing)}
+        sid = session["session_id"]
+        answer = await kit.call("POST", f"/api/v1/sessions/{sid}/objects", {"objects": reports})
+        missing = {m["key"]: m["reason"] for m in answer["missing"]}
+        assert len(missing) == 1
+        (reason,) = missing.values()
+        assert "NarHash mismatch" in reason or "NarSize mismatch" in reason, reason
+        body = await kit.complete(sid, expect=422)
+        assert body["error"] == "objects_missing"
+    assert not any(k.endswith(".narinfo") for k in bucket_keys(daemon.s3))
+    assert (await table_counts(daemon.dsn))["store_paths"] == 0
+
+
+async def test_a_short_multipart_upload_gets_a_fresh_upload(start_daemon: Any, tmp_path: Path) -> None:
+    daemon = start_daemon()
+    big = make_path(tmp_path, random.Random(40), "big", size=11 * 1024 * 1024, incompressible=True)
+    async with aiohttp.ClientSession() as http:
+        kit = PushKit(http, daemon.url, daemon.tokens["pusher"])
+        session = await kit.open([big], [big])
+        sid = session["session_id"]
+        nar_spec = next(o for o in session["paths"][0]["objects"] if o["kind"] == "nar")
+        assert nar_spec["action"] == "multipart"
+        body = big.compressed
+        # Only the first part arrives, but the client claims the whole size.
+        part = nar_spec["parts"][0]
+        async with http.put(part["url"], data=io.BytesIO(body[: nar_spec["part_size"]]), headers=part["headers"]) as r:
+            assert r.status == 200
+        ls = next(o for o in session["paths"][0]["objects"] if o["kind"] == "ls")
+        await kit.put(ls, big.listing)
+        reports = {
+            nar_spec["key"]: {"file_size": len(body), "file_hash": format_sha256(hashlib.sha256(body).digest())},
+            ls["key"]: {"file_size": len(big.listing)},
+        }
+        answer = await kit.complete(sid, reports, expect=422)
+        assert [m["key"] for m in answer["missing"]] == [nar_spec["key"]]
+        assert "size mismatch" in answer["missing"][0]["reason"] or "not found" in answer["missing"][0]["reason"]
+        (fresh,) = answer["objects"]
+        assert fresh["action"] == "multipart" and fresh["upload_id"] != nar_spec["upload_id"]
+        await kit.multipart(sid, fresh, body)
+        done = await kit.complete(sid, {nar_spec["key"]: reports[nar_spec["key"]]})
+        assert done["published"] == [big.path]
