@@ -1,0 +1,101 @@
+"""Reporting uploaded objects to the server early and in batches, so that a push's progress is durable.
+
+Once the server has accepted a report (``POST /sessions/{id}/objects``), a push that is killed and started
+again gets that object as "present" and does not upload it again. Reports are sent when ``batch`` of them
+have piled up or ``interval`` seconds have passed; whatever is not yet accepted goes with ``complete``.
+A report that fails to send is kept for the next try (reports are idempotent).
+"""
+
+from __future__ import annotations
+
+__all__ = ["ObjectReport", "Reporter"]
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from niks3d.client.api import ApiClient, SessionClosed
+from niks3d.errors import ClientError
+
+logger = logging.getLogger(__name__)
+
+ObjectReport = dict[str, Any]
+
+
+class Reporter:
+    """Collects object reports of one session and sends them in batches."""
+
+    def __init__(self, api: ApiClient, session_id: str, *, batch: int = 32, interval: float = 2.0) -> None:
+        self.api = api
+        self.session_id = session_id
+        self.batch = batch
+        self.interval = interval
+        self._pending: dict[str, ObjectReport] = {}
+        self.accepted: set[str] = set()
+        self.missing: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, key: str, file_size: int, file_hash: str | None = None, *, urgent: bool = False) -> None:
+        """Queue the report of an uploaded object; ``urgent`` sends it at once (a large NAR is worth it)."""
+        report: ObjectReport = {"file_size": file_size}
+        if file_hash is not None:
+            report["file_hash"] = file_hash
+        self._pending[key] = report
+        self.accepted.discard(key)
+        if urgent or len(self._pending) >= self.batch:
+            self._wake.set()
+
+    @property
+    def pending(self) -> dict[str, ObjectReport]:
+        """Reports not yet accepted by the server (a copy)."""
+        return dict(self._pending)
+
+    async def flush(self) -> None:
+        """Send every pending report now. Raises :class:`SessionClosed`; other failures stay pending."""
+        async with self._lock:
+            batch = dict(self._pending)
+            if not batch:
+                return
+            try:
+                answer = await self.api.report_objects(self.session_id, batch)
+            except SessionClosed:
+                raise
+            except ClientError as exc:
+                logger.warning("could not report %d uploaded objects yet (%s); will retry", len(batch), exc)
+                return
+            for key in answer.accepted:
+                if self._pending.get(key) == batch.get(key):
+                    self._pending.pop(key, None)
+                self.accepted.add(key)
+            for item in answer.missing:
+                self.missing[item.key] = item.reason
+                logger.warning("the server did not find %s after upload: %s", item.key, item.reason)
+                if self._pending.get(item.key) == batch.get(item.key):
+                    self._pending.pop(item.key, None)
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            await self.flush()
+
+    def start(self) -> None:
+        """Start sending reports in the background."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Stop the background sender (pending reports stay pending); re-raises a SessionClosed it met."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if task.done():
+            task.result()
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,178 @@
+"""Reading the local store: ./result links, build logs, CA realisations.
+
+Covers store.py, buildlogs.py and realisations.py.
+"""
+
+from __future__ import annotations
+
+import bz2
+import json
+import subprocess
+import textwrap
+
+import pytest
+import zstandard
+
+from niks3d.client.buildlogs import compress_log, find_build_log
+from niks3d.client.realisations import query_realisations
+from niks3d.client.store import LocalStore, resolve_store_path
+from niks3d.errors import ClientError
+from niks3d.nix.storepath import StorePath
+
+SOME_PATH = "/nix/store/" + "a" * 32 + "-some-path"
+DRV = StorePath.parse("/nix/store/lvmwl5rasr8xhmlh3d1hwjzck3653mqh-prototest-1.0.drv")
+
+
+def _unzstd(data: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+
+def test_result_links_are_followed_into_the_store_and_no_further(tmp_path):
+    (tmp_path / "result").symlink_to(SOME_PATH)
+    (tmp_path / "chain").symlink_to("result")
+    (tmp_path / "inside").symlink_to(SOME_PATH + "/bin/tool")
+    store = LocalStore.system()
+    for arg in ("result", "chain", "inside", str(tmp_path / "result"), SOME_PATH, SOME_PATH + "/"):
+        assert resolve_store_path(arg, store, cwd=str(tmp_path), must_exist=False).path == SOME_PATH
+
+
+def test_paths_outside_the_store_are_refused_by_name(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "bad").symlink_to("/nix/store/not-a-store-path")
+    store = LocalStore.system()
+    with pytest.raises(ClientError, match="'file' is neither a store path nor a symlink"):
+        resolve_store_path("file", store, cwd=str(tmp_path))
+    with pytest.raises(ClientError, match="'missing' does not exist"):
+        resolve_store_path("missing", store, cwd=str(tmp_path))
+    with pytest.raises(ClientError, match="too many levels"):
+        resolve_store_path("loop", store, cwd=str(tmp_path))
+    with pytest.raises(ClientError, match="not a valid store path"):
+        resolve_store_path("bad", store, cwd=str(tmp_path))
+
+
+def test_a_path_missing_from_the_store_is_refused():
+    with pytest.raises(ClientError, match="is not in /nix/store"):
+        resolve_store_path(SOME_PATH, LocalStore.system())
+
+
+def test_log_files_are_found_compressed_or_plain(tmp_path):
+    store = LocalStore(root=None, log_dir=tmp_path, state_dir=tmp_path)
+    assert find_build_log(DRV, store) is None
+    directory = tmp_path / "drvs" / DRV.basename[:2]
+    directory.mkdir(parents=True)
+    plain = directory / DRV.basename[2:]
+    plain.write_text("plain log\n")
+    assert find_build_log(DRV, store) == plain
+    packed = directory / (DRV.basename[2:] + ".bz2")
+    packed.write_bytes(bz2.compress(b"bz2 log\n"))
+    assert find_build_log(DRV, store) == packed  # Nix's default wins when both exist
+
+    out: list[bytes] = []
+    assert compress_log(packed, out.append) == len(b"bz2 log\n")
+    assert _unzstd(b"".join(out)) == b"bz2 log\n"
+    out.clear()
+    compress_log(plain, out.append)
+    assert _unzstd(b"".join(out)) == b"plain log\n"
+
+
+def test_a_corrupt_bz2_log_is_an_error_naming_the_file(tmp_path):
+    bad = tmp_path / "x.drv.bz2"
+    bad.write_bytes(b"BZh9 not really")
+    with pytest.raises(ClientError, match=str(bad)):
+        compress_log(bad, lambda _: None)
+
+
+@pytest.mark.nix
+def test_the_real_build_log_is_found_and_recompressed(nix_fixtures):
+    drv = StorePath.parse(nix_fixtures.with_log_drv)
+    found = find_build_log(drv, LocalStore.system())
+    assert found is not None
+    out: list[bytes] = []
+    compress_log(found, out.append)
+    want = subprocess.run(["nix-store", "--read-log", drv.path], check=True, capture_output=True).stdout
+    assert _unzstd(b"".join(out)) == want
+    assert b"fixture stdout line 3" in want
+
+
+def test_a_store_without_ca_tables_has_no_realisations(tmp_path):
+    assert query_realisations(tmp_path / "missing.sqlite", [DRV]) == {}
+
+
+CA_EXPR = textwrap.dedent(
+    """\
+    let
+      mk = name: script: derivation {
+        inherit name;
+        system = builtins.currentSystem;
+        builder = "/bin/sh";
+        __contentAddressed = true;
+        outputHashMode = "recursive";
+        outputHashAlgo = "sha256";
+        args = [ "-c" script ];
+      };
+      dep = mk "cadep" "echo ca-dependency > $out";
+    in mk "catop" "echo ${dep} > $out"
+    """
+)
+CA_NIX = ["--extra-experimental-features", "nix-command ca-derivations"]
+
+
+@pytest.fixture(scope="module")
+def ca_store(tmp_path_factory):
+    """A chroot store with two CA derivations built in it (needs the sandbox to find /bin/sh)."""
+    root = tmp_path_factory.mktemp("ca-store")
+    (root / "ca.nix").write_text(CA_EXPR)
+    build = subprocess.run(
+        [
+            "nix-build",
+            str(root / "ca.nix"),
+            "--store",
+            str(root / "root"),
+            "--no-out-link",
+            *CA_NIX,
+            "--option",
+            "substituters",
+            "",
+            "--option",
+            "extra-sandbox-paths",
+            "/bin /lib /lib64 /usr",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if build.returncode != 0:
+        pytest.skip(f"cannot build CA derivations in a chroot store here: {build.stderr[-500:]}")
+    info = subprocess.run(
+        [
+            "nix",
+            *CA_NIX,
+            "realisation",
+            "info",
+            "--store",
+            str(root / "root"),
+            "--json",
+            "-f",
+            str(root / "ca.nix"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return root, build.stdout.strip(), json.loads(info.stdout)
+
+
+@pytest.mark.nix
+def test_realisations_are_read_from_the_store_database_as_nix_reports_them(ca_store):
+    root, out_path, nix_realisations = ca_store
+    store = LocalStore.chroot(root / "root")
+    found = query_realisations(store.db_path, [StorePath.parse(out_path)])
+    ours = {r.id: r for r in found[StorePath.parse(out_path)]}
+    for real in nix_realisations:
+        assert real["id"] in ours
+        mine = ours[real["id"]].to_json()
+        assert mine["out_path"] == "/nix/store/" + real["outPath"]
+        assert mine["dependent_realisations"] == {
+            k: "/nix/store/" + v for k, v in real["dependentRealisations"].items()
+        }
