@@ -14,6 +14,7 @@ __all__ = ["MAX_PART_NUMBER", "MultipartOps"]
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
+from typing import Any
 
 from niks3d.errors import StorageError
 from niks3d.storage.core import BucketCore
@@ -52,17 +53,22 @@ class MultipartOps(BucketCore):
         return PresignedRequest(url=url, method="PUT", headers={})
 
     async def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
-        """Every part uploaded so far (all pages), in part-number order."""
-        parts: list[PartInfo] = []
+        """Every part uploaded so far (all pages), in part-number order, one entry per part number.
+
+        A part uploaded twice (a resumed push) is the later upload. SeaweedFS lists both uploads of such a
+        part, newest first; the entry with the latest LastModified wins, and on a tie the one listed first.
+        """
+        newest: dict[int, tuple[Any, PartInfo]] = {}
         with storage_errors("ListParts", self.name, key, upload_id):
             paginator = self._client.get_paginator("list_parts")
             async for page in paginator.paginate(Bucket=self.name, Key=key, UploadId=upload_id):
-                parts.extend(
-                    PartInfo(part_number=p["PartNumber"], etag=normalize_etag(p["ETag"]), size=p.get("Size"))
-                    for p in page.get("Parts", [])
-                )
-        parts.sort(key=lambda p: p.part_number)
-        return parts
+                for p in page.get("Parts", []):
+                    part = PartInfo(part_number=p["PartNumber"], etag=normalize_etag(p["ETag"]), size=p.get("Size"))
+                    stamp = p.get("LastModified")
+                    seen = newest.get(part.part_number)
+                    if seen is None or (stamp is not None and seen[0] is not None and stamp > seen[0]):
+                        newest[part.part_number] = (stamp, part)
+        return [newest[n][1] for n in sorted(newest)]
 
     async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo] | None = None) -> None:
         """Assemble the object from ``parts`` (None: every part S3 has, from :meth:`list_parts`).

@@ -67,7 +67,9 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
                             "idempotency_conflict",
                             f"idempotency_key {req.idempotency_key!r} was used for a different request",
                         )
-                    if existing.state in ("open", "completed") and not existing.is_expired(datetime.now(UTC)):
+                    # Only an open session is resumed; a push repeated after completion is a new push (its
+                    # roots' last-push time must move forward).
+                    if existing.state == "open" and not existing.is_expired(datetime.now(UTC)):
                         await db.touch_session(conn, existing.id, gc.session_expiry)
                         return existing.id, False
                     await db.clear_idempotency_key(conn, existing.id)

@@ -354,11 +354,6 @@ def test_concurrent_pushes_of_overlapping_closures_upload_shared_objects_once(st
     assert asyncio.run(_sessions(daemon.dsn)) == ["completed", "completed"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: SeaweedFS lists a re-uploaded part twice and niks3d/storage/multipart.py refuses to "
-    "complete ('lists a part twice'), so a resumed multipart upload never completes",
-)
 def test_an_interrupted_multipart_upload_resumes(start_daemon, fresh_paths, tmp_path, capsys):
     daemon = start_daemon()
     big = fresh_paths("resume-big", "mkdir $out; head -c 209715200 /dev/urandom > $out/blob")

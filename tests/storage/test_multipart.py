@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
@@ -115,3 +116,22 @@ async def test_presign_part_refuses_numbers_s3_does_not_accept(bucket: Bucket):
     for number in (0, 10_001):
         with pytest.raises(ValueError, match=str(number)):
             await bucket.presign_part("nar/a.nar.zst", "upload", number)
+
+
+async def test_a_part_uploaded_twice_counts_once_with_its_latest_bytes(bucket: Bucket):
+    """A resumed push uploads a part again; S3 servers may list both uploads, completion takes the newer."""
+    key = "nar/" + "2" * 52 + ".nar.zst"
+    upload_id = await bucket.create_multipart(key, content_type="application/x-nix-nar")
+    first, second, tail = b"a" * (5 * 1024 * 1024), b"b" * (5 * 1024 * 1024), b"tail"
+    async with aiohttp.ClientSession() as http:
+        for number, body in ((1, first), (1, second), (2, tail)):
+            if number == 1 and body is second:
+                await asyncio.sleep(1.1)  # S3 timestamps have one-second resolution
+            req = await bucket.presign_part(key, upload_id, number)
+            async with http.put(req.url, data=io.BytesIO(body), headers=req.headers) as response:
+                assert response.status == 200
+    parts = await bucket.list_parts(key, upload_id)
+    assert [p.part_number for p in parts] == [1, 2]
+    assert parts[0].etag == hashlib.md5(second).hexdigest()  # noqa: S324 - S3's ETag
+    await bucket.complete_multipart(key, upload_id)
+    assert await bucket.get(key) == second + tail
