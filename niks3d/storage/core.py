@@ -15,15 +15,17 @@ __all__ = ["MAX_PRESIGN_SECONDS", "BucketCore"]
 import logging
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
-from types_aiobotocore_s3 import S3Client
 
 from niks3d.config import S3Settings
 from niks3d.errors import ObjectNotFound
 from niks3d.storage.errors import error_code, error_status, storage_errors, translate_error
 from niks3d.storage.models import ObjectInfo, normalize_etag
+
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from types_aiobotocore_s3 import S3Client
 
 log = logging.getLogger(__name__)
 
