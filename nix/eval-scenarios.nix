@@ -1,0 +1,132 @@
+# Configurations of services.niks3 that nix/eval-module.nix evaluates, each with the outcome it must have:
+# "ok", "assertion" (an assertion fails with a message), or "error" (the module system refuses the value).
+{ lib, example }:
+let
+  base = {
+    services.niks3 = {
+      enable = true;
+      settings.s3.bucket = "nix-cache";
+      signingKeyFiles = [ "/run/keys/niks3-signing-key" ];
+    };
+  };
+  with' = extra: {
+    expect = "ok";
+    modules = [
+      base
+      extra
+    ];
+  };
+  failing = expect: extra: (with' extra) // { inherit expect; };
+  # The examples are whole NixOS configurations: accept the options of other modules as they are.
+  wholeHost = file: {
+    expect = "ok";
+    modules = [
+      { _module.freeformType = lib.types.lazyAttrsOf lib.types.anything; }
+      file
+    ];
+  };
+in
+{
+  example = {
+    expect = "ok";
+    modules = [ example ];
+  };
+
+  examples-nixos-configuration = wholeHost ../examples/nixos/configuration.nix;
+
+  examples-nixos-external-s3 = wholeHost ../examples/nixos/external-s3.nix;
+
+  minimal = with' { };
+
+  unix-socket-only = with' {
+    services.niks3 = {
+      openFirewall = true;
+      settings.server.listen = [ "unix:/run/niks3/niks3.sock" ];
+    };
+  };
+
+  external-database = with' {
+    services.niks3 = {
+      database.createLocally = false;
+      database.passwordFile = "/run/keys/niks3-database-password";
+      settings.database.url = "postgresql://niks3@db.example.org/niks3";
+    };
+  };
+
+  gc-timer-off = with' { services.niks3.gc.automatic = false; };
+
+  freeform-keys = with' {
+    services.niks3.settings = {
+      server.drain_seconds = 30;
+      s3.verify = "full";
+      logging.level = "debug";
+    };
+  };
+
+  no-signing-key = failing "assertion" { services.niks3.signingKeyFiles = lib.mkForce [ ]; };
+
+  one-s3-key-file = failing "assertion" {
+    services.niks3.s3.accessKeyIdFile = "/run/keys/s3-access-key-id";
+  };
+
+  local-database-remote-url = failing "assertion" {
+    services.niks3.settings.database.url = "postgresql://niks3@db.example.org/niks3";
+  };
+
+  local-database-with-password = failing "assertion" {
+    services.niks3.database.passwordFile = "/run/keys/niks3-database-password";
+  };
+
+  private-proxy-without-reader = failing "assertion" {
+    services.niks3 = {
+      settings.server.read_proxy = "private";
+      tokens.ci = {
+        file = "/run/keys/token-ci";
+        scopes = [ "push" ];
+      };
+    };
+  };
+
+  private-metrics-without-scraper = failing "assertion" {
+    services.niks3.settings.server.metrics = "private";
+  };
+
+  secret-in-settings = failing "assertion" {
+    services.niks3.settings.s3.secret_access_key_file = "/etc/niks3/s3-secret";
+  };
+
+  bad-token-name = failing "assertion" {
+    services.niks3.tokens."ci runner" = {
+      file = "/run/keys/token-ci";
+      scopes = [ "push" ];
+    };
+  };
+
+  gc-without-dates = failing "assertion" { services.niks3.gc.dates = [ ]; };
+
+  secret-in-store = failing "error" {
+    services.niks3.signingKeyFiles = lib.mkForce [
+      "/nix/store/00000000000000000000000000000000-signing-key"
+    ];
+  };
+
+  secret-as-path-literal = failing "error" {
+    services.niks3.signingKeyFiles = lib.mkForce [ ./example.nix ];
+  };
+
+  bad-duration = failing "error" { services.niks3.settings.gc.older_than = "30 days"; };
+
+  bad-read-proxy = failing "error" { services.niks3.settings.server.read_proxy = "open"; };
+
+  missing-bucket = {
+    expect = "error";
+    modules = [
+      {
+        services.niks3 = {
+          enable = true;
+          signingKeyFiles = [ "/run/keys/niks3-signing-key" ];
+        };
+      }
+    ];
+  };
+}
