@@ -61,7 +61,7 @@ ENV_PREFIX = "NIKS3_"
 # Variables that share the prefix but are not settings: where the file is, test switches, the client's own.
 NOT_SETTINGS = frozenset({"NIKS3_CONFIG", "NIKS3_REQUIRE_SERVICES", "NIKS3_TOKEN_FILE", "NIKS3_SERVER_URL"})
 
-Scope = Literal["read", "push", "pin", "gc", "admin"]
+Scope = Literal["read", "push", "pin", "gc", "metrics", "admin"]
 
 _DURATION_RE = re.compile(r"\s*(\d+)\s*(s|m|h|d|w)?\s*")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
@@ -138,6 +138,29 @@ def _check_http_url(value: str | None) -> str | None:
 
 HttpUrl = Annotated[str | None, AfterValidator(_check_http_url)]
 
+# Paths the daemon itself serves; the read proxy's prefix may not shadow them.
+_RESERVED_PREFIXES = ("/api", "/health", "/ready", "/metrics")
+_PREFIX_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+def _check_proxy_prefix(value: str) -> str:
+    """``/`` or ``/segment[/segment...]`` without a trailing slash, clear of the daemon's own paths."""
+    if value == "/":
+        return value
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} must start with '/', as '/' or '/cache'")
+    value = value.rstrip("/")
+    segments = value[1:].split("/")
+    if any(not _PREFIX_SEGMENT_RE.fullmatch(s) or s in (".", "..") for s in segments):
+        raise ValueError(f"{value!r}: each segment must be letters, digits, '.', '_', '~' or '-'")
+    for reserved in _RESERVED_PREFIXES:
+        if value == reserved or value.startswith(reserved + "/"):
+            raise ValueError(f"{value!r} would hide the daemon's own {reserved}; choose another prefix")
+    return value
+
+
+ProxyPrefix = Annotated[str, AfterValidator(_check_proxy_prefix)]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -156,6 +179,14 @@ class ServerSettings(_Section):
     # The read proxy (narinfos, NARs, logs under /): "public" serves everyone, "private" needs a token with
     # the read scope, "off" serves nothing (Nix reads the bucket directly).
     read_proxy: Literal["public", "private", "off"] = "public"
+    # Where the read proxy serves the cache: "/" (the root) or a path such as "/cache".
+    proxy_prefix: ProxyPrefix = "/"
+    # NARs: "stream" them through the daemon from S3, or "redirect" to a short-lived presigned S3 GET.
+    nar_mode: Literal["stream", "redirect"] = "stream"
+    # Memory for narinfos kept by the read proxy (bytes); 0 turns the cache off (every request asks PostgreSQL).
+    narinfo_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    # /metrics: "public", "private" (a token with the metrics scope), or "off".
+    metrics: Literal["public", "private", "off"] = "public"
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     drain_seconds: float = Field(default=10.0, ge=0)
 

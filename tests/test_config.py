@@ -71,6 +71,10 @@ def full(tmp_path: Path) -> Path:
             "listen": ["127.0.0.1:5751", "[::1]:5751", "unix:/run/niks3d/http.sock"],
             "public_url": "https://cache.example.org/",
             "read_proxy": "private",
+            "proxy_prefix": "/cache/",
+            "nar_mode": "redirect",
+            "narinfo_cache_bytes": 0,
+            "metrics": "private",
             "max_body_bytes": 1024,
             "drain_seconds": 2.5,
         },
@@ -114,6 +118,12 @@ def test_full_config_loads_every_key_and_secret(full: Path) -> None:
     assert s.server.listen == ["127.0.0.1:5751", "[::1]:5751", "unix:/run/niks3d/http.sock"]
     assert s.server.public_url == "https://cache.example.org"
     assert (s.server.read_proxy, s.server.max_body_bytes, s.server.drain_seconds) == ("private", 1024, 2.5)
+    assert (s.server.proxy_prefix, s.server.nar_mode, s.server.narinfo_cache_bytes, s.server.metrics) == (
+        "/cache",
+        "redirect",
+        0,
+        "private",
+    )
     assert s.database.url == "postgresql://niks3@db.example.org/niks3"
     assert (s.database.pool_min_size, s.database.pool_max_size, s.database.connect_timeout) == (2, 4, 3.0)
     assert s.s3.bucket == "nix-cache" and s.s3.endpoint_url == "http://127.0.0.1:8333"
@@ -545,6 +555,31 @@ def test_listen_addresses(item: str, ok: bool) -> None:
     else:
         with pytest.raises(ValueError, match="listen"):
             ServerSettings(listen=[item])
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        ("/", "/"),
+        ("/cache", "/cache"),
+        ("/cache/", "/cache"),
+        ("/nix/cache-1.v2", "/nix/cache-1.v2"),
+        ("cache", None),
+        ("/a//b", None),
+        ("/a/../b", None),
+        ("/with space", None),
+        ("/api", None),
+        ("/api/cache", None),
+        ("/metrics", None),
+        ("/health/x", None),
+    ],
+)
+def test_proxy_prefixes(prefix: str, expected: str | None) -> None:
+    if expected is not None:
+        assert ServerSettings(proxy_prefix=prefix).proxy_prefix == expected
+    else:
+        with pytest.raises(ValueError, match="proxy_prefix"):
+            ServerSettings(proxy_prefix=prefix)
 
 
 @pytest.mark.parametrize(

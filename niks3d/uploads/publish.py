@@ -19,6 +19,7 @@ from typing import Any
 
 from niks3d.db import paths as db_paths
 from niks3d.db import uploads as db
+from niks3d.db.notify import notify_store_paths
 from niks3d.db.retry import retry_transaction
 from niks3d.errors import ApiError
 from niks3d.nix.bucketkeys import narinfo_key, realisation_key
@@ -185,6 +186,7 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
             + [(key, len(body), None) for key, body, _ in realisations],
         )
         await db_paths.insert_published(conn, rows)
+        await notify_store_paths(conn, published=[r.hash for r in rows])
         await db_paths.touch_roots(conn, [r.hash for r in req.roots], session_id)
         result = {
             "session_id": str(session_id),

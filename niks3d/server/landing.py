@@ -1,0 +1,169 @@
+"""The landing page at ``/``: how to use this cache, and what it holds.
+
+Plain HTML, built with :func:`html.escape` and no template engine, written one element per line so that it
+reads as well with ``curl`` as in a browser: the cache URL, the public keys, ``nix.conf`` and NixOS snippets
+ready to paste (with the ``netrc`` lines when the cache is private), and live figures (store paths, bytes,
+upload sessions, the last garbage collection) from :class:`~niks3d.server.figures.FiguresReader`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["bucket_url", "cache_url", "landing", "render_landing"]
+
+from datetime import datetime
+from html import escape
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from niks3d import __version__
+from niks3d.config import S3Settings, Settings
+from niks3d.server.figures import CacheFigures
+from niks3d.server.keys import config_key, figures_key
+
+_STYLE = """\
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.5;
+       color: #1f2328; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
+pre, code { font-family: ui-monospace, monospace; background: #f3f4f6; border-radius: 4px; }
+pre { padding: .75rem 1rem; overflow-x: auto; } code { padding: 0 .25rem; }
+th { text-align: left; font-weight: normal; color: #59636e; padding-right: 2rem; }
+.note { color: #59636e; font-size: .9rem; }"""
+
+
+def bucket_url(s3: S3Settings) -> str:
+    """The URL under which Nix reads the bucket itself (when the read proxy is off)."""
+    endpoint = s3.public_endpoint_url or s3.endpoint_url
+    if endpoint is None:
+        return f"https://{s3.bucket}.s3.{s3.region}.amazonaws.com"
+    if s3.addressing_style == "virtual":
+        scheme, _, rest = endpoint.partition("://")
+        return f"{scheme}://{s3.bucket}.{rest}"
+    return f"{endpoint}/{s3.bucket}"
+
+
+def cache_url(request: web.Request, settings: Settings) -> str:
+    """The URL Nix should use: ``server.public_url`` (else the address this request came to) plus the prefix."""
+    if settings.server.read_proxy == "off":
+        return bucket_url(settings.s3)
+    base = settings.server.public_url or f"{request.scheme}://{request.host}"
+    prefix = settings.server.proxy_prefix
+    return base if prefix == "/" else base + prefix
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit} ({n} bytes)"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+
+
+def _pre(lines: list[str]) -> list[str]:
+    return ["<pre>", *(escape(line, quote=False) for line in lines), "</pre>"]
+
+
+def _figures(figures: CacheFigures | None) -> list[str]:
+    if figures is None:
+        return ["<p>The figures are not available right now: the database did not answer.</p>"]
+    gc = figures.last_gc
+    if gc is None:
+        last_gc = "none yet"
+    else:
+        moment = _when(gc.finished_at or gc.started_at)
+        last_gc = f"{gc.state} {moment}, {_size(gc.bytes_freed)} freed" + (" (dry run)" if gc.dry_run else "")
+    rows = [
+        ("store paths", str(figures.paths)),
+        ("stored in the bucket", _size(figures.stored_bytes)),
+        ("of which NARs", _size(figures.bytes_of("nar"))),
+        ("upload sessions open", str(figures.sessions.get("open", 0))),
+        ("last garbage collection", last_gc),
+    ]
+    lines = ["<table>"]
+    lines += [f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows]
+    lines += ["</table>", f'<p class="note">As of {escape(_when(figures.taken_at))}.</p>']
+    return lines
+
+
+def render_landing(
+    *, url: str, public_keys: list[str], private: bool, direct: bool, figures: CacheFigures | None
+) -> str:
+    """The page; ``direct`` means the read proxy is off and ``url`` is the bucket's."""
+    keys = " ".join(public_keys)
+    host = urlsplit(url).hostname or url
+    how = "kept by" if direct else "served by"
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>Nix binary cache at {escape(host)}</title>",
+        f"<style>\n{_STYLE}\n</style>",
+        "</head>",
+        "<body>",
+        "<h1>Nix binary cache</h1>",
+        f"<p>A Nix binary cache {how} niks3d {escape(__version__)}. Add its URL to your substituters and trust its",
+        "public keys, and Nix downloads from here what it would otherwise build.</p>",
+        *(["<p>Nix reads the bucket directly: the URL below is the bucket's.</p>"] if direct else []),
+        "",
+        "<h2>Cache URL</h2>",
+        *_pre([url]),
+        "",
+        "<h2>Public keys</h2>",
+        *_pre(public_keys),
+        "",
+        "<h2>nix.conf</h2>",
+        "<p>In <code>/etc/nix/nix.conf</code> (or, for a trusted user, <code>~/.config/nix/nix.conf</code>):</p>",
+        *_pre(
+            [
+                f"extra-substituters = {url}",
+                f"extra-trusted-public-keys = {keys}",
+                *(["netrc-file = /etc/nix/netrc"] if private else []),
+            ]
+        ),
+        "",
+        "<h2>NixOS</h2>",
+        "<p>In <code>configuration.nix</code>:</p>",
+        *_pre(
+            [
+                "nix.settings = {",
+                f'  extra-substituters = [ "{url}" ];',
+                "  extra-trusted-public-keys = [",
+                *(f'    "{k}"' for k in public_keys),
+                "  ];",
+                *(['  netrc-file = "/etc/nix/netrc";'] if private else []),
+                "};",
+            ]
+        ),
+    ]
+    if private:
+        out += [
+            "",
+            "<h2>Credentials</h2>",
+            "<p>This cache is private: every request needs a token with the <code>read</code> scope. Nix sends",
+            "it from the netrc file named by <code>netrc-file</code>, <code>/etc/nix/netrc</code> (mode 0600):</p>",
+            *_pre([f"machine {host}", "password <your token>"]),
+        ]
+    out += ["", "<h2>Figures</h2>", *_figures(figures), "</body>", "</html>", ""]
+    return "\n".join(out)
+
+
+async def landing(request: web.Request) -> web.Response:
+    """``GET /``."""
+    config = request.app[config_key]
+    settings = config.settings
+    figures = await request.app[figures_key].get()
+    page = render_landing(
+        url=cache_url(request, settings),
+        public_keys=[k.public_key().to_text() for k in config.secrets.signing_keys],
+        private=settings.server.read_proxy == "private",
+        direct=settings.server.read_proxy == "off",
+        figures=figures,
+    )
+    return web.Response(text=page, content_type="text/html", charset="utf-8")

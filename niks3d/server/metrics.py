@@ -1,0 +1,192 @@
+"""``/metrics`` in the Prometheus text format, with prometheus-client.
+
+Two kinds of figures:
+
+- counted in this process by :meth:`Metrics.middleware` and the read proxy: requests by route, method and
+  status, their latency, bytes served by kind of file, responses cut off because S3 failed mid-body, and the
+  narinfo cache's hits and lookups;
+- read from PostgreSQL (through :class:`~niks3d.server.figures.FiguresReader`, at most once per 30 s, so a
+  scrape costs the database almost nothing): published paths, objects and bytes by kind and state, upload
+  sessions by state, garbage-collection runs and the latest one. These describe the whole cache, so every
+  replica reports the same values.
+
+Every series is in a registry of its own per application, so several daemons in one process (tests) do not
+share counters. With ``server.metrics = "private"`` a scrape needs a token with the ``metrics`` scope, as
+Bearer or as Basic password.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Metrics", "metrics"]
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from niks3d.server.credentials import authorize
+from niks3d.server.figures import FiguresReader
+from niks3d.server.keys import config_key, metrics_key
+from niks3d.server.narinfo_cache import NarinfoCache
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# From a narinfo answered from memory (~100 us) to a large NAR streamed for minutes.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+def _route(request: web.Request) -> str:
+    """The route's pattern (``/api/v1/sessions/{session_id}``), or ``unmatched``: a bounded set of labels."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+class Metrics:
+    """The application's registry and the series it updates; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "niks3d_http_requests",
+            "HTTP requests answered, by route pattern, method and status",
+            ("route", "method", "status"),
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "niks3d_http_request_duration_seconds",
+            "Time from receiving a request to the end of its answer (for streamed files, the whole transfer)",
+            ("route", "method"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.sent = Counter(
+            "niks3d_proxy_sent_bytes",
+            "Bytes of cache files sent by the read proxy, by kind (narinfo, nar, ls, log, realisation)",
+            ("kind",),
+            registry=self.registry,
+        )
+        self.truncated = Counter(
+            "niks3d_proxy_truncated_responses",
+            "Answers cut off after their first byte because S3 failed (the connection was closed)",
+            ("kind",),
+            registry=self.registry,
+        )
+        self.cache: NarinfoCache | None = None
+        self.figures: FiguresReader | None = None
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._sent: dict[str, Counter] = {}
+        self.registry.register(_StateCollector(self))
+
+    def watch(self, cache: NarinfoCache | None, figures: FiguresReader) -> None:
+        """Report the narinfo cache's counters and the database figures."""
+        self.cache = cache
+        self.figures = figures
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method if method in _METHODS else "other", status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(key[0], key[1], str(status)), self.duration.labels(key[0], key[1]))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def served(self, kind: str, sent: int, *, complete: bool = True) -> None:
+        child = self._sent.get(kind)
+        if child is None:
+            child = self._sent[kind] = self.sent.labels(kind)
+        child.inc(sent)
+        if not complete:
+            self.truncated.labels(kind).inc()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Count and time every request; it runs outside the error middleware, so it sees the final status."""
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            self.observe(_route(request), request.method, status, time.perf_counter() - start)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+class _StateCollector(Collector):
+    """Series computed at scrape time from the narinfo cache and the last database figures."""
+
+    def __init__(self, owner: Metrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self._owner.cache
+        if cache is not None:
+            yield _gauge(
+                "niks3d_narinfo_cache_live", "1 while the narinfo cache follows change notifications", cache.enabled
+            )
+            yield _gauge("niks3d_narinfo_cache_entries", "Narinfos held in memory", cache.entries)
+            yield _gauge(
+                "niks3d_narinfo_cache_negative_entries", "Recent misses held in memory", cache.negative_entries
+            )
+            yield _gauge("niks3d_narinfo_cache_bytes", "Memory charged to cached narinfos", cache.bytes)
+            yield CounterMetricFamily("niks3d_narinfo_cache_hits", "Narinfo requests answered from memory", cache.hits)
+            yield CounterMetricFamily("niks3d_narinfo_lookups", "Narinfo lookups in PostgreSQL", cache.lookups)
+            yield CounterMetricFamily("niks3d_narinfo_cache_evictions", "Narinfos evicted for room", cache.evictions)
+        figures = self._owner.figures.latest if self._owner.figures is not None else None
+        if figures is None:
+            return
+        yield _gauge(
+            "niks3d_figures_timestamp_seconds", "When the figures below were read", figures.taken_at.timestamp()
+        )
+        yield _gauge("niks3d_store_paths", "Published store paths", figures.paths)
+        yield _gauge("niks3d_cache_bytes", "Bytes of every object checked present in the bucket", figures.stored_bytes)
+        objects = GaugeMetricFamily("niks3d_objects", "Objects tracked in the bucket", labels=("kind", "state"))
+        sizes = GaugeMetricFamily(
+            "niks3d_object_bytes", "Bytes of objects tracked in the bucket", labels=("kind", "state")
+        )
+        for (kind, state), (count, size) in sorted(figures.objects.items()):
+            objects.add_metric((kind, state), count)
+            sizes.add_metric((kind, state), size)
+        yield objects
+        yield sizes
+        sessions = GaugeMetricFamily("niks3d_upload_sessions", "Upload sessions recorded, by state", labels=("state",))
+        for state, count in sorted(figures.sessions.items()):
+            sessions.add_metric((state,), count)
+        yield sessions
+        runs = GaugeMetricFamily("niks3d_gc_runs", "Garbage-collection runs recorded, by state", labels=("state",))
+        for state, count in sorted(figures.gc_runs.items()):
+            runs.add_metric((state,), count)
+        yield runs
+        last = figures.last_gc
+        if last is not None:
+            yield _gauge(
+                "niks3d_gc_last_run_start_timestamp_seconds", "Start of the latest GC run", last.started_at.timestamp()
+            )
+            if last.finished_at is not None:
+                yield _gauge(
+                    "niks3d_gc_last_run_end_timestamp_seconds", "End of the latest GC run", last.finished_at.timestamp()
+                )
+            yield _gauge("niks3d_gc_last_run_freed_bytes", "Bytes freed by the latest GC run", last.bytes_freed)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``."""
+    if request.app[config_key].settings.server.metrics == "private":
+        refusal = authorize(request, "metrics")
+        if refusal is not None:
+            return refusal
+    owner = request.app[metrics_key]
+    if owner.figures is not None:
+        await owner.figures.get()
+    return web.Response(body=generate_latest(owner.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

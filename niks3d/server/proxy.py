@@ -1,0 +1,275 @@
+"""The read proxy: the binary cache over HTTP under ``server.proxy_prefix`` (docs/proxy.md).
+
+- ``nix-cache-info`` comes from the configuration (the bytes niks3d writes to the bucket at start-up);
+- ``<hash>.narinfo`` from the narinfo cache or the ``store_paths`` row, never from S3;
+- NARs are streamed from S3 with ranges and ETags, or redirected to a short-lived presigned GET
+  (``server.nar_mode``);
+- ``.ls`` files, build logs and realisations are streamed with their stored ``Content-Encoding``, decoded on the
+  fly for a client whose ``Accept-Encoding`` does not take it.
+
+Every key is taken from the raw request path (Nix does not percent-encode ``?``, ``=`` or ``+`` in log names),
+decoded once, and validated with :func:`~niks3d.nix.bucketkeys.parse_bucket_key`: anything outside the cache's
+key space is a 404 and never reaches S3. Missing objects are 404; S3 trouble before the first byte is a 503
+with ``Retry-After``. In private mode every request needs a token with the ``read`` scope.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ReadProxy", "cache_file", "nar", "narinfo", "nix_cache_info", "open_read_proxy"]
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+import asyncpg
+from aiohttp import web
+
+from niks3d.config import Config
+from niks3d.db.paths import narinfo_by_hash
+from niks3d.errors import DatabaseError, ObjectNotFound, StorageError, StorageThrottled
+from niks3d.nix.bucketkeys import BucketKey, parse_bucket_key
+from niks3d.nix.errors import NixFormatError
+from niks3d.nix.narinfo import render_nix_cache_info
+from niks3d.server.credentials import authorize
+from niks3d.server.keys import metrics_key, proxy_key
+from niks3d.server.narinfo_cache import NarinfoCache, running_cache
+from niks3d.server.relay import Relay, Upstream, ZstdStream, etag_matches, open_relay, parse_range, send_body
+from niks3d.storage import Bucket, RangeNotSatisfiable
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER = 5
+# The application_name of the connection that listens for narinfo changes (visible in pg_stat_activity).
+LISTENER_NAME = "niks3d narinfo-cache"
+NARINFO_TYPE = "text/x-nix-narinfo"
+NAR_TYPE = "application/x-nix-nar"
+_DEFAULT_TYPES = {"ls": "application/json", "log": "text/plain; charset=utf-8", "realisation": "application/json"}
+
+
+@dataclass(frozen=True)
+class ReadProxy:
+    """What the proxy's handlers share: settings in ready form, the narinfo cache and the S3 relay."""
+
+    prefix: str  # "" for the root, else "/cache" (no trailing slash)
+    private: bool
+    redirect: bool
+    cache_info: bytes
+    cache: NarinfoCache
+    relay: Relay
+
+    def key_of(self, request: web.Request) -> BucketKey | None:
+        """The bucket key a request names, from its raw path, decoded once; None if it is not a valid key."""
+        raw = request.raw_path
+        if not raw.startswith(self.prefix + "/"):
+            return None
+        try:
+            return parse_bucket_key(unquote(raw[len(self.prefix) + 1 :], errors="strict"))
+        except (NixFormatError, UnicodeDecodeError):
+            return None
+
+
+@asynccontextmanager
+async def open_read_proxy(config: Config, pool: asyncpg.Pool, bucket: Bucket) -> AsyncIterator[ReadProxy]:
+    """The proxy's resources: the narinfo cache (with its notification connection) and the S3 relay."""
+    settings = config.settings
+    database = settings.database
+
+    async def fetch(hash_part: str) -> str | None:
+        try:
+            async with pool.acquire() as conn:
+                return await narinfo_by_hash(conn, hash_part)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseError(f"looking up the narinfo of {hash_part} failed: {exc}") from exc
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(
+            database.url,
+            password=config.secrets.database_password,
+            timeout=database.connect_timeout,
+            server_settings={"application_name": LISTENER_NAME},
+        )
+
+    server = settings.server
+    cache_info = render_nix_cache_info(
+        settings.cache.store_dir, settings.cache.want_mass_query, settings.cache.priority
+    )
+    async with (
+        running_cache(fetch, connect, max_bytes=server.narinfo_cache_bytes) as cache,
+        open_relay(bucket) as relay,
+    ):
+        yield ReadProxy(
+            prefix="" if server.proxy_prefix == "/" else server.proxy_prefix,
+            private=server.read_proxy == "private",
+            redirect=server.nar_mode == "redirect",
+            cache_info=cache_info.encode(),
+            cache=cache,
+            relay=relay,
+        )
+
+
+def _text(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=text + "\n", headers=headers)
+
+
+def _not_found(what: str) -> web.Response:
+    return _text(404, f"{what} is not in this cache")
+
+
+def _unavailable(request: web.Request, exc: StorageError) -> web.Response:
+    logger.error("%s %s: S3 failed before the first byte: %s", request.method, request.path, exc)
+    retry = max(1, int(exc.retry_after)) if isinstance(exc, StorageThrottled) else RETRY_AFTER
+    return _text(503, "the storage backend is unavailable; retry later", {"Retry-After": str(retry)})
+
+
+def _count(request: web.Request, kind: str, result: tuple[int, bool]) -> None:
+    request.app[metrics_key].served(kind, result[0], complete=result[1])
+
+
+async def nix_cache_info(request: web.Request) -> web.Response:
+    proxy = request.app[proxy_key]
+    if proxy.private and (refusal := authorize(request, "read")) is not None:
+        return refusal
+    return web.Response(body=proxy.cache_info, content_type="text/x-nix-cache-info")
+
+
+async def narinfo(request: web.Request) -> web.Response:
+    proxy = request.app[proxy_key]
+    if proxy.private and (refusal := authorize(request, "read")) is not None:
+        return refusal
+    name = request.match_info["narinfo"]
+    # A hit needs no validation (only validated hash parts are ever stored); anything else is parsed first.
+    entry = proxy.cache.hit(name[: -len(".narinfo")])
+    if entry is None:
+        try:
+            key = parse_bucket_key(name)
+        except NixFormatError:
+            return _not_found(repr(name[:80]))
+        if key.kind != "narinfo" or key.hash_part is None:
+            return _not_found(repr(name[:80]))
+        entry = await proxy.cache.get(key.hash_part)
+        if entry is None:
+            return _not_found(name)
+    condition = request.headers.get("If-None-Match")
+    if condition is not None and etag_matches(condition, entry.etag):
+        return web.Response(status=304, headers={"ETag": entry.etag})
+    _count(request, "narinfo", (len(entry.body), True))
+    return web.Response(body=entry.body, headers={"Content-Type": NARINFO_TYPE, "ETag": entry.etag})
+
+
+async def _open(request: web.Request, relay: Relay, key: str, *, nar: bool) -> Upstream:
+    """HEAD or GET ``key``; ranges and ``If-None-Match`` are honoured for NARs only."""
+    if request.method == "HEAD":
+        upstream = await relay.head(key)
+        condition = request.headers.get("If-None-Match")
+        if nar and condition is not None and upstream.etag is not None and etag_matches(condition, upstream.etag):
+            upstream.status = 304
+        return upstream
+    if not nar:
+        return await relay.open(key)
+    byte_range = None if "If-Range" in request.headers else parse_range(request.headers.get("Range"))
+    return await relay.open(key, byte_range=byte_range, if_none_match=request.headers.get("If-None-Match"))
+
+
+async def _answer(
+    request: web.Request,
+    upstream: Upstream,
+    kind: str,
+    headers: dict[str, str],
+    *,
+    length: int | None,
+    decoder: ZstdStream | None = None,
+) -> web.StreamResponse:
+    """Send ``upstream``'s status and ``headers``, then (for GET) its body; ``upstream`` is closed in any case."""
+    try:
+        if upstream.status == 304:
+            return web.Response(status=304, headers=headers)
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        response.content_length = length
+        await response.prepare(request)
+        if request.method != "HEAD":
+            _count(request, kind, await send_body(request, response, upstream, decoder=decoder))
+        return response
+    finally:
+        await upstream.aclose()
+
+
+async def nar(request: web.Request) -> web.StreamResponse:
+    proxy = request.app[proxy_key]
+    if proxy.private and (refusal := authorize(request, "read")) is not None:
+        return refusal
+    key = proxy.key_of(request)
+    if key is None or key.kind != "nar":
+        return _not_found("this NAR")
+    if proxy.redirect:
+        try:
+            url = await proxy.relay.redirects.get(key.key)
+        except StorageError as exc:
+            return _unavailable(request, exc)
+        return web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
+    try:
+        upstream = await _open(request, proxy.relay, key.key, nar=True)
+    except ObjectNotFound:
+        return _not_found(key.key)
+    except RangeNotSatisfiable as exc:
+        headers = {"Content-Range": f"bytes */{exc.size}"} if exc.size is not None else {}
+        return _text(416, "the requested range is not satisfiable", {**headers, "Accept-Ranges": "bytes"})
+    except StorageError as exc:
+        return _unavailable(request, exc)
+    # Never a Content-Encoding on a NAR (protocol.md 5.1): Nix decompresses per the narinfo's Compression.
+    headers = {"Content-Type": NAR_TYPE, "Accept-Ranges": "bytes"}
+    if upstream.etag:
+        headers["ETag"] = upstream.etag
+    if upstream.last_modified:
+        headers["Last-Modified"] = upstream.last_modified
+    if upstream.status == 206 and upstream.content_range:
+        headers["Content-Range"] = upstream.content_range
+    return await _answer(request, upstream, "nar", headers, length=upstream.length)
+
+
+def _accepts(header: str | None, coding: str) -> bool:
+    """Whether ``Accept-Encoding`` allows ``coding`` (named or ``*``, with a non-zero q)."""
+    if not header:
+        return False
+    for item in header.split(","):
+        name, _, params = item.partition(";")
+        if name.strip().lower() not in (coding, "*"):
+            continue
+        q = params.strip()
+        if q.lower().startswith("q="):
+            try:
+                return float(q[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
+
+
+async def cache_file(request: web.Request) -> web.StreamResponse:
+    """``.ls`` listings, build logs and realisations, with their stored Content-Encoding (or decoded)."""
+    proxy = request.app[proxy_key]
+    if proxy.private and (refusal := authorize(request, "read")) is not None:
+        return refusal
+    key = proxy.key_of(request)
+    if key is None or key.kind not in _DEFAULT_TYPES:
+        return _not_found("this file")
+    try:
+        upstream = await _open(request, proxy.relay, key.key, nar=False)
+    except ObjectNotFound:
+        return _not_found(key.key)
+    except StorageError as exc:
+        return _unavailable(request, exc)
+    encoding = (upstream.content_encoding or "").strip().lower() or None
+    headers = {"Content-Type": upstream.content_type or _DEFAULT_TYPES[key.kind]}
+    decoder = None
+    if encoding is not None:
+        headers["Vary"] = "Accept-Encoding"
+        if encoding == "zstd" and not _accepts(request.headers.get("Accept-Encoding"), "zstd"):
+            decoder = ZstdStream()
+        else:
+            headers["Content-Encoding"] = encoding
+    if decoder is None and upstream.etag:
+        headers["ETag"] = upstream.etag
+    length = upstream.length if decoder is None else None
+    return await _answer(request, upstream, key.kind, headers, length=length, decoder=decoder)

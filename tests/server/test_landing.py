@@ -1,0 +1,77 @@
+"""The landing page: its snippets carry the real URL and keys, it shows live figures, it escapes what it
+echoes, and it reads as plain text (no entities in the snippets) for curl users."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from niks3d.server.figures import CacheFigures, GcRunSummary
+from niks3d.server.landing import render_landing
+from tests.server.landing_parse import parse
+from tests.server.proxykit import fetch, push_closure
+
+
+async def test_the_snippets_hold_the_real_url_and_keys(
+    make_daemon_config: Any, start_daemon: Any, tmp_path: Path
+) -> None:
+    daemon = start_daemon(make_daemon_config(n_keys=2))
+    keys = [k.public_key().to_text() for k in daemon.signing_keys]
+    paths = await push_closure(daemon, tmp_path, seed=61, n=3)
+    reply = fetch(daemon.url, "/")
+    assert reply.status == 200 and reply.header("Content-Type") == "text/html; charset=utf-8"
+    page = reply.body.decode()
+    s = parse(page)
+    assert s.pre["Cache URL"] == [daemon.url]
+    assert s.pre["Public keys"] == keys
+    assert s.pre["nix.conf"] == [f"extra-substituters = {daemon.url}", f"extra-trusted-public-keys = {' '.join(keys)}"]
+    assert s.pre["NixOS"] == [
+        "nix.settings = {",
+        f'  extra-substituters = [ "{daemon.url}" ];',
+        "  extra-trusted-public-keys = [",
+        f'    "{keys[0]}"',
+        f'    "{keys[1]}"',
+        "  ];",
+        "};",
+    ]
+    assert "Credentials" not in s.pre  # a public cache needs none
+    # Plain text for curl: the snippets appear in the raw HTML exactly as they are to be pasted.
+    for line in s.pre["nix.conf"] + s.pre["NixOS"]:
+        assert line in page
+    assert s.cells["store paths"] == str(len(paths))
+    assert s.cells["upload sessions open"] == "0"
+    assert s.cells["last garbage collection"] == "none yet"
+
+
+async def test_a_private_cache_shows_the_netrc_lines(start_daemon: Any) -> None:
+    daemon = start_daemon(server={"read_proxy": "private", "public_url": "https://cache.example.org"})
+    s = parse(fetch(daemon.url, "/").body.decode())
+    assert s.pre["Cache URL"] == ["https://cache.example.org"]
+    assert s.pre["Credentials"] == ["machine cache.example.org", "password <your token>"]
+    assert '  netrc-file = "/etc/nix/netrc";' in s.pre["NixOS"]
+    assert s.pre["nix.conf"][-1] == "netrc-file = /etc/nix/netrc"
+
+
+def test_what_the_page_echoes_is_escaped() -> None:
+    figures = CacheFigures(
+        taken_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        paths=3,
+        objects={("nar", "present"): (3, 3 << 30), ("narinfo", "present"): (3, 900)},
+        last_gc=GcRunSummary(1, "finished", datetime(2026, 1, 1, tzinfo=UTC), None, 2048, False),
+    )
+    page = render_landing(
+        url='http://evil"><script>alert(1)</script>',
+        public_keys=["k:<b>"],
+        private=True,
+        direct=False,
+        figures=figures,
+    )
+    assert "<script>" not in page and "<b>" not in page
+    s = parse(page)
+    assert s.pre["Cache URL"] == ['http://evil"><script>alert(1)</script>']
+    assert s.cells["stored in the bucket"] == f"3.0 GiB ({(3 << 30) + 900} bytes)"
+    assert s.cells["last garbage collection"].startswith("finished 2026-01-01 00:00:00")
+    assert "2.0 KiB" in s.cells["last garbage collection"]
+    unavailable = render_landing(url="http://c", public_keys=["k:x"], private=False, direct=True, figures=None)
+    assert "database did not answer" in unavailable and "Nix reads the bucket directly" in unavailable
