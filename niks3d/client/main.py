@@ -26,6 +26,7 @@ import aiohttp
 from niks3d import __version__
 from niks3d.client.api import ApiClient
 from niks3d.client.config import load_client_config
+from niks3d.client.gc import GC_COMMANDS, add_gc_commands, run_gc_command
 from niks3d.client.pins import create_pin, delete_pin, format_pins, list_pins
 from niks3d.client.pipeline import PipelineSettings
 from niks3d.client.progress import Mode, Progress, TerminalLogHandler
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print JSON")
     delete = actions.add_parser("delete", parents=[common], help="delete a pin")
     delete.add_argument("name")
+    add_gc_commands(commands, common)
     return parser
 
 
@@ -225,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _client_logging(args, progress, stream):
             if args.command == "push":
                 return asyncio.run(_push_command(args, progress, sys.stdin))
+            if args.command in GC_COMMANDS:
+                return asyncio.run(_with_api(args, lambda http, api: run_gc_command(args, http, api)))
             return asyncio.run(_pins_command(args))
     except Niks3Error as exc:
         progress.clear_line()

@@ -19,7 +19,20 @@ from niks3d.db.pool import open_pool
 from niks3d.nix.narinfo import render_nix_cache_info
 from niks3d.server.auth import TokenTable
 from niks3d.server.errors import error_middleware
-from niks3d.server.keys import bucket_key, config_key, pool_key, push_key, tokens_key
+from niks3d.server.figures import FiguresReader
+from niks3d.server.gc import gc_context
+from niks3d.server.keys import (
+    bucket_key,
+    config_key,
+    figures_key,
+    metrics_key,
+    pool_key,
+    proxy_key,
+    push_key,
+    tokens_key,
+)
+from niks3d.server.metrics import Metrics
+from niks3d.server.proxy import open_read_proxy
 from niks3d.server.routes import setup_routes
 from niks3d.storage.cacheinfo import ensure_nix_cache_info
 from niks3d.storage.s3 import open_bucket
@@ -30,8 +43,12 @@ logger = logging.getLogger(__name__)
 
 def create_app(config: Config, *, run_migrations: bool = True) -> web.Application:
     settings = config.settings
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.server.max_body_bytes)
+    metrics = Metrics()
+    # The metrics middleware sits outside the error middleware, so it counts the status the client got.
+    middlewares = [error_middleware] if settings.server.metrics == "off" else [metrics.middleware, error_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=settings.server.max_body_bytes)
     app[config_key] = config
+    app[metrics_key] = metrics
     app[tokens_key] = TokenTable(config.secrets.tokens)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
@@ -59,6 +76,18 @@ def create_app(config: Config, *, run_migrations: bool = True) -> web.Applicatio
             )
             yield
 
-    app.cleanup_ctx.extend([database, storage])
+    async def read_side(app: web.Application) -> AsyncIterator[None]:
+        """The landing page's figures, and the read proxy (narinfo cache, S3 relay) unless it is off."""
+        figures = app[figures_key] = FiguresReader(app[pool_key])
+        if settings.server.read_proxy == "off":
+            metrics.watch(None, figures)
+            yield
+            return
+        async with open_read_proxy(config, app[pool_key], app[bucket_key]) as proxy:
+            app[proxy_key] = proxy
+            metrics.watch(proxy.cache, figures)
+            yield
+
+    app.cleanup_ctx.extend([database, storage, read_side, gc_context])
     setup_routes(app)
     return app

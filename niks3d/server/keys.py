@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["bucket_key", "config_key", "metrics_key", "pool_key", "push_key", "token_key", "tokens_key"]
+__all__ = [
+    "bucket_key",
+    "config_key",
+    "figures_key",
+    "metrics_key",
+    "pool_key",
+    "proxy_key",
+    "push_key",
+    "token_key",
+    "tokens_key",
+]
 
 from typing import TYPE_CHECKING
 
@@ -13,6 +23,9 @@ if TYPE_CHECKING:
 
     from niks3d.config import Config, Token
     from niks3d.server.auth import TokenTable
+    from niks3d.server.figures import FiguresReader
+    from niks3d.server.metrics import Metrics
+    from niks3d.server.proxy import ReadProxy
     from niks3d.storage.s3 import Bucket
     from niks3d.uploads.context import PushContext
 
@@ -21,6 +34,9 @@ pool_key: web.AppKey[asyncpg.Pool] = web.AppKey("pool_key")
 bucket_key: web.AppKey[Bucket] = web.AppKey("bucket_key")
 push_key: web.AppKey[PushContext] = web.AppKey("push_key")
 tokens_key: web.AppKey[TokenTable] = web.AppKey("tokens_key")
-metrics_key: web.AppKey[dict[str, int]] = web.AppKey("metrics_key")
+metrics_key: web.AppKey[Metrics] = web.AppKey("metrics_key")
+# The read proxy's state (set only when server.read_proxy is not "off"), and the figures of the landing page.
+proxy_key: web.AppKey[ReadProxy] = web.AppKey("proxy_key")
+figures_key: web.AppKey[FiguresReader] = web.AppKey("figures_key")
 # The token that authenticated the request, set by niks3d.server.auth.
 token_key: web.RequestKey[Token] = web.RequestKey("token_key")

@@ -6,7 +6,8 @@ __all__ = ["setup_routes"]
 
 from aiohttp import web
 
-from niks3d.server import health, info, pins, sessions
+from niks3d.server import gc, health, info, landing, metrics, pins, proxy, sessions
+from niks3d.server.keys import config_key
 
 
 def setup_routes(app: web.Application) -> None:
@@ -25,5 +26,28 @@ def setup_routes(app: web.Application) -> None:
             web.get("/api/v1/pins/{name}", pins.get_pin),
             web.put("/api/v1/pins/{name}", pins.put_pin),
             web.delete("/api/v1/pins/{name}", pins.delete_pin),
+            web.post("/api/v1/gc", gc.start_run),
+            web.get("/api/v1/gc", gc.list_runs),
+            web.get("/api/v1/gc/{run_id}", gc.get_run),
+            web.delete("/api/v1/paths/{path:.+}", gc.delete_path),
         ]
     )
+    server = app[config_key].settings.server
+    app.router.add_get("/", landing.landing)
+    if server.metrics != "off":
+        app.router.add_get("/metrics", metrics.metrics)
+    if server.read_proxy != "off":
+        # The cache's key space under the prefix, pattern by pattern, so that nothing else is shadowed; each
+        # handler validates the whole key again (docs/proxy.md). GET routes answer HEAD too.
+        at = "" if server.proxy_prefix == "/" else server.proxy_prefix
+        app.router.add_routes(
+            [
+                web.get(f"{at}/nix-cache-info", proxy.nix_cache_info),
+                web.get(at + r"/{narinfo:[^/]+\.narinfo}", proxy.narinfo),
+                web.get(at + r"/{listing:[^/]+\.ls}", proxy.cache_file),
+                web.get(at + "/nar/{key:.*}", proxy.nar),
+                web.get(at + "/log/{key:.*}", proxy.cache_file),
+                web.get(at + "/realisations/{key:.*}", proxy.cache_file),
+                web.get(at + "/build-trace-v2/{key:.*}", proxy.cache_file),
+            ]
+        )

@@ -1,0 +1,218 @@
+"""Deleting one store path on request (``DELETE /api/v1/paths/{path}``): the "pushed a secret" case.
+
+The request names a path; ``closure`` adds every path of its closure that nothing else keeps alive (no pushed
+root within the retention window, no pin, no open session's claim reaches it once the named path is gone).
+Without ``force`` a path that is pinned, referenced by another path, or claimed by an open upload session is
+refused with the names of what holds it. With ``force`` the pins on it go, sessions that claim it are aborted,
+and every path that references it (transitively) is deleted too, referrers first, since a narinfo must never
+outlive a reference (design invariant 1).
+
+Deletion uses the sweep's own batches (:mod:`niks3d.gc.sweep`) under the collector's lock, with no grace period:
+the narinfos go first, then the NARs, listings, logs and realisations that no remaining path shares.
+"""
+
+from __future__ import annotations
+
+__all__ = ["delete_path"]
+
+import logging
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+from asyncpg import Connection
+
+from niks3d.errors import ApiError
+from niks3d.gc import mark, sweep
+from niks3d.gc.collector import GcContext
+from niks3d.gc.runs import GcRunning, running_run, try_lock, unlock
+
+logger = logging.getLogger(__name__)
+
+_SHOWN = 10
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(items[:_SHOWN])
+    return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+
+
+async def _targets(conn: Connection, hash_part: str, *, force: bool) -> list[str]:
+    """The named path, and with ``force`` every path that references it, transitively."""
+    if not force:
+        return [hash_part]
+    records = await conn.fetch(
+        """WITH RECURSIVE up(hash) AS (
+               SELECT $1::text
+               UNION SELECT r.referrer FROM path_references r JOIN up ON r.reference = up.hash)
+           SELECT hash FROM up ORDER BY hash""",
+        hash_part,
+    )
+    return [r["hash"] for r in records]
+
+
+async def _holders(conn: Connection, hash_part: str, targets: list[str]) -> dict[str, list[str]]:
+    """Pins on the targets, other paths that reference the named path, open sessions that claim a target."""
+    pins = await conn.fetch("SELECT name FROM pins WHERE hash = ANY($1::text[]) ORDER BY name", targets)
+    referrers = await conn.fetch(
+        """SELECT '/nix/store/' || s.hash || '-' || s.name AS path FROM path_references r
+           JOIN store_paths s ON s.hash = r.referrer
+           WHERE r.reference = $1 AND r.referrer <> $1 ORDER BY s.hash""",
+        hash_part,
+    )
+    sessions = await conn.fetch(
+        """SELECT DISTINCT c.session_id::text AS id FROM session_claims c
+           JOIN store_paths s ON s.narinfo_key = c.key WHERE s.hash = ANY($1::text[]) ORDER BY 1""",
+        targets,
+    )
+    return {
+        "pins": [r["name"] for r in pins],
+        "referrers": [r["path"] for r in referrers],
+        "sessions": [r["id"] for r in sessions],
+    }
+
+
+def _refusal(path: str, holders: dict[str, list[str]]) -> ApiError:
+    reasons = []
+    if holders["pins"]:
+        reasons.append(f"pinned as {_names(holders['pins'])}")
+    if holders["referrers"]:
+        reasons.append(f"referenced by {_names(holders['referrers'])}")
+    if holders["sessions"]:
+        reasons.append(f"claimed by open upload session(s) {_names(holders['sessions'])}")
+    return ApiError(
+        409,
+        "path_in_use",
+        f"{path} is {'; '.join(reasons)}; pass force=1 to delete it anyway (with every path that references it)",
+        **holders,
+    )
+
+
+async def _release(conn: Connection, ctx: GcContext, targets: list[str], holders: dict[str, list[str]]) -> None:
+    """With force: drop the pins on the targets and abort the sessions that claim them."""
+    async with conn.transaction():
+        await conn.execute("DELETE FROM pins WHERE hash = ANY($1::text[])", targets)
+        await conn.execute(
+            "UPDATE upload_sessions SET state = 'aborted' WHERE id = ANY($1::uuid[]) AND state = 'open'",
+            holders["sessions"],
+        )
+        uploads = await conn.fetch(
+            "DELETE FROM session_claims WHERE session_id = ANY($1::uuid[]) RETURNING key, upload_id",
+            holders["sessions"],
+        )
+    for row in uploads:
+        if row["upload_id"]:
+            await ctx.bucket.abort_multipart(row["key"], row["upload_id"])
+
+
+async def _doomed(conn: Connection, targets: list[str], *, closure: bool, retention: datetime) -> None:
+    """Fill ``gc_dead`` with the targets and, with ``closure``, what only they keep alive."""
+    await mark.create_tables(conn)
+    await conn.execute("INSERT INTO gc_target (hash) SELECT unnest($1::text[])", targets)
+    if closure:
+        start: datetime = await conn.fetchval("SELECT now()")
+        await mark.mark(conn, mark.Cutoffs(start=start, retention=retention, grace=None))
+        await conn.execute(
+            """INSERT INTO gc_dead (hash)
+               WITH RECURSIVE down(hash) AS (
+                   SELECT hash FROM gc_target
+                   UNION SELECT r.reference FROM path_references r JOIN down ON r.referrer = down.hash
+                         WHERE NOT EXISTS (SELECT 1 FROM gc_live l WHERE l.hash = r.reference))
+               SELECT hash FROM down"""
+        )
+    else:
+        await conn.execute("INSERT INTO gc_dead (hash) SELECT hash FROM gc_target")
+
+
+async def _sweep(conn: Connection, ctx: GcContext, levels: int, now: datetime) -> sweep.SweepOutcome:
+    total = sweep.SweepOutcome()
+    files = await conn.fetch(
+        """SELECT s.nar_key AS key FROM store_paths s JOIN gc_dead d ON d.hash = s.hash
+           UNION SELECT f.key FROM path_files f JOIN gc_dead d ON d.hash = f.hash"""
+    )
+    for level in range(levels):
+        after = ""
+        while hashes := await mark.dead_page(conn, level, after, 1000):
+            after = hashes[-1]
+            outcome, keys = await sweep.retire_paths(ctx.pool, hashes, retention=None)
+            total.add(outcome)
+            if keys:
+                total.add(await sweep.delete_narinfos(ctx.pool, ctx.bucket, keys, grace=now))
+    keys = [r["key"] for r in files]
+    for start in range(0, len(keys), 1000):
+        outcome, doomed = await sweep.retire_objects(ctx.pool, keys[start : start + 1000], grace=now)
+        total.add(outcome)
+        if doomed:
+            total.add(await sweep.delete_objects(ctx.pool, ctx.bucket, doomed))
+    return total
+
+
+async def delete_path(
+    ctx: GcContext, hash_part: str, *, closure: bool, force: bool, older_than: timedelta, requested_by: str
+) -> dict[str, Any]:
+    """Delete the published path with ``hash_part`` (see the module docstring); returns the API's answer.
+
+    Raises ApiError 404 ``path_not_found`` or 409 ``path_in_use``, and GcRunning while a run holds the lock.
+    """
+    async with ctx.pool.acquire() as conn:
+        if not await try_lock(conn):
+            raise GcRunning(await running_run(conn))
+        try:
+            answer = await _delete_locked(conn, ctx, hash_part, closure=closure, force=force, older_than=older_than)
+        finally:
+            await mark.drop_tables(conn)
+            await unlock(conn)
+    logger.warning(
+        "deleted %s and %d other path(s) on request of %s (closure=%s, force=%s): %d objects, %d bytes",
+        answer["path"],
+        max(0, len(answer["deleted"]) - 1),
+        requested_by,
+        closure,
+        force,
+        answer["objects_deleted"],
+        answer["bytes_freed"],
+        extra={
+            "event": "gc.path_deleted",
+            "fields": {
+                "path": answer["path"],
+                "paths_deleted": len(answer["deleted"]),
+                "objects_deleted": answer["objects_deleted"],
+                "bytes_freed": answer["bytes_freed"],
+                "requested_by": requested_by,
+            },
+        },
+    )
+    return answer
+
+
+async def _delete_locked(
+    conn: Connection, ctx: GcContext, hash_part: str, *, closure: bool, force: bool, older_than: timedelta
+) -> dict[str, Any]:
+    name = await conn.fetchval("SELECT name FROM store_paths WHERE hash = $1", hash_part)
+    if name is None:
+        raise ApiError(404, "path_not_found", f"no published store path has the hash {hash_part}")
+    path = f"/nix/store/{hash_part}-{name}"
+    targets = await _targets(conn, hash_part, force=force)
+    holders = await _holders(conn, hash_part, targets)
+    if any(holders.values()):
+        if not force:
+            raise _refusal(path, holders)
+        await _release(conn, ctx, targets, holders)
+    now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    await _doomed(conn, targets, closure=closure, retention=now - older_than)
+    levels, _ = await mark.order_dead(conn)
+    total = await _sweep(conn, ctx, levels, now)
+    kept = await conn.fetch(
+        """SELECT '/nix/store/' || s.hash || '-' || s.name AS path FROM store_paths s
+           JOIN gc_dead d ON d.hash = s.hash ORDER BY s.hash"""
+    )
+    counts = Counter({k: v for k, v in total.counts.items() if k.endswith("_deleted")})
+    objects = sum(v for k, v in counts.items() if k != "paths_deleted")
+    return {
+        "path": path,
+        "deleted": sorted(total.paths),
+        "kept": [r["path"] for r in kept],
+        "objects_deleted": objects,
+        "counts": dict(sorted(counts.items())),
+        "bytes_freed": total.bytes_freed,
+    }
