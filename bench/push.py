@@ -1,17 +1,24 @@
-"""Benchmark: `niks3 push` wall time, throughput and peak client memory.
+"""Benchmark: `niks3 push` against `nix copy --to file://` of the same closure, and peak client memory.
 
-Two workloads, each pushed by the real ``niks3`` command in a child process whose peak RSS is read from
-``getrusage(RUSAGE_CHILDREN)``:
+Two workloads, each pushed by the real ``niks3`` command in a child process whose peak RSS and CPU time are read
+from ``os.wait4`` (CPU time includes the ``nix path-info`` it runs); with ``--dev`` the CPU time of the server side
+(daemon, SeaweedFS, PostgreSQL) is measured too, since on one machine they compete for the same cores:
 
-* ``closure``: ``--paths`` store paths (a binary tree of references) of ``--closure-mib`` random bytes in all:
-  many small NARs, so per-path costs and parallel compression show;
-* ``big``: one store path of ``--big-mib`` random bytes (a multipart upload): streaming and the memory bound.
+* ``closure``: ``--paths`` store paths (a binary tree of references) holding about ``--closure-mib`` of this
+  machine's own files from /usr/lib and /usr/share (libraries, data, documentation: realistic, compressible
+  bytes), grouped directory by directory like packages. It is pushed with ``niks3 push``, then copied with
+  ``nix copy --to 'file://DIR?compression=zstd'`` into a fresh directory (the baseline: Nix's own writer of a
+  zstd binary cache, no network); both times, their ratio (target: niks3/nix <= 1.0) and the ratios of CPU
+  time are printed. The page cache is warmed first, so neither side pays for the disk.
+* ``big``: one store path of ``--big-mib`` random bytes (a multipart upload): streaming and the memory bound
+  (peak RSS must stay under 200 MiB).
 
-Then each closure is pushed again, when everything is cached (the cost of a no-op push). The server is
-``--server``/``NIKS3_SERVER_URL`` with ``--token-file``/``NIKS3_TOKEN_FILE``, or, with ``--dev``, a throwaway
-``niks3d dev`` started for the run. Store paths are salted, so every run uploads fresh data.
+Each is pushed again when everything is cached (the cost of a no-op push). The server is ``--server``/
+``NIKS3_SERVER_URL`` with ``--token-file``/``NIKS3_TOKEN_FILE``, or, with ``--dev``, a throwaway ``niks3d dev``
+(SeaweedFS and PostgreSQL on this machine) started for the run. Store paths are salted, so every run uploads
+fresh data.
 
-    .venv/bin/python bench/push.py --dev [--paths 200] [--closure-mib 256] [--big-mib 1024]
+    .venv/bin/python bench/push.py --dev [--paths 300] [--closure-mib 700] [--big-mib 1024] [-- PUSH OPTIONS]
 """
 
 from __future__ import annotations
@@ -20,27 +27,66 @@ __all__ = ["main"]
 
 import argparse
 import contextlib
+import hashlib
+import json
 import os
 import re
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from niks3d.devenv.nixfixtures import build_expr, make_closure
+from niks3d.devenv.nixfixtures import build_expr
 from niks3d.devenv.process import free_port
 
 NIKS3 = [sys.executable, "-c", "from niks3d.client.main import main; raise SystemExit(main())"]
 NIKS3D = [sys.executable, "-c", "from niks3d.cli.main import main; raise SystemExit(main())"]
+NIX = ["nix", "--extra-experimental-features", "nix-command", "--option", "substituters", ""]
+SOURCES = ("/usr/lib", "/usr/share")
+MAX_FILE = 128 << 20
+_SAFE_NAME = re.compile(r"[A-Za-z0-9+\-._/@=,:~]+")
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where to push, and a probe of the CPU seconds its processes have used (None: not on this machine)."""
+
+    url: str
+    token_file: str
+    cpu: Callable[[], float] | None = None
+
+
+def _process_cpu(pid: int) -> tuple[int, float]:
+    """(parent pid, CPU seconds of ``pid`` and of its children it has reaped)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used by ``root`` and every process below it (live ones, and those already reaped)."""
+    parents: dict[int, int] = {}
+    seconds: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parents[int(entry.name)], seconds[int(entry.name)] = _process_cpu(int(entry.name))
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += seconds.get(pid, 0.0)
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return total
 
 
 @contextlib.contextmanager
-def dev_server(workdir: Path) -> Iterator[tuple[str, str]]:
-    """``niks3d dev`` on a free port; yields (server URL, push token file)."""
+def dev_server(workdir: Path) -> Iterator[Server]:
+    """``niks3d dev`` (the daemon, SeaweedFS and PostgreSQL) on a free port."""
     port = free_port()
     log_path = workdir / "dev.log"
     with log_path.open("wb") as log:
@@ -56,7 +102,7 @@ def dev_server(workdir: Path) -> Iterator[tuple[str, str]]:
         token = re.search(r"push token file:\s+(\S+)", log_path.read_text())
         if token is None:
             raise SystemExit("niks3d dev did not print its push token file")
-        yield f"http://127.0.0.1:{port}", token[1]
+        yield Server(f"http://127.0.0.1:{port}", token[1], lambda: tree_cpu(proc.pid))
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -65,18 +111,56 @@ def dev_server(workdir: Path) -> Iterator[tuple[str, str]]:
             proc.kill()
 
 
-def push(server: str, token: str, paths: list[str], label: str, nar_bytes: int) -> None:
-    """Push ``paths`` in a child process and print time, throughput and the child's peak RSS."""
-    argv = [*NIKS3, "push", "--server", server, "--token-file", token, "--no-progress", "-q", *paths]
-    start = time.monotonic()
-    child = subprocess.Popen(argv)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.monotonic() - start
-    if child.returncode != 0:
-        raise SystemExit(f"niks3 push failed with exit code {child.returncode}")
-    rate = nar_bytes / seconds / 2**20 if nar_bytes else 0
-    print(f"{label:28} {seconds:7.2f} s  {rate:7.1f} MiB/s of NAR  peak RSS {usage.ru_maxrss / 1024:.0f} MiB")
+@dataclass(frozen=True)
+class Run:
+    """One timed child process: wall seconds, peak RSS (MiB), CPU seconds (with its reaped children)."""
+
+    seconds: float
+    rss: int
+    cpu: float
+
+
+def timed(argv: list[str], *, env: dict[str, str] | None = None, stdout: int | None = None) -> Run:
+    """Run ``argv`` (stderr to a file, shown if it fails) and measure it. Exits the benchmark if it fails."""
+    with tempfile.TemporaryFile() as stderr:
+        start = time.monotonic()
+        child = subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.monotonic() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            stderr.seek(0)
+            raise SystemExit(f"{shlex.join(argv)} failed:\n{stderr.read()[-3000:].decode(errors='replace')}")
+    return Run(seconds, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime)
+
+
+def push(server: Server, paths: list[str], label: str, nar_bytes: int, extra: list[str]) -> tuple[Run, float | None]:
+    """Push ``paths`` in a child process and print time, throughput, peak RSS and CPU; returns the run and the
+    CPU seconds the server's processes used meanwhile (None when they are not on this machine)."""
+    argv = [*NIKS3, "push", "--server", server.url, "--token-file", server.token_file, "--no-progress", "--json"]
+    server_before = server.cpu() if server.cpu else 0.0
+    with tempfile.TemporaryFile() as out:
+        run = timed([*argv, *extra, *paths], stdout=out.fileno())
+        out.seek(0)
+        sent = json.loads(out.read())["bytes_sent"]
+    server_cpu = server.cpu() - server_before if server.cpu else None
+    rate = nar_bytes / run.seconds / 2**20
+    line = f"{label:38} {run.seconds:6.2f} s {rate:6.1f} MiB/s  RSS {run.rss:4} MiB  CPU {run.cpu:5.1f} s"
+    line += f"  sent {sent / 2**20:.0f} MiB" + (f"  (server side: CPU {server_cpu:.1f} s)" if server_cpu else "")
+    print(line, flush=True)
+    return run, server_cpu
+
+
+def nix_copy(root: str, workdir: Path, nar_bytes: int) -> Run:
+    """``nix copy`` the closure of ``root`` into a fresh zstd file:// cache; print and return the run."""
+    target = workdir / f"nix-copy-{secrets.token_hex(4)}"
+    env = {**os.environ, "XDG_CACHE_HOME": str(workdir / f"xdg-{target.name}")}
+    run = timed([*NIX, "copy", "--to", f"file://{target}?compression=zstd", root], env=env)
+    written = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    rate = nar_bytes / run.seconds / 2**20
+    label = "nix copy --to file://?compression=zstd"
+    line = f"{label:38} {run.seconds:6.2f} s {rate:6.1f} MiB/s  RSS {run.rss:4} MiB  CPU {run.cpu:5.1f} s"
+    print(f"{line}  wrote {written / 2**20:.0f} MiB", flush=True)
+    return run
 
 
 def nar_size(paths: list[str]) -> int:
@@ -84,39 +168,131 @@ def nar_size(paths: list[str]) -> int:
     return sum(int(n) for n in out.stdout.split())
 
 
+def _candidates() -> Iterator[tuple[Path, int]]:
+    """Regular files under SOURCES, directory by directory in a fixed pseudo-random order (so that a closure
+    mixes libraries, data and documentation), with names that are safe to pass through Nix and the shell."""
+    directories: list[tuple[str, Path, list[tuple[Path, int]]]] = []
+    for source in SOURCES:
+        for root, dirs, files in os.walk(source):
+            dirs.sort()
+            found = []
+            for name in sorted(files):
+                path = Path(root, name)
+                if not _SAFE_NAME.fullmatch(str(path)) or path.is_symlink() or not os.access(path, os.R_OK):
+                    continue
+                with contextlib.suppress(OSError):
+                    size = path.stat().st_size
+                    if path.is_file() and 0 < size <= MAX_FILE:
+                        found.append((path, size))
+            if found:
+                directories.append((hashlib.sha256(root.encode()).hexdigest(), Path(root), found))
+    for _, _, found in sorted(directories):
+        yield from found
+
+
+def choose_files(paths: int, total: int) -> list[list[Path]]:
+    """``paths`` groups of files adding up to about ``total`` bytes; each group fills an even share of what is
+    left, so the sizes vary like packages do (a group holding one big library, many holding small files)."""
+    groups: list[list[Path]] = [[]]
+    left = total
+    group_bytes, share = 0, total // paths
+    for path, size in _candidates():
+        if size > max(left, 1 << 20):
+            continue
+        groups[-1].append(path)
+        group_bytes += size
+        left -= size
+        if group_bytes >= share:
+            if len(groups) == paths:
+                break
+            groups.append([])
+            group_bytes, share = 0, max(left, 0) // (paths - len(groups) + 1)
+    if len(groups) < paths or not groups[-1]:
+        raise SystemExit(f"found files for only {len(groups)} of {paths} paths under {', '.join(SOURCES)}")
+    return groups
+
+
+def closure_expr(groups: list[list[Path]], salt: str) -> str:
+    """A Nix expression of one derivation per group: it copies its files (keeping their directories) and refers
+    to its two children in a binary tree, so that path 0 is the root of the closure."""
+    lines = [f'let salt = "{salt}";']
+    for i in range(len(groups) - 1, -1, -1):
+        children = "".join(f"echo ${{p{c}}} >> $out/refs; " for c in (2 * i + 1, 2 * i + 2) if c < len(groups))
+        script = (
+            "export PATH=/bin:/usr/bin; set -e; mkdir $out; echo $salt > $out/salt; "
+            f'{children}while read -r f; do cp --parents "$f" $out/; done < $filesPath'
+        )
+        files = "\\n".join(str(p) for p in groups[i])
+        lines.append(
+            f'  p{i} = derivation {{ name = "push-bench-{i}"; inherit salt; system = builtins.currentSystem; '
+            f'builder = "/bin/sh"; passAsFile = [ "files" ]; files = "{files}\\n"; '
+            f"args = [ \"-c\" ''{script}'' ]; }};"
+        )
+    lines.append("in [ " + " ".join(f"p{i}" for i in range(len(groups))) + " ]")
+    return "\n".join(lines) + "\n"
+
+
+def warm(paths: list[str]) -> int:
+    """Read every file of ``paths`` once, so that both sides find them in the page cache."""
+    total = 0
+    for path in paths:
+        for root, _, files in os.walk(path):
+            for name in files:
+                file = Path(root, name)
+                if not file.is_symlink():
+                    with file.open("rb") as handle:
+                        while chunk := handle.read(1 << 20):
+                            total += len(chunk)
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", default=os.environ.get("NIKS3_SERVER_URL"))
     parser.add_argument("--token-file", default=os.environ.get("NIKS3_TOKEN_FILE"))
     parser.add_argument("--dev", action="store_true", help="start a throwaway niks3d dev for the run")
-    parser.add_argument("--paths", type=int, default=200)
-    parser.add_argument("--closure-mib", type=int, default=256)
+    parser.add_argument("--paths", type=int, default=300)
+    parser.add_argument("--closure-mib", type=int, default=700)
     parser.add_argument("--big-mib", type=int, default=1024)
+    parser.add_argument("push_options", nargs="*", help="extra options for niks3 push (after --)")
     args = parser.parse_args(argv)
     salt = secrets.token_hex(6)
     with tempfile.TemporaryDirectory(prefix="niks3-bench-") as tmp:
         workdir = Path(tmp)
-        print(f"building {args.paths} paths ({args.closure_mib} MiB) and one of {args.big_mib} MiB ...")
-        closure = make_closure(workdir / "build", salt, args.paths, args.closure_mib << 20)
+        groups = choose_files(args.paths, args.closure_mib << 20)
+        print(f"building {len(groups)} paths from {sum(map(len, groups))} files and one of {args.big_mib} MiB ...")
+        start = time.monotonic()
+        closure = build_expr(closure_expr(groups, salt), workdir / "build")
         big_script = f"export PATH=/bin:/usr/bin; mkdir $out; head -c {args.big_mib << 20} /dev/urandom > $out/blob"
         (big,) = build_expr(
             f'derivation {{ name = "push-bench-big"; salt = "{salt}"; system = builtins.currentSystem; '
             f'builder = "/bin/sh"; args = [ "-c" "{big_script}" ]; }}\n',
             workdir / "build",
         )
-        server_cm: contextlib.AbstractContextManager[tuple[str, str]]
+        closure_nar = nar_size(closure)
+        print(f"built in {time.monotonic() - start:.1f} s: closure NAR {closure_nar / 2**20:.0f} MiB", flush=True)
+        server_cm: contextlib.AbstractContextManager[Server]
         if args.dev:
             server_cm = dev_server(workdir)
         elif args.server and args.token_file:
-            server_cm = contextlib.nullcontext((args.server, args.token_file))
+            server_cm = contextlib.nullcontext(Server(args.server, args.token_file))
         else:
             parser.error("give --dev, or --server and --token-file (or NIKS3_SERVER_URL and NIKS3_TOKEN_FILE)")
         try:
-            with server_cm as (server, token):
-                push(server, token, [closure[0]], f"closure: {args.paths} paths", nar_size(closure))
-                push(server, token, [closure[0]], "closure again (cached)", 0)
-                push(server, token, [big], f"big: {args.big_mib} MiB NAR", nar_size([big]))
-                push(server, token, [big], "big again (cached)", 0)
+            with server_cm as server:
+                warm(closure)  # both sides read the files from the page cache
+                label = f"closure: {len(closure)} paths, niks3 push"
+                ours, server_cpu = push(server, [closure[0]], label, closure_nar, args.push_options)
+                theirs = nix_copy(closure[0], workdir, closure_nar)
+                print(f"ratio niks3 push / nix copy: {ours.seconds / theirs.seconds:.2f} (wall; target <= 1.0)")
+                cpu = f"CPU: client {ours.cpu / theirs.cpu:.2f}x nix copy"
+                if server_cpu is not None:
+                    cpu += f", client + server side {(ours.cpu + server_cpu) / theirs.cpu:.2f}x"
+                print(cpu, flush=True)
+                push(server, [closure[0]], "closure again (cached)", closure_nar, args.push_options)
+                big_nar = nar_size([big])
+                push(server, [big], f"big: {args.big_mib} MiB NAR", big_nar, args.push_options)
+                push(server, [big], "big again (cached)", big_nar, args.push_options)
         finally:
             subprocess.run(["nix-store", "--delete", big, *closure], capture_output=True, check=False)
     return 0

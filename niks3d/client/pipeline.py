@@ -15,6 +15,7 @@ from __future__ import annotations
 __all__ = ["PipelineSettings", "UploadPipeline", "Uploaded", "run_all"]
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -133,21 +134,20 @@ class UploadPipeline:
 
     async def _nar_put(self, work: PathWork, spec: ObjectSpec) -> NarOutcome:
         info = work.info
-        async with self._spools:
-            with self._new_spool() as spool:
-                async with self._cpu:
-                    outcome = await asyncio.to_thread(
-                        stream_nar,
-                        info,
-                        self.store.real_path(info.path),
-                        spool.write,
-                        level=self.settings.level,
-                        threads=zstd_threads_for(info.nar_size, self.settings.cpus),
-                        listing=work.ls is not None,
-                        progress=self.progress.add_nar_bytes,
-                        cancel=self.cancel,
-                    )
-                await self._put_spool(spec, spool, f"the NAR of {info.path}")
+        with self._new_spool() as spool:
+            async with self._cpu:
+                outcome = await asyncio.to_thread(
+                    stream_nar,
+                    info,
+                    self.store.real_path(info.path),
+                    spool.write,
+                    level=self.settings.level,
+                    threads=zstd_threads_for(info.nar_size, self.settings.cpus),
+                    listing=work.ls is not None,
+                    progress=self.progress.add_nar_bytes,
+                    cancel=self.cancel,
+                )
+            await self._put_spool(spec, spool, f"the NAR of {info.path}")
         return outcome
 
     async def _nar_multipart(self, work: PathWork, spec: ObjectSpec) -> NarOutcome:
@@ -199,16 +199,24 @@ class UploadPipeline:
 
     async def _log(self, work: PathWork, spec: ObjectSpec, done: Uploaded) -> None:
         assert work.log_file is not None
-        async with self._spools:
-            with self._new_spool() as spool:
-                async with self._cpu:
-                    await asyncio.to_thread(compress_log, work.log_file, spool.write, level=self.settings.level)
-                await self._put_spool(spec, spool, f"the build log of {work.info.deriver}")
-                self.reporter.add(spec.key, spool.size)
-            done.kinds.append("log")
-            done.bytes_sent += spool.size
+        with self._new_spool() as spool:
+            async with self._cpu:
+                await asyncio.to_thread(compress_log, work.log_file, spool.write, level=self.settings.level)
+            await self._put_spool(spec, spool, f"the build log of {work.info.deriver}")
+            self.reporter.add(spec.key, spool.size)
+        done.kinds.append("log")
+        done.bytes_sent += spool.size
 
     async def _path(self, work: PathWork) -> Uploaded:
+        # A path takes its spool slot once, for all its objects: taking it again for the log, behind every
+        # path still waiting for its NAR, would hold each path back until the last NAR of the push was done.
+        # A multipart NAR streams through its own bounded parts instead (one such NAR at a time), and its
+        # small objects need no slot of their own.
+        multipart = work.nar is not None and work.nar.action == "multipart"
+        async with contextlib.nullcontext() if multipart else self._spools:
+            return await self._path_objects(work)
+
+    async def _path_objects(self, work: PathWork) -> Uploaded:
         info = work.info
         done = Uploaded(info.path, info.nar_size)
         if work.needs_nar_pass:
