@@ -7,7 +7,7 @@ running the whole transaction again sees the new state and decides afresh.
 
 from __future__ import annotations
 
-__all__ = ["retry_transaction"]
+__all__ = ["Conflict", "retry_transaction"]
 
 import asyncio
 import logging
@@ -23,7 +23,13 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+
+class Conflict(Exception):
+    """Raised inside an attempt that saw a concurrent change (a row it just ensured was deleted by GC)."""
+
+
 _RETRYABLE: tuple[type[BaseException], ...] = (
+    Conflict,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.ForeignKeyViolationError,

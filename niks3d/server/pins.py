@@ -6,6 +6,7 @@ __all__ = ["delete_pin", "get_pin", "list_pins", "put_pin"]
 
 import re
 
+import asyncpg
 from aiohttp import web
 
 from niks3d.db import paths as db_paths
@@ -37,10 +38,14 @@ async def put_pin(request: web.Request) -> web.Response:
         path = StorePath.parse(raw) if isinstance(raw, str) and raw.startswith("/") else StorePath.from_basename(raw)
     except NixFormatError as exc:
         raise ApiError(400, "invalid_request", f"path: {exc}") from None
-    async with request.app[pool_key].acquire() as conn, conn.transaction():
-        if await db_paths.path_name(conn, path.hash) != path.name:
-            raise ApiError(404, "path_not_found", f"{path.path} is not in the cache; push it first")
-        pin = await db_paths.upsert_pin(conn, name, path.hash, token.name)
+    missing = ApiError(404, "path_not_found", f"{path.path} is not in the cache; push it first")
+    try:
+        async with request.app[pool_key].acquire() as conn, conn.transaction():
+            if await db_paths.path_name(conn, path.hash) != path.name:
+                raise missing
+            pin = await db_paths.upsert_pin(conn, name, path.hash, token.name)
+    except asyncpg.ForeignKeyViolationError:  # GC deleted the path between the check and the insert
+        raise missing from None
     return web.json_response(pin.to_json())
 
 

@@ -17,14 +17,21 @@ from typing import Any
 
 from niks3d.db import paths as db_paths
 from niks3d.db import uploads as db
-from niks3d.db.retry import retry_transaction
+from niks3d.db.retry import Conflict, retry_transaction
 from niks3d.errors import ApiError
+from niks3d.nix.bucketkeys import narinfo_key
 from niks3d.uploads.context import SESSION_STALE_AFTER, PushContext
 from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
 from niks3d.uploads.objects import WantedObject, object_spec, wanted_objects
 from niks3d.uploads.request import SessionRequest
 
 logger = logging.getLogger(__name__)
+
+
+def outside_references(req: SessionRequest) -> set[str]:
+    """Hash parts of references that are not paths of the request (they must be published already)."""
+    in_request = {p.path.hash for p in req.paths}
+    return {r.hash for p in req.paths for r in p.references if r.hash not in in_request}
 
 
 async def _check_references(ctx: PushContext, req: SessionRequest) -> None:
@@ -83,9 +90,22 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
             )
             published = await db_paths.published_hashes(conn, [p.path.hash for p in req.paths])
             wanted = {o.key: o for objs in session_objects(req, published).values() for o in objs}
+            # The narinfos of references outside the push are claimed too: GC keeps them while the session runs.
+            outside = sorted(outside_references(req))
+            wanted.update({narinfo_key(h): WantedObject(narinfo_key(h), "narinfo", 0) for h in outside})
             keys = sorted(wanted)
             await db.ensure_objects(conn, [(k, wanted[k].kind) for k in keys])
             states = await db.lock_objects(conn, keys)
+            if len(states) != len(keys):
+                raise Conflict  # GC deleted a row between the two statements: decide again
+            gone = set(outside) - await db_paths.published_hashes(conn, outside)
+            if gone:
+                raise ApiError(
+                    422,
+                    "unknown_references",
+                    "references were deleted from the cache while this push opened: " + ", ".join(sorted(gone)[:10]),
+                    references=sorted(gone),
+                )
             busy = await db.live_uploaders(conn, keys, exclude=session_id, stale_after=SESSION_STALE_AFTER)
             stale = [k for k in keys if wanted[k].client_uploads and states[k] == "pending" and k not in busy]
             # A claim left by a session that went away blocks nobody: this session takes the upload over.

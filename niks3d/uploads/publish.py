@@ -96,14 +96,17 @@ async def _check_objects(
                 await db.ensure_objects(conn, [(k, needed[k].kind) for k in orphaned])
                 await db.lock_objects(conn, orphaned)
                 await db.insert_claims(conn, session.id, [(k, False) for k in orphaned])
-                return await db.take_over(conn, session.id, orphaned)
+                # Another waiting session may have taken some over first (we waited on its row locks).
+                busy_now = await db.live_uploaders(conn, orphaned, exclude=session.id, stale_after=SESSION_STALE_AFTER)
+                return await db.take_over(conn, session.id, [k for k in orphaned if k not in busy_now])
 
         await abort_uploads(ctx, await retry_transaction(take))
         await start_multipart_uploads(ctx, session.id)
-        mine += orphaned
-    if mine:
         async with ctx.pool.acquire() as conn:
             claims = await db.claims_of_session(conn, session.id)
+        mine = [k for k in absent if k in claims and claims[k].uploader]
+        pending = [k for k in absent if k not in mine]
+    if mine:
         specs = [
             await object_spec(
                 ctx.bucket,
