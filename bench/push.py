@@ -1,8 +1,8 @@
 """Benchmark: `niks3 push` against `nix copy --to file://` of the same closure, and peak client memory.
 
-Two workloads, each pushed by the real ``niks3`` command in a child process whose peak RSS and CPU time are read
-from ``os.wait4`` (CPU time includes the ``nix path-info`` it runs); with ``--dev`` the CPU time of the server side
-(daemon, SeaweedFS, PostgreSQL) is measured too, since on one machine they compete for the same cores:
+Two workloads, each pushed by the real ``niks3`` command in a child process whose peak RSS (its own ``VmHWM``) and
+CPU time (from ``os.wait4``, with the ``nix path-info`` it runs) are measured; with ``--dev`` the CPU time of the
+server side (daemon, SeaweedFS, PostgreSQL) is measured too, since on one machine they compete for the cores:
 
 * ``closure``: ``--paths`` store paths (a binary tree of references) holding about ``--closure-mib`` of this
   machine's own files from /usr/lib and /usr/share (libraries, data, documentation: realistic, compressible
@@ -113,24 +113,43 @@ def dev_server(workdir: Path) -> Iterator[Server]:
 
 @dataclass(frozen=True)
 class Run:
-    """One timed child process: wall seconds, peak RSS (MiB), CPU seconds (with its reaped children)."""
+    """One timed child process: wall seconds, its own peak RSS (MiB), CPU seconds (with its reaped children)."""
 
     seconds: float
     rss: int
     cpu: float
 
 
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident memory so far (``VmHWM``), in KiB; 0 once it is gone."""
+    with contextlib.suppress(OSError), Path(f"/proc/{pid}/status").open() as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
 def timed(argv: list[str], *, env: dict[str, str] | None = None, stdout: int | None = None) -> Run:
-    """Run ``argv`` (stderr to a file, shown if it fails) and measure it. Exits the benchmark if it fails."""
+    """Run ``argv`` (stderr to a file, shown if it fails) and measure it. Exits the benchmark if it fails.
+
+    The peak RSS is the child's own, sampled while it runs (``wait4`` would report the largest of it and the
+    processes it ran, such as ``nix path-info``).
+    """
     with tempfile.TemporaryFile() as stderr:
         start = time.monotonic()
         child = subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr)
-        _, status, usage = os.wait4(child.pid, 0)
+        peak = 0
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            peak = max(peak, _peak_rss(child.pid))
+            time.sleep(0.02)
         seconds = time.monotonic() - start
         if os.waitstatus_to_exitcode(status) != 0:
             stderr.seek(0)
             raise SystemExit(f"{shlex.join(argv)} failed:\n{stderr.read()[-3000:].decode(errors='replace')}")
-    return Run(seconds, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime)
+    return Run(seconds, peak // 1024, usage.ru_utime + usage.ru_stime)
 
 
 def push(server: Server, paths: list[str], label: str, nar_bytes: int, extra: list[str]) -> tuple[Run, float | None]:
@@ -143,8 +162,8 @@ def push(server: Server, paths: list[str], label: str, nar_bytes: int, extra: li
         out.seek(0)
         sent = json.loads(out.read())["bytes_sent"]
     server_cpu = server.cpu() - server_before if server.cpu else None
-    rate = nar_bytes / run.seconds / 2**20
-    line = f"{label:38} {run.seconds:6.2f} s {rate:6.1f} MiB/s  RSS {run.rss:4} MiB  CPU {run.cpu:5.1f} s"
+    rate = f"{nar_bytes / run.seconds / 2**20:6.1f} MiB/s" if nar_bytes else " " * 12
+    line = f"{label:38} {run.seconds:6.2f} s {rate}  RSS {run.rss:4} MiB  CPU {run.cpu:5.1f} s"
     line += f"  sent {sent / 2**20:.0f} MiB" + (f"  (server side: CPU {server_cpu:.1f} s)" if server_cpu else "")
     print(line, flush=True)
     return run, server_cpu
@@ -289,10 +308,10 @@ def main(argv: list[str] | None = None) -> int:
                 if server_cpu is not None:
                     cpu += f", client + server side {(ours.cpu + server_cpu) / theirs.cpu:.2f}x"
                 print(cpu, flush=True)
-                push(server, [closure[0]], "closure again (cached)", closure_nar, args.push_options)
+                push(server, [closure[0]], "closure again (cached)", 0, args.push_options)
                 big_nar = nar_size([big])
                 push(server, [big], f"big: {args.big_mib} MiB NAR", big_nar, args.push_options)
-                push(server, [big], "big again (cached)", big_nar, args.push_options)
+                push(server, [big], "big again (cached)", 0, args.push_options)
         finally:
             subprocess.run(["nix-store", "--delete", big, *closure], capture_output=True, check=False)
     return 0

@@ -1,7 +1,8 @@
 """Running the uploads of a session: NARs, listings and logs, in parallel within bounded CPU and memory.
 
 Each path is one task. Compression runs in worker threads (zstandard releases the GIL), at most ``jobs`` at a
-time, so small NARs use every core; big NARs also use zstd's own threads. A NAR below the multipart threshold
+time, so NARs below the multipart threshold use every core; a multipart NAR, streamed one at a time, also uses
+zstd's own threads. A NAR below the multipart threshold
 is compressed into a :class:`~niks3d.client.spool.Spool` (memory, then a temporary file) and sent with one
 ``PUT``, at most ``uploads`` at a time; a large one streams through
 :class:`~niks3d.client.multipart.MultipartUploader`, one at a time, its parts bounded by ``part_budget``.
@@ -142,7 +143,9 @@ class UploadPipeline:
                     self.store.real_path(info.path),
                     spool.write,
                     level=self.settings.level,
-                    threads=zstd_threads_for(info.nar_size, self.settings.cpus),
+                    # One thread per NAR: up to `jobs` of them run at once, which keeps the cores busy already;
+                    # zstd's worker threads on top cost ~25 MiB of buffers each and no less CPU (measured).
+                    threads=0,
                     listing=work.ls is not None,
                     progress=self.progress.add_nar_bytes,
                     cancel=self.cancel,

@@ -203,14 +203,15 @@ class _Session:
             result = await self._complete(plan, reporter, pipeline)
         except NarMismatch:
             with contextlib.suppress(Exception):
-                await reporter.stop()
+                await reporter.stop(wait=False)
             await self._abort()
             raise
         except BaseException:
             with contextlib.suppress(Exception):
-                await reporter.stop()
+                await reporter.stop(wait=False)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(reporter.flush(), 10)  # keep what arrived, for the next try
+                async with asyncio.timeout(10):
+                    await reporter.flush()  # keep what arrived, for the next try
             raise
         return plan, result
 

@@ -78,8 +78,11 @@ class Reporter:
 
     async def _loop(self) -> None:
         while True:
+            # Not asyncio.wait_for: on Python 3.11 it returns normally when it is cancelled just as the event is
+            # set (an urgent report, then stop()), swallowing the cancellation, and stop() then waits forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
             self._wake.clear()
             await self.flush()
 
@@ -88,14 +91,28 @@ class Reporter:
         if self._task is None:
             self._task = asyncio.create_task(self._loop())
 
-    async def stop(self) -> None:
-        """Stop the background sender (pending reports stay pending); re-raises a SessionClosed it met."""
+    async def stop(self, *, wait: bool = True) -> None:
+        """Stop the background sender (pending reports stay pending); re-raises a SessionClosed it met.
+
+        With ``wait``, a report already on its way is let finish first. Cancelling it would not stop the server
+        from checking it, and the same objects would be reported again at once (by :meth:`flush` or with
+        ``complete``), so that two requests completed the same multipart upload at the same time.
+        """
         task, self._task = self._task, None
         if task is None:
             return
         if task.done():
             task.result()
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        current = asyncio.current_task()
+        cancels = current.cancelling() if current is not None else 0  # > 0 when stopping after an interruption
+        if wait:
+            async with self._lock:  # flush holds it while a report is on its way
+                task.cancel()
+        else:
+            task.cancel()
+        try:
             await task
+        except asyncio.CancelledError:
+            if current is not None and current.cancelling() > cancels:
+                raise  # the caller itself was cancelled meanwhile, not only the loop

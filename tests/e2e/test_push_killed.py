@@ -181,8 +181,8 @@ def test_a_push_killed_at_random_moments_leaves_a_consistent_bucket_and_complete
 ):
     trials, seed = TRIALS, SEED
     rng = random.Random(seed)
-    calibration, *closures = _trial_closures(tmp_path / "build", trials + 1)
-    request.addfinalizer(lambda: delete(*calibration, *(p for c in closures for p in c)))
+    warm_up, calibration, *closures = _trial_closures(tmp_path / "build", trials + 2)
+    request.addfinalizer(lambda: delete(*warm_up, *calibration, *(p for c in closures for p in c)))
     daemon = start_daemon()
     token = _token_file(tmp_path, daemon)
     keys = [k.public_key().to_text() for k in daemon.signing_keys]
@@ -192,9 +192,10 @@ def test_a_push_killed_at_random_moments_leaves_a_consistent_bucket_and_complete
         push = ["push", root, "--server", daemon.url, "--token-file", token, "--no-progress"]
         return [sys.executable, "-m", "niks3d.client", *push]
 
-    # One push of the same shape, not killed, measures when the session opens and how long a whole push takes
-    # here (it also uploads the shared dependency, so the trials find it cached). Kills then land from before
-    # the session opens to just after the push finished, most of them while it uploads and completes.
+    # A first push uploads the shared dependency, so that every later one finds it cached. The next, of the same
+    # shape as the trials and not killed, measures when the session opens and how long a whole push takes here;
+    # kills then land from before the session opens to the end of the push, most while it uploads and completes.
+    subprocess.run(argv(warm_up[0]), capture_output=True, env=env, check=True)
     started = time.monotonic()
     opened = 0.0
     with subprocess.Popen(argv(calibration[0]), stderr=subprocess.PIPE, text=True, env=env) as child:
@@ -216,8 +217,8 @@ def test_a_push_killed_at_random_moments_leaves_a_consistent_bucket_and_complete
             time.sleep(delay)
             child.kill()
             _, stderr = child.communicate(timeout=60)
-        where = f"trial {trial}: SIGKILL after {delay:.2f} s, {_phase(stderr)}"
-        report.append(where)
+        report.append(f"trial {trial}: SIGKILL after {delay:.2f} s, {_phase(stderr)}")
+        where = f"seed {seed}, {report[-1]}"  # NIKS3_STRESS_SEED repeats the delays
         problems = closure_problems(daemon.s3)
         assert not problems, f"{where}\n{stderr}\n" + "\n".join(problems)
 

@@ -33,11 +33,11 @@ def _cache_url(daemon: Any) -> str:
     return f"{daemon.s3.endpoint_url}/{daemon.s3.bucket}"
 
 
-def _nix(daemon: Any, tmp_path: Path, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def _nix(daemon: Any, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     """``nix ARGS --store <bucket>``, with no substituter and nothing cached from an earlier call."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / f"xdg-{time.monotonic_ns()}")}
     argv = [*NIX, *args, "--store", _cache_url(daemon), "--option", "substituters", ""]
-    return subprocess.run(argv, capture_output=True, env=env, check=False, timeout=300, input=input)
+    return subprocess.run(argv, capture_output=True, env=env, check=False, timeout=300)
 
 
 def _verify(daemon: Any, tmp_path: Path, public_keys: list[str], *paths: str) -> subprocess.CompletedProcess[bytes]:
