@@ -19,6 +19,7 @@ let
     pynacl
     sdnotify
     prometheus-client
+    uvloop
     # The `systemd` extra: native journal entries with structured fields (NIKS3_EVENT=...).
     (python3Packages.systemd-python or python3Packages.systemd)
   ];

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import tomli_w
 
+from niks3d import eventloop
 from niks3d.cli.serve import serve
 from niks3d.config import load_config
 from niks3d.devenv.postgres import async_postgres_server
@@ -141,7 +142,7 @@ def dev_command(args: argparse.Namespace) -> int:
             await run_dev(workdir, port)
 
     try:
-        asyncio.run(main())
+        eventloop.run(main())
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
     return 0

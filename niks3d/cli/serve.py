@@ -17,6 +17,7 @@ import socket
 
 from aiohttp import web
 
+from niks3d import eventloop
 from niks3d.config import Config, load_config
 from niks3d.db.pool import ping
 from niks3d.logsetup import setup_logging
@@ -105,5 +106,5 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(getattr(args, "log_level", None) or config.settings.logging.level, config.settings.logging.format)
-    asyncio.run(serve(config))
+    eventloop.run(serve(config))
     return 0

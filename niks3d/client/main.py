@@ -23,7 +23,7 @@ from typing import TextIO
 
 import aiohttp
 
-from niks3d import __version__
+from niks3d import __version__, eventloop
 from niks3d.client.api import ApiClient
 from niks3d.client.config import load_client_config
 from niks3d.client.gc import GC_COMMANDS, add_gc_commands, run_gc_command
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _client_logging(args, progress, stream):
             if args.command == "push":
-                return asyncio.run(_push_command(args, progress, sys.stdin))
+                return eventloop.run(_push_command(args, progress, sys.stdin))
             if args.command in GC_COMMANDS:
                 return asyncio.run(_with_api(args, lambda http, api: run_gc_command(args, http, api)))
             return asyncio.run(_pins_command(args))
