@@ -19,12 +19,14 @@ from __future__ import annotations
 
 __all__ = ["Metrics", "metrics"]
 
+import bisect
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from niks3d.server.credentials import authorize
@@ -36,6 +38,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # From a narinfo answered from memory (~100 us) to a large NAR streamed for minutes.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
+# The `le` labels, as prometheus-client writes them ("0.0001", "1.0", ..., "+Inf").
+_BOUNDS = [repr(float(b)) for b in LATENCY_BUCKETS] + ["+Inf"]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
@@ -45,40 +49,35 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+class _Latency:
+    """One (route, method)'s latency histogram: counts per bucket (not yet cumulative), the sum, the count."""
+
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.count = 0
+        self.total = 0.0
+
+
 class Metrics:
-    """The application's registry and the series it updates; see the module docstring."""
+    """The application's registry and the figures counted per request; see the module docstring.
+
+    Requests are counted in plain ints and floats (one dict lookup, a bisect and three additions: a narinfo is
+    answered in tens of microseconds, and prometheus-client's locked Counter and Histogram children cost several
+    of them) and handed to prometheus-client as metric families when ``/metrics`` is scraped. The event loop is
+    the only writer, so no lock is needed.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "niks3d_http_requests",
-            "HTTP requests answered, by route pattern, method and status",
-            ("route", "method", "status"),
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "niks3d_http_request_duration_seconds",
-            "Time from receiving a request to the end of its answer (for streamed files, the whole transfer)",
-            ("route", "method"),
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.sent = Counter(
-            "niks3d_proxy_sent_bytes",
-            "Bytes of cache files sent by the read proxy, by kind (narinfo, nar, ls, log, realisation)",
-            ("kind",),
-            registry=self.registry,
-        )
-        self.truncated = Counter(
-            "niks3d_proxy_truncated_responses",
-            "Answers cut off after their first byte because S3 failed (the connection was closed)",
-            ("kind",),
-            registry=self.registry,
-        )
         self.cache: NarinfoCache | None = None
         self.figures: FiguresReader | None = None
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-        self._sent: dict[str, Counter] = {}
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.latency: dict[tuple[str, str], _Latency] = {}
+        self.sent: dict[str, int] = {}
+        self.truncated: dict[str, int] = {}
+        self.registry.register(_RequestCollector(self))
         self.registry.register(_StateCollector(self))
 
     def watch(self, cache: NarinfoCache | None, figures: FiguresReader) -> None:
@@ -87,21 +86,20 @@ class Metrics:
         self.figures = figures
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method if method in _METHODS else "other", status)
-        children = self._children.get(key)
-        if children is None:
-            children = (self.requests.labels(key[0], key[1], str(status)), self.duration.labels(key[0], key[1]))
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        key = (route, method if method in _METHODS else "other")
+        counted = (*key, status)
+        self.requests[counted] = self.requests.get(counted, 0) + 1
+        latency = self.latency.get(key)
+        if latency is None:
+            latency = self.latency[key] = _Latency()
+        latency.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency.count += 1
+        latency.total += seconds
 
     def served(self, kind: str, sent: int, *, complete: bool = True) -> None:
-        child = self._sent.get(kind)
-        if child is None:
-            child = self._sent[kind] = self.sent.labels(kind)
-        child.inc(sent)
+        self.sent[kind] = self.sent.get(kind, 0) + sent
         if not complete:
-            self.truncated.labels(kind).inc()
+            self.truncated[kind] = self.truncated.get(kind, 0) + 1
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -117,6 +115,50 @@ class Metrics:
             raise
         finally:
             self.observe(_route(request), request.method, status, time.perf_counter() - start)
+
+
+class _RequestCollector(Collector):
+    """The per-request figures of :class:`Metrics`, as metric families at scrape time."""
+
+    def __init__(self, owner: Metrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterator[Metric]:
+        owner = self._owner
+        requests = CounterMetricFamily(
+            "niks3d_http_requests",
+            "HTTP requests answered, by route pattern, method and status",
+            labels=("route", "method", "status"),
+        )
+        for (route, method, status), count in sorted(owner.requests.items()):
+            requests.add_metric((route, method, str(status)), count)
+        yield requests
+        duration = HistogramMetricFamily(
+            "niks3d_http_request_duration_seconds",
+            "Time from receiving a request to the end of its answer (for streamed files, the whole transfer)",
+            labels=("route", "method"),
+        )
+        for (route, method), latency in sorted(owner.latency.items()):
+            duration.add_metric(
+                (route, method), list(zip(_BOUNDS, itertools.accumulate(latency.buckets), strict=True)), latency.total
+            )
+        yield duration
+        sent = CounterMetricFamily(
+            "niks3d_proxy_sent_bytes",
+            "Bytes of cache files sent by the read proxy, by kind (narinfo, nar, ls, log, realisation)",
+            labels=("kind",),
+        )
+        for kind, count in sorted(owner.sent.items()):
+            sent.add_metric((kind,), count)
+        yield sent
+        truncated = CounterMetricFamily(
+            "niks3d_proxy_truncated_responses",
+            "Answers cut off after their first byte because S3 failed (the connection was closed)",
+            labels=("kind",),
+        )
+        for kind, count in sorted(owner.truncated.items()):
+            truncated.add_metric((kind,), count)
+        yield truncated
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
