@@ -60,7 +60,7 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--quiet",
         action="store_true",
         default=argparse.SUPPRESS if suppress else False,
-        help="only errors",
+        help="only warnings and errors",
     )
 
 

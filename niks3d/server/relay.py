@@ -45,7 +45,7 @@ from niks3d.errors import ObjectNotFound, StorageError, StorageThrottled
 from niks3d.storage import Bucket, RangeNotSatisfiable
 from niks3d.storage.errors import DEFAULT_RETRY_AFTER
 from niks3d.storage.models import normalize_etag, size_from_content_range
-from niks3d.storage.s3 import _range_header
+from niks3d.storage.s3 import range_header
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class Relay:
         url = await self._urls.get(key)
         headers = {}
         if byte_range is not None:
-            headers["Range"] = _range_header(byte_range)
+            headers["Range"] = range_header(byte_range)
         if if_none_match is not None:
             headers["If-None-Match"] = if_none_match
         what = f"GET of {key!r} from bucket {self.bucket.name!r}"

@@ -15,7 +15,7 @@ Content-MD5 instead.
 
 from __future__ import annotations
 
-__all__ = ["Bucket", "open_bucket"]
+__all__ = ["Bucket", "open_bucket", "range_header"]
 
 import base64
 import hashlib
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 DELETE_BATCH = 1000
 
 
-def _range_header(byte_range: tuple[int, int | None]) -> str:
+def range_header(byte_range: tuple[int, int | None]) -> str:
     """``(start, end)``: inclusive end; ``(start, None)``: to the end; ``(-n, None)``: the last n bytes."""
     start, end = byte_range
     if start < 0 and end is None:
@@ -108,13 +108,13 @@ class Bucket(MultipartOps):
             return await stream.read()
 
     async def open_stream(self, key: str, *, byte_range: tuple[int, int | None] | None = None) -> ObjectStream:
-        """GET ``key`` (or a range of it, see :func:`_range_header`) and return once S3 has answered.
+        """GET ``key`` (or a range of it, see :func:`range_header`) and return once S3 has answered.
 
         Raises ObjectNotFound for a missing key and RangeNotSatisfiable for a range past the end.
         """
         params: dict[str, Any] = {"Bucket": self.name, "Key": key}
         if byte_range is not None:
-            params["Range"] = _range_header(byte_range)
+            params["Range"] = range_header(byte_range)
         with storage_errors("GetObject", self.name, key):
             resp = await self._client.get_object(**params)
         content_range = resp.get("ContentRange")

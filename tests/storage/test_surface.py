@@ -8,7 +8,7 @@ import niks3d.storage
 from niks3d.config import S3Settings
 from niks3d.storage import open_bucket
 from niks3d.storage.models import normalize_etag, quote_etag, size_from_content_range
-from niks3d.storage.s3 import _addressing_style, _range_header
+from niks3d.storage.s3 import _addressing_style, range_header
 
 
 def test_public_surface_is_pinned():
@@ -29,13 +29,13 @@ def test_public_surface_is_pinned():
 
 
 def test_ranges_become_http_range_headers_and_inverted_ones_are_refused():
-    assert _range_header((0, 0)) == "bytes=0-0"
-    assert _range_header((7, None)) == "bytes=7-"
-    assert _range_header((-3, None)) == "bytes=-3"
+    assert range_header((0, 0)) == "bytes=0-0"
+    assert range_header((7, None)) == "bytes=7-"
+    assert range_header((-3, None)) == "bytes=-3"
     with pytest.raises(ValueError, match="not"):
-        _range_header((5, 2))
+        range_header((5, 2))
     with pytest.raises(ValueError, match="not"):
-        _range_header((-5, 2))
+        range_header((-5, 2))
 
 
 def test_etags_are_kept_bare_and_quoted_for_s3():
