@@ -10,14 +10,23 @@ mirrors the bucket into a directory for nginx, and measures for each server:
 
 The servers: niks3d's proxy streaming NARs (``nar_mode = "stream"``) and redirecting them to presigned URLs
 (``"redirect"``, the redirect followed to S3 as Nix does), the S3 server read directly (anonymous GETs, as Nix
-reads a public bucket), and nginx (``nginx-light`` from Debian; not needed by the test suite). The client is
-a minimal HTTP/1.1 client on raw sockets, the same for every server. Each figure is the median of
-``--repeat`` runs. Every body is checked against the object's size in the bucket.
+reads a public bucket; and with presigned GETs, as a reader of a private bucket must, which is what niks3d's
+proxy does), nginx serving the files from a directory, and nginx as a reverse proxy in front of the
+same S3 server (keep-alive upstream connections): what a proxy written in C costs on the same machine, the
+reference for niks3d's streaming mode (nginx is ``nginx-light`` from Debian; not needed by the test suite).
+The client is a minimal HTTP/1.1 client on raw sockets, the same for every server. Each figure is the median
+of ``--repeat`` runs. Every body is checked against the object's size in the bucket.
 
-    .venv/bin/python bench/read.py [--paths 300] [--mib 300] [--rounds 5] [--repeat 3] [--uvloop]
+Narinfo latency is measured with three placements, because on a virtual machine waking a process on another
+CPU costs tens of microseconds, as much as answering the request: "1 CPU" pins the server's processes and the
+client to the first CPU (the figure is then the CPU the request costs, client and kernel included), "2 CPUs"
+pins them to different CPUs (a wake-up across CPUs on every request, as for a client on the network), and
+"free" leaves the placement to the scheduler (which moves processes between the two, so it is the noisiest).
 
-``--uvloop`` adds a streaming daemon on uvloop's event loop (uvloop is not a dependency of niks3d; install it
-into the environment first).
+    .venv/bin/python bench/read.py [--paths 300] [--mib 300] [--rounds 5] [--repeat 3] [--asyncio]
+
+The daemons run on uvloop, as ``niks3d serve`` does; ``--asyncio`` adds a streaming daemon on the standard
+event loop (``NIKS3_EVENT_LOOP=asyncio``) for comparison.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -181,12 +190,14 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], what: str, log: Path)
 
 
 @contextmanager
-def running(argv: list[str], url: str, what: str, log: Path) -> Iterator[None]:
+def running(
+    argv: list[str], url: str, what: str, log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_http(url, process, what, log)
-        yield
+        yield process
     finally:
         process.terminate()
         try:
@@ -197,7 +208,7 @@ def running(argv: list[str], url: str, what: str, log: Path) -> Iterator[None]:
 
 
 def niks3d(
-    work: Path, dsn: str, weed: SeaweedServer, key: SecretKey, token: str, nar_mode: str, *, uvloop: bool = False
+    work: Path, dsn: str, weed: SeaweedServer, key: SecretKey, token: str, nar_mode: str
 ) -> tuple[list[str], str]:
     """The argv of a daemon (config written to ``work``) and its URL."""
     port = free_port()
@@ -217,25 +228,36 @@ def niks3d(
     }
     config = work / f"niks3d-{nar_mode}-{port}.toml"
     config.write_text(tomli_w.dumps(settings))
-    start = "import uvloop; uvloop.install(); " if uvloop else ""
-    argv = [sys.executable, "-c", start + "from niks3d.cli.main import main; raise SystemExit(main())"]
+    argv = [sys.executable, "-c", "from niks3d.cli.main import main; raise SystemExit(main())"]
     return [*argv, "serve", "--config", str(config)], f"http://127.0.0.1:{port}"
 
 
-def nginx(work: Path, root: Path) -> tuple[list[str], str]:
+def nginx(work: Path, root: Path, upstream: str | None = None) -> tuple[list[str], str]:
+    """nginx serving ``root``, or (with ``upstream``, ``http://host:port/bucket``) proxying to the S3 server."""
     port = free_port()
-    conf = work / "nginx.conf"
-    temp = work / "nginx-temp"
+    name = "nginx-proxy" if upstream else "nginx"
+    conf = work / f"{name}.conf"
+    temp = work / f"{name}-temp"
     temp.mkdir(exist_ok=True)
+    if upstream:
+        parts = urlsplit(upstream)
+        serve = (
+            f"location / {{ proxy_pass http://s3{parts.path}/; proxy_http_version 1.1; "
+            'proxy_set_header Connection ""; proxy_buffers 16 64k; }'
+        )
+        upstreams = f"upstream s3 {{ server {parts.netloc}; keepalive 64; }}"
+    else:
+        serve, upstreams = f"root {root};", ""
     conf.write_text(
-        f"""daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx-error.log;
+        f"""daemon off; worker_processes 1; pid {work}/{name}.pid; error_log {work}/{name}-error.log;
 events {{ worker_connections 1024; }}
 http {{
   access_log off; sendfile on; tcp_nopush on; tcp_nodelay on; keepalive_requests 1000000;
   client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy; fastcgi_temp_path {temp}/fastcgi;
   uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;
   types {{ text/x-nix-narinfo narinfo; application/x-nix-nar zst; }}
-  server {{ listen 127.0.0.1:{port}; root {root}; }}
+  {upstreams}
+  server {{ listen 127.0.0.1:{port}; {serve} }}
 }}
 """
     )
@@ -257,8 +279,71 @@ def mirror(weed: SeaweedServer, root: Path) -> dict[str, int]:
     return sizes
 
 
+def presigner(weed: SeaweedServer) -> Callable[[str], str]:
+    """Presigned GET targets (path and query) for the bucket's keys, valid for an hour."""
+    client = weed.client()
+
+    def sign(key: str) -> str:
+        url = urlsplit(client.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": key}))
+        return f"{url.path}?{url.query}"
+
+    return sign
+
+
 def _median(measure: Callable[[], float], repeat: int) -> float:
     return statistics.median(measure() for _ in range(repeat))
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return found
+
+
+def pin(pids: Iterable[int], cpus: set[int]) -> None:
+    """Restrict every thread of ``pids`` to ``cpus``."""
+    for pid in pids:
+        try:
+            threads = [entry.name for entry in Path(f"/proc/{pid}/task").iterdir()]
+        except OSError:
+            continue
+        for tid in threads:
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except OSError:
+                continue
+
+
+def placements(server_pids: list[int]) -> Iterator[str]:
+    """Yield each placement's name with the server (``server_pids`` and their children) and this thread placed."""
+    everything = set(range(os.cpu_count() or 1))
+    processes = [p for root in server_pids for p in process_tree(root)]
+    yield "free"
+    if len(everything) < 2:
+        return
+    try:
+        for name, client in (("1 CPU", {0}), ("2 CPUs", {1})):
+            pin(processes, {0})
+            os.sched_setaffinity(0, client)
+            yield name
+    finally:
+        pin(processes, everything)
+        os.sched_setaffinity(0, everything)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mib", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--uvloop", action="store_true", help="also run a daemon on uvloop (must be importable)")
+    parser.add_argument("--asyncio", action="store_true", help="also run a daemon on the standard event loop")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="niks3d-bench-read-") as tmp, ExitStack() as stack:
         work = Path(tmp)
@@ -277,36 +362,34 @@ def main(argv: list[str] | None = None) -> int:
         weed = stack.enter_context(seaweed_server(work / "weed", anonymous_read=True))
         weed.create_bucket(BUCKET)
         key, token = SecretKey.generate("bench-1"), secrets.token_hex(24)
-        servers: dict[str, str] = {}
-        variants = [("stream", False), ("redirect", False)] + ([("stream", True)] if args.uvloop else [])
-        for mode, uv in variants:
-            name = f"niks3d proxy ({mode}{', uvloop' if uv else ''})"
-            daemon_argv, servers[name] = niks3d(work, pg.dsn, weed, key, token, mode, uvloop=uv)
+        servers: dict[str, tuple[str, list[int], Callable[[str], str] | None]] = {}
+        variants = [("stream", "uvloop"), ("redirect", "uvloop")] + ([("stream", "asyncio")] if args.asyncio else [])
+        for mode, loop in variants:
+            name = f"niks3d proxy ({mode}{', asyncio loop' if loop == 'asyncio' else ''})"
+            daemon_argv, url = niks3d(work, pg.dsn, weed, key, token, mode)
             log = work / f"niks3d-{len(servers)}.log"
-            stack.enter_context(running(daemon_argv, servers[name] + "/ready", "niks3d", log))
+            env = {**os.environ, "NIKS3_EVENT_LOOP": loop}
+            process = stack.enter_context(running(daemon_argv, url + "/ready", "niks3d", log, env))
+            servers[name] = (url, [process.pid], None)
+        stream_url = servers["niks3d proxy (stream)"][0]
         _secret(work / "token-file", token)
         print("pushing ...", file=sys.stderr)
         pushed = niks3_main(
-            [
-                "push",
-                "--quiet",
-                closure[0],
-                "--server",
-                servers["niks3d proxy (stream)"],
-                "--token-file",
-                str(work / "token-file"),
-            ]
+            ["push", "--quiet", closure[0], "--server", stream_url, "--token-file", str(work / "token-file")]
         )
         if pushed != 0:
             raise SystemExit("niks3 push failed")
         root = work / "www"
         work.chmod(0o755)  # nginx's workers run as nobody
         sizes = mirror(weed, root)
-        nginx_argv, servers["nginx (files)"] = nginx(work, root)
-        stack.enter_context(
-            running(nginx_argv, servers["nginx (files)"] + "/nix-cache-info", "nginx", work / "nginx.log")
-        )
-        servers["S3 server (direct)"] = f"{weed.endpoint_url}/{BUCKET}"
+        s3_url = f"{weed.endpoint_url}/{BUCKET}"
+        for name, upstream in (("nginx (files)", None), ("nginx (proxy to S3)", s3_url)):
+            nginx_argv, url = nginx(work, root, upstream)
+            log = work / f"{name.split()[1].strip('()')}.log"
+            process = stack.enter_context(running(nginx_argv, url + "/nix-cache-info", "nginx", log))
+            servers[name] = (url, [process.pid], None)
+        servers["S3 server (direct)"] = (s3_url, [weed.pid], None)
+        servers["S3 server (direct, presigned)"] = (s3_url, [weed.pid], presigner(weed))
 
         narinfos = sorted(k for k in sizes if k.endswith(".narinfo"))
         nars = sorted((k, s) for k, s in sizes.items() if k.startswith("nar/"))
@@ -315,18 +398,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(narinfos)} narinfos, {len(nars)} NARs, {nar_mib:.0f} MiB of NARs; loopback, {os.cpu_count()} CPUs")
         print(f"load average before: {load} (other work on the machine skews every figure)")
         print()
-        print("| server | narinfo median | narinfo p90 | NARs, 1 worker | 4 workers | 16 workers |")
-        print("|---|---|---|---|---|---|")
-        for name, base in servers.items():
+        print("| server | narinfo, 1 CPU | 2 CPUs | free | p90 (free) | NARs, 1 worker | 4 workers | 16 workers |")
+        print("|---|---|---|---|---|---|---|---|")
+        latency: dict[tuple[str, str], float] = {}
+        downloads: dict[tuple[str, int], float] = {}
+        for name, (base, pids, sign) in servers.items():
             prefix = urlsplit(base).path
-            info_targets = [f"{prefix}/{k}" for k in narinfos]
-            lat = [narinfo_latency(base, info_targets, args.rounds) for _ in range(args.repeat)]
-            median = statistics.median(m for m, _ in lat)
-            p90 = statistics.median(p for _, p in lat)
-            nar_targets = [(f"{prefix}/{k}", s) for k, s in nars]
-            times = [_median(lambda w=w, b=base, t=nar_targets: download_all(b, t, w), args.repeat) for w in WORKERS]
-            cells = [f"{t:.2f} s ({nar_mib / t:.0f} MiB/s)" for t in times]
-            print(f"| {name} | {median * 1e6:.0f} µs | {p90 * 1e6:.0f} µs | " + " | ".join(cells) + " |", flush=True)
+            target = sign or (lambda key, prefix=prefix: f"{prefix}/{key}")
+            info_targets = [target(k) for k in narinfos]
+            p90 = 0.0
+            for placement in placements(pids):
+                lat = [narinfo_latency(base, info_targets, args.rounds) for _ in range(args.repeat)]
+                latency[name, placement] = statistics.median(m for m, _ in lat)
+                if placement == "free":
+                    p90 = statistics.median(p for _, p in lat)
+            nar_targets = [(target(k), s) for k, s in nars]
+            for w in WORKERS:
+                downloads[name, w] = _median(lambda w=w, b=base, t=nar_targets: download_all(b, t, w), args.repeat)
+            cells = [f"{latency.get((name, p), float('nan')) * 1e6:.0f} µs" for p in ("1 CPU", "2 CPUs", "free")]
+            cells.append(f"{p90 * 1e6:.0f} µs")
+            cells += [f"{downloads[name, w]:.2f} s ({nar_mib / downloads[name, w]:.0f} MiB/s)" for w in WORKERS]
+            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+        print()
+        ours, files, s3 = "niks3d proxy (stream)", "nginx (files)", "S3 server (direct)"
+        shown = [p for p in ("1 CPU", "2 CPUs", "free") if (ours, p) in latency]
+        print(
+            "narinfo latency, niks3d / nginx (target <= 1.5x): "
+            + ", ".join(f"{p} {_ratio(latency[ours, p], latency[files, p])}" for p in shown)
+        )
+        print(
+            "narinfo latency, niks3d / S3 server (target < 1): "
+            + ", ".join(f"{p} {_ratio(latency[ours, p], latency[s3, p])}" for p in shown)
+        )
+        for name in (ours, "niks3d proxy (redirect)", "nginx (proxy to S3)"):
+            for direct in (s3, "S3 server (direct, presigned)"):
+                print(
+                    f"NAR downloads, {name} / {direct} (target <= 1.2x for niks3d): "
+                    + ", ".join(f"{w} {_ratio(downloads[name, w], downloads[direct, w])}" for w in WORKERS)
+                )
     return 0
 
 
