@@ -6,17 +6,25 @@ must be signed for the host the client will contact, it cannot be rewritten afte
 computation in botocore; aiobotocore makes it a coroutine only because credentials may need refreshing, so it
 costs well under a millisecond and no request. The multipart and object operations build on this class
 (``multipart.py``, ``s3.py``).
+
+HEAD, which the push path sends for every uploaded object, goes as a presigned request through a plain aiohttp
+session when the bucket has one: a botocore HeadObject costs about 1 ms of CPU, the presigned request about half
+(signing included). Only the plain answers are taken from it (200: the metadata, 404: absent); anything else, a
+403, a 5xx, throttling or a connection error, is asked again through botocore, which retries and names the error;
+after a failure to connect at all, every later HEAD goes through botocore.
 """
 
 from __future__ import annotations
 
 __all__ = ["MAX_PRESIGN_SECONDS", "BucketCore"]
 
+import email.utils
 import logging
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from botocore.exceptions import ClientError
 
 from niks3d.config import S3Settings
@@ -36,11 +44,14 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 class BucketCore:
     """One bucket reached through one aiobotocore client; see :func:`niks3d.storage.open_bucket`."""
 
-    def __init__(self, *, settings: S3Settings, client: S3Client, presigner: S3Client) -> None:
+    def __init__(
+        self, *, settings: S3Settings, client: S3Client, presigner: S3Client, http: aiohttp.ClientSession | None = None
+    ) -> None:
         self.settings = settings
         self.name = settings.bucket
         self._client = client
         self._presigner = presigner
+        self._http = http
 
     def __repr__(self) -> str:
         return f"<Bucket {self.name!r} at {self.endpoint_url}>"
@@ -67,6 +78,10 @@ class BucketCore:
         A bodiless 403 from HEAD cannot tell "missing" from "wrong secret key", so a 403 is followed by a
         one-byte GET, whose XML error carries the code: AccessDenied means absent, anything else is raised.
         """
+        if self._http is not None:
+            answered, info = await self._quick_head(self._http, key)
+            if answered:
+                return info
         try:
             with storage_errors("HeadObject", self.name, key):
                 try:
@@ -85,6 +100,39 @@ class BucketCore:
             content_type=resp.get("ContentType"),
             content_encoding=resp.get("ContentEncoding"),
         )
+
+    async def _quick_head(self, http: aiohttp.ClientSession, key: str) -> tuple[bool, ObjectInfo | None]:
+        """HEAD through a presigned URL (signed for the endpoint this daemon talks to): (True, metadata) for a 200,
+        (True, None) for a 404, (False, None) for anything that botocore should ask again."""
+        try:
+            url = await self._client.generate_presigned_url(
+                ClientMethod="head_object", Params={"Bucket": self.name, "Key": key}, ExpiresIn=60
+            )
+            async with http.head(url, allow_redirects=False) as resp:
+                if resp.status == 404:
+                    return True, None
+                headers = resp.headers
+                if resp.status != 200 or resp.content_length is None or "Last-Modified" not in headers:
+                    log.debug("HEAD %s answered %d: asking again through botocore", key, resp.status)
+                    return False, None
+                modified = email.utils.parsedate_to_datetime(headers["Last-Modified"])
+                return True, ObjectInfo(
+                    key=key,
+                    size=resp.content_length,
+                    etag=normalize_etag(headers.get("ETag", "")),
+                    last_modified=modified if modified.tzinfo is not None else modified.replace(tzinfo=UTC),
+                    content_type=headers.get("Content-Type"),
+                    content_encoding=headers.get("Content-Encoding"),
+                )
+        except aiohttp.ClientConnectorError as exc:
+            # The endpoint cannot be reached this way (a proxy botocore knows of from the environment, say):
+            # every later HEAD goes through botocore, rather than waiting for a connection every time.
+            log.warning("HEAD %s without botocore failed (%s); using botocore for every HEAD from now on", key, exc)
+            self._http = None
+            return False, None
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, TypeError) as exc:
+            log.debug("HEAD %s failed (%s): asking again through botocore", key, exc)
+            return False, None
 
     async def _forbidden_means_missing(self, key: str, head_error: ClientError) -> bool:
         """After HEAD answered 403: whether a ranged GET says AccessDenied/NoSuchKey (the key is absent)."""

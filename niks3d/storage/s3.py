@@ -25,6 +25,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import Any, Literal
 
+import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
@@ -271,4 +272,13 @@ async def open_bucket(
             raise StorageError(
                 f"cannot set up the S3 client for bucket {settings.bucket!r} at {settings.endpoint_url or 'AWS'}: {exc}"
             ) from exc
-        yield Bucket(settings=settings, client=client, presigner=presigner)
+        http = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=max_pool_connections, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout),
+                auto_decompress=False,
+                trust_env=False,
+                skip_auto_headers=("Accept-Encoding", "User-Agent"),
+            )
+        )
+        yield Bucket(settings=settings, client=client, presigner=presigner, http=http)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+import aiohttp
 import pytest
 
 from niks3d.config import S3Settings
@@ -56,6 +57,40 @@ async def test_put_overwrites_an_existing_key(bucket: Bucket):
 
 async def test_head_of_an_absent_key_is_none(bucket: Bucket):
     assert await bucket.head("nar/absent.nar.zst") is None
+
+
+async def test_the_quick_head_answers_what_botocore_answers(bucket: Bucket, seaweed_server, s3_bucket, monkeypatch):
+    body = b"x" * 1234
+    await bucket.put("log/x.drv", body, content_type="text/plain; charset=utf-8", content_encoding="zstd")
+
+    async def no_botocore(**kwargs):
+        raise AssertionError("the quick path should have answered")
+
+    monkeypatch.setattr(bucket._client, "head_object", no_botocore)
+    quick = await bucket.head("log/x.drv")
+    assert await bucket.head("log/absent") is None
+    direct = seaweed_server.client().head_object(Bucket=s3_bucket.bucket, Key="log/x.drv")
+    assert quick is not None
+    assert quick.size == direct["ContentLength"] == len(body)
+    assert quick.etag == direct["ETag"].strip('"')
+    assert quick.last_modified == direct["LastModified"]
+    assert quick.content_type == direct["ContentType"]
+    assert quick.content_encoding == direct["ContentEncoding"] == "zstd"
+
+
+async def test_a_head_that_cannot_connect_goes_through_botocore_from_then_on(bucket: Bucket):
+    await bucket.put("k", b"abc", content_type="text/plain")
+    # A session that can never connect: every connection is bound to an address this machine does not have.
+    unreachable = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("192.0.2.1", 0)))
+    bucket._http = unreachable
+    try:
+        info = await bucket.head("k")
+        assert info is not None
+        assert info.size == 3
+        assert bucket._http is None
+        assert await bucket.head("absent") is None
+    finally:
+        await unreachable.close()
 
 
 async def test_get_of_an_absent_key_raises_object_not_found_naming_it(bucket: Bucket):
