@@ -59,29 +59,39 @@ class Server:
 
     url: str
     token_file: str
-    cpu: Callable[[], float] | None = None
+    cpu: Callable[[], dict[str, float]] | None = None
 
 
-def _process_cpu(pid: int) -> tuple[int, float]:
-    """(parent pid, CPU seconds of ``pid`` and of its children it has reaped)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[1]), sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+def _process_cpu(pid: int) -> tuple[int, str, float]:
+    """(parent pid, command name, CPU seconds of ``pid`` and of its children it has reaped)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[1]), name, sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu(root: int) -> float:
-    """CPU seconds used by ``root`` and every process below it (live ones, and those already reaped)."""
-    parents: dict[int, int] = {}
-    seconds: dict[int, float] = {}
+# How the processes of `niks3d dev` are named in the figures, by their command name.
+_SIDES = {"weed": "SeaweedFS", "postgres": "PostgreSQL"}
+
+
+def tree_cpu(root: int) -> dict[str, float]:
+    """CPU seconds used by ``root`` and every process below it (live ones, and those already reaped), by side:
+    SeaweedFS, PostgreSQL, and niks3d (the daemon, in the ``niks3d dev`` process)."""
+    processes: dict[int, tuple[int, str, float]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                parents[int(entry.name)], seconds[int(entry.name)] = _process_cpu(int(entry.name))
-    total, todo = 0.0, [root]
+                processes[int(entry.name)] = _process_cpu(int(entry.name))
+    totals: dict[str, float] = {}
+    todo = [root]
     while todo:
         pid = todo.pop()
-        total += seconds.get(pid, 0.0)
-        todo += [child for child, parent in parents.items() if parent == pid]
-    return total
+        if pid in processes:
+            side = _SIDES.get(processes[pid][1], "niks3d")
+            # A process's reaped children are in its own figure; a live child of another kind is counted apart.
+            totals[side] = totals.get(side, 0.0) + processes[pid][2]
+        todo += [child for child, (parent, _, _) in processes.items() if parent == pid]
+    return totals
 
 
 @contextlib.contextmanager
@@ -156,15 +166,19 @@ def push(server: Server, paths: list[str], label: str, nar_bytes: int, extra: li
     """Push ``paths`` in a child process and print time, throughput, peak RSS and CPU; returns the run and the
     CPU seconds the server's processes used meanwhile (None when they are not on this machine)."""
     argv = [*NIKS3, "push", "--server", server.url, "--token-file", server.token_file, "--no-progress", "--json"]
-    server_before = server.cpu() if server.cpu else 0.0
+    server_before = server.cpu() if server.cpu else {}
     with tempfile.TemporaryFile() as out:
         run = timed([*argv, *extra, *paths], stdout=out.fileno())
         out.seek(0)
         sent = json.loads(out.read())["bytes_sent"]
-    server_cpu = server.cpu() - server_before if server.cpu else None
+    sides = {k: v - server_before.get(k, 0.0) for k, v in server.cpu().items()} if server.cpu else {}
+    server_cpu = sum(sides.values()) if sides else None
+    detail = ", ".join(f"{k} {v:.1f}" for k, v in sorted(sides.items(), key=lambda kv: -kv[1]))
     rate = f"{nar_bytes / run.seconds / 2**20:6.1f} MiB/s" if nar_bytes else " " * 12
     line = f"{label:38} {run.seconds:6.2f} s {rate}  RSS {run.rss:4} MiB  CPU {run.cpu:5.1f} s"
-    line += f"  sent {sent / 2**20:.0f} MiB" + (f"  (server side: CPU {server_cpu:.1f} s)" if server_cpu else "")
+    line += f"  sent {sent / 2**20:.0f} MiB" + (
+        f"  (server side: CPU {server_cpu:.1f} s: {detail})" if server_cpu else ""
+    )
     print(line, flush=True)
     return run, server_cpu
 
