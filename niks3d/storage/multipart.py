@@ -73,12 +73,20 @@ class MultipartOps(BucketCore):
     async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo] | None = None) -> None:
         """Assemble the object from ``parts`` (None: every part S3 has, from :meth:`list_parts`).
 
-        Idempotent: if S3 no longer knows ``upload_id`` but ``key`` exists, the upload was completed before.
+        Idempotent: if S3 no longer knows ``upload_id``, or lists no parts for it, but ``key`` exists, the upload
+        was completed before (or is being completed by another request); the caller checks the object's size.
         """
         try:
             if parts is None:
                 parts = await self.list_parts(key, upload_id)
             if not parts:
+                # S3 servers differ while another request completes the same upload: some still list it with no
+                # parts left. The object is then there (the caller checks its size), as when the upload is gone.
+                if await self.head(key) is not None:
+                    log.info(
+                        "multipart upload %s of %s lists no parts but the object exists: completed", upload_id, key
+                    )
+                    return
                 raise StorageError(f"multipart upload {upload_id!r} of object {key!r} has no parts to complete")
             ordered = sorted(parts, key=lambda p: p.part_number)
             numbers = [p.part_number for p in ordered]

@@ -10,6 +10,7 @@ import os
 import aiohttp
 import pytest
 
+from niks3d.errors import StorageError
 from niks3d.storage import Bucket, PartInfo, UploadNotFound
 
 pytestmark = pytest.mark.s3
@@ -85,6 +86,19 @@ async def test_completing_an_unknown_upload_of_an_absent_key_raises_upload_not_f
     assert caught.value.upload_id == "no-such-upload-id"
     with pytest.raises(UploadNotFound):
         await bucket.complete_multipart("nar/never.nar.zst", "no-such-upload-id", [PartInfo(1, "abc")])
+
+
+async def test_an_upload_listing_no_parts_counts_as_completed_only_when_the_object_exists(bucket: Bucket):
+    # What a second request sees while another completes the same upload on some S3 servers: the upload is
+    # still known but its parts are gone. Without the object, there is nothing to complete.
+    key = "nar/raced.nar.zst"
+    upload_id = await bucket.create_multipart(key, content_type="application/x-nix-nar")
+    with pytest.raises(StorageError, match=r"has no parts to complete"):
+        await bucket.complete_multipart(key, upload_id)
+    await bucket.put(key, b"assembled by the other request", content_type="application/x-nix-nar")
+    await bucket.complete_multipart(key, upload_id)  # no error: the object is there
+    assert await bucket.get(key) == b"assembled by the other request"
+    await bucket.abort_multipart(key, upload_id)
 
 
 async def test_abort_discards_the_upload_and_tolerates_repeats(bucket: Bucket):
