@@ -59,7 +59,9 @@ __all__ = [
 DEFAULT_CONFIG_PATH = Path("/etc/niks3d/niks3d.toml")
 ENV_PREFIX = "NIKS3_"
 # Variables that share the prefix but are not settings: where the file is, test switches, the client's own.
-NOT_SETTINGS = frozenset({"NIKS3_CONFIG", "NIKS3_REQUIRE_SERVICES", "NIKS3_TOKEN_FILE", "NIKS3_SERVER_URL"})
+NOT_SETTINGS = frozenset(
+    {"NIKS3_CONFIG", "NIKS3_EVENT_LOOP", "NIKS3_REQUIRE_SERVICES", "NIKS3_TOKEN_FILE", "NIKS3_SERVER_URL"}
+)
 
 Scope = Literal["read", "push", "pin", "gc", "metrics", "admin"]
 

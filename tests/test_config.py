@@ -215,6 +215,7 @@ def test_variables_that_are_not_settings_are_ignored(tmp_path: Path) -> None:
     path = write_config(tmp_path, minimal())
     environ = {
         "NIKS3_CONFIG": "/nonexistent.toml",
+        "NIKS3_EVENT_LOOP": "asyncio",
         "NIKS3_REQUIRE_SERVICES": "1",
         "NIKS3_TOKEN_FILE": "/run/secrets/token",
         "NIKS3_SERVER_URL": "http://cache:5751",
