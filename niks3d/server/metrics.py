@@ -117,6 +117,13 @@ class Metrics:
             self.observe(_route(request), request.method, status, time.perf_counter() - start)
 
 
+def _by_kind(name: str, doc: str, counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=("kind",))
+    for kind, count in sorted(counts.items()):
+        family.add_metric((kind,), count)
+    return family
+
+
 class _RequestCollector(Collector):
     """The per-request figures of :class:`Metrics`, as metric families at scrape time."""
 
@@ -143,22 +150,16 @@ class _RequestCollector(Collector):
                 (route, method), list(zip(_BOUNDS, itertools.accumulate(latency.buckets), strict=True)), latency.total
             )
         yield duration
-        sent = CounterMetricFamily(
+        yield _by_kind(
             "niks3d_proxy_sent_bytes",
             "Bytes of cache files sent by the read proxy, by kind (narinfo, nar, ls, log, realisation)",
-            labels=("kind",),
+            owner.sent,
         )
-        for kind, count in sorted(owner.sent.items()):
-            sent.add_metric((kind,), count)
-        yield sent
-        truncated = CounterMetricFamily(
+        yield _by_kind(
             "niks3d_proxy_truncated_responses",
             "Answers cut off after their first byte because S3 failed (the connection was closed)",
-            labels=("kind",),
+            owner.truncated,
         )
-        for kind, count in sorted(owner.truncated.items()):
-            truncated.add_metric((kind,), count)
-        yield truncated
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
