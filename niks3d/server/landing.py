@@ -3,12 +3,13 @@
 Plain HTML, built with :func:`html.escape` and no template engine, written one element per line so that it
 reads as well with ``curl`` as in a browser: the cache URL, the public keys, ``nix.conf`` and NixOS snippets
 ready to paste (with the ``netrc`` lines when the cache is private), and live figures (store paths, bytes,
-upload sessions, the last garbage collection) from :class:`~niks3d.server.figures.FiguresReader`.
+upload sessions, the last garbage collection) from :class:`~niks3d.server.figures.FiguresReader`; a private
+cache shows its figures only to a request with a ``read`` token (Bearer or Basic password).
 """
 
 from __future__ import annotations
 
-__all__ = ["bucket_url", "cache_url", "landing", "render_landing"]
+__all__ = ["FIGURES_HIDDEN", "bucket_url", "cache_url", "landing", "render_landing"]
 
 from datetime import datetime
 from html import escape
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from niks3d import __version__
 from niks3d.config import S3Settings, Settings
+from niks3d.server.credentials import authorize
 from niks3d.server.figures import CacheFigures
 from niks3d.server.keys import config_key, figures_key
 
@@ -90,10 +92,21 @@ def _figures(figures: CacheFigures | None) -> list[str]:
     return lines
 
 
+# What a private cache says instead of its figures to a request without a read token.
+FIGURES_HIDDEN = "<p>This cache's figures are shown to requests with a token with the <code>read</code> scope.</p>"
+
+
 def render_landing(
-    *, url: str, public_keys: list[str], private: bool, direct: bool, figures: CacheFigures | None
+    *,
+    url: str,
+    public_keys: list[str],
+    private: bool,
+    direct: bool,
+    figures: CacheFigures | None,
+    show_figures: bool = True,
 ) -> str:
-    """The page; ``direct`` means the read proxy is off and ``url`` is the bucket's."""
+    """The page; ``direct`` means the read proxy is off and ``url`` is the bucket's. Without ``show_figures``
+    the figures section only says who may see them."""
     keys = " ".join(public_keys)
     host = urlsplit(url).hostname or url
     how = "kept by" if direct else "served by"
@@ -150,7 +163,8 @@ def render_landing(
             "it from the netrc file named by <code>netrc-file</code>, <code>/etc/nix/netrc</code> (mode 0600):</p>",
             *_pre([f"machine {host}", "password <your token>"]),
         ]
-    out += ["", "<h2>Figures</h2>", *_figures(figures), "</body>", "</html>", ""]
+    shown = _figures(figures) if show_figures else [FIGURES_HIDDEN]
+    out += ["", "<h2>Figures</h2>", *shown, "</body>", "</html>", ""]
     return "\n".join(out)
 
 
@@ -158,12 +172,17 @@ async def landing(request: web.Request) -> web.Response:
     """``GET /``."""
     config = request.app[config_key]
     settings = config.settings
-    figures = await request.app[figures_key].get()
+    private = settings.server.read_proxy == "private"
+    # What a client needs to configure Nix (URL, public keys, snippets) is public; how big a private cache is
+    # and how it is used is for its readers only.
+    show_figures = not private or authorize(request, "read") is None
+    figures = await request.app[figures_key].get() if show_figures else None
     page = render_landing(
         url=cache_url(request, settings),
         public_keys=[k.public_key().to_text() for k in config.secrets.signing_keys],
-        private=settings.server.read_proxy == "private",
+        private=private,
         direct=settings.server.read_proxy == "off",
         figures=figures,
+        show_figures=show_figures,
     )
     return web.Response(text=page, content_type="text/html", charset="utf-8")

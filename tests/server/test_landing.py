@@ -3,12 +3,13 @@ echoes, and it reads as plain text (no entities in the snippets) for curl users.
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from niks3d.server.figures import CacheFigures, GcRunSummary
-from niks3d.server.landing import render_landing
+from niks3d.server.landing import FIGURES_HIDDEN, render_landing
 from tests.server.landing_parse import parse
 from tests.server.proxykit import fetch, push_closure
 
@@ -44,13 +45,22 @@ async def test_the_snippets_hold_the_real_url_and_keys(
     assert s.cells["last garbage collection"] == "none yet"
 
 
-async def test_a_private_cache_shows_the_netrc_lines(start_daemon: Any) -> None:
+async def test_a_private_cache_shows_the_netrc_lines_and_its_figures_only_to_readers(start_daemon: Any) -> None:
     daemon = start_daemon(server={"read_proxy": "private", "public_url": "https://cache.example.org"})
-    s = parse(fetch(daemon.url, "/").body.decode())
+    anonymous = fetch(daemon.url, "/")
+    assert anonymous.status == 200  # what Nix needs to be configured is public
+    s = parse(anonymous.body.decode())
     assert s.pre["Cache URL"] == ["https://cache.example.org"]
     assert s.pre["Credentials"] == ["machine cache.example.org", "password <your token>"]
     assert '  netrc-file = "/etc/nix/netrc";' in s.pre["NixOS"]
     assert s.pre["nix.conf"][-1] == "netrc-file = /etc/nix/netrc"
+    assert not s.cells and FIGURES_HIDDEN in anonymous.body.decode()
+    for refused in ({"Authorization": "Bearer not-a-token"}, daemon.headers("pusher")):
+        assert not parse(fetch(daemon.url, "/", headers=refused).body.decode()).cells
+    basic = base64.b64encode(f"nix:{daemon.tokens['reader']}".encode()).decode()
+    for reader in (daemon.headers("reader"), {"Authorization": f"Basic {basic}"}):
+        cells = parse(fetch(daemon.url, "/", headers=reader).body.decode()).cells
+        assert cells["store paths"] == "0"
 
 
 def test_what_the_page_echoes_is_escaped() -> None:
