@@ -8,9 +8,8 @@ announced) it closes the client's connection, so the client sees a body shorter 
 (or an unterminated chunked body) and retries, instead of a complete-looking answer.
 
 GETs go to a presigned URL through a plain aiohttp client, which costs about half of a botocore GetObject per
-request. That needs a URL signed for the endpoint niks3d itself talks to; when ``s3.public_endpoint_url``
-differs from it, presigned URLs name the public endpoint, and the relay uses :meth:`Bucket.open_stream`
-instead.
+request. The relay's URLs are signed for ``s3.endpoint_url``, the endpoint niks3d itself talks to, whatever
+``s3.public_endpoint_url`` says; redirect mode's URLs are signed for the public endpoint, where clients go.
 """
 
 from __future__ import annotations
@@ -107,8 +106,9 @@ class Upstream:
 class PresignedUrls:
     """Presigned GET URLs valid for ``ttl``, each handed out again for ``reuse`` after it was signed."""
 
-    def __init__(self, bucket: Bucket, *, ttl: timedelta, reuse: timedelta) -> None:
+    def __init__(self, bucket: Bucket, *, ttl: timedelta, reuse: timedelta, internal: bool = False) -> None:
         self._bucket = bucket
+        self._internal = internal
         self._ttl = ttl
         self._reuse = reuse.total_seconds()
         self._urls: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -118,7 +118,7 @@ class PresignedUrls:
         cached = self._urls.get(key)
         if cached is not None and cached[1] > now:
             return cached[0]
-        url = await self._bucket.presign_get(key, expires=self._ttl)
+        url = await self._bucket.presign_get(key, expires=self._ttl, internal=self._internal)
         self._urls[key] = (url, now + self._reuse)
         self._urls.move_to_end(key)
         if len(self._urls) > URL_CACHE_SIZE:
@@ -135,9 +135,7 @@ class Relay:
     def __init__(self, bucket: Bucket, http: aiohttp.ClientSession) -> None:
         self.bucket = bucket
         self._http = http
-        public = bucket.settings.public_endpoint_url
-        self._presigned = public is None or public == bucket.settings.endpoint_url
-        self._urls = PresignedUrls(bucket, ttl=RELAY_URL_TTL, reuse=RELAY_URL_REUSE)
+        self._urls = PresignedUrls(bucket, ttl=RELAY_URL_TTL, reuse=RELAY_URL_REUSE, internal=True)
         self.redirects = PresignedUrls(bucket, ttl=REDIRECT_TTL, reuse=REDIRECT_REUSE)
 
     async def head(self, key: str) -> Upstream:
@@ -162,11 +160,6 @@ class Relay:
 
         Raises ObjectNotFound, RangeNotSatisfiable, or StorageError (StorageThrottled) for S3 trouble.
         """
-        if self._presigned:
-            return await self._open_presigned(key, byte_range, if_none_match)
-        return await self._open_botocore(key, byte_range, if_none_match)
-
-    async def _open_presigned(self, key: str, byte_range: ByteRange | None, if_none_match: str | None) -> Upstream:
         url = await self._urls.get(key)
         headers = {}
         if byte_range is not None:
@@ -205,25 +198,6 @@ class Relay:
         if resp.status in (429, 503) or code == "SlowDown":
             raise StorageThrottled(f"{what}: S3 is throttling ({resp.status} {code})", DEFAULT_RETRY_AFTER)
         raise StorageError(f"{what} failed: S3 answered {resp.status} {code}".rstrip())
-
-    async def _open_botocore(self, key: str, byte_range: ByteRange | None, if_none_match: str | None) -> Upstream:
-        if if_none_match is not None:
-            head = await self.head(key)
-            if head.etag is not None and etag_matches(if_none_match, head.etag):
-                return Upstream(304, None, None, head.etag, head.last_modified, None, None)
-        stream = await self.bucket.open_stream(key, byte_range=byte_range)
-        info = stream.info
-        return Upstream(
-            status=stream.status,
-            length=stream.content_length,
-            content_range=stream.content_range,
-            etag=f'"{info.etag}"' if info.etag else None,
-            last_modified=_http_date(info.last_modified),
-            content_type=info.content_type,
-            content_encoding=info.content_encoding,
-            chunks=aiter(stream),
-            close=stream.aclose,
-        )
 
 
 def _http_date(moment: datetime) -> str:

@@ -65,9 +65,20 @@ class BucketCore:
         seconds = int((expires if expires is not None else self.settings.presign_expiry).total_seconds())
         return min(max(seconds, 1), MAX_PRESIGN_SECONDS)
 
-    async def _presign(self, client_method: str, params: Mapping[str, Any], expires: timedelta | None, key: str) -> str:
+    async def _presign(
+        self,
+        client_method: str,
+        params: Mapping[str, Any],
+        expires: timedelta | None,
+        key: str,
+        *,
+        internal: bool = False,
+    ) -> str:
+        """A presigned URL for clients (signed for ``s3.public_endpoint_url`` when it is set), or with
+        ``internal`` for this daemon's own requests (signed for ``s3.endpoint_url``)."""
+        signer = self._client if internal else self._presigner
         with storage_errors(f"presigning {client_method}", self.name, key):
-            return await self._presigner.generate_presigned_url(
+            return await signer.generate_presigned_url(
                 ClientMethod=client_method, Params=params, ExpiresIn=self._expires_in(expires)
             )
 

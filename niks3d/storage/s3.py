@@ -201,9 +201,10 @@ class Bucket(MultipartOps):
         url = await self._presign("put_object", params, expires, key)
         return PresignedRequest(url=url, method="PUT", headers=headers)
 
-    async def presign_get(self, key: str, *, expires: timedelta | None = None) -> str:
-        """A presigned GetObject URL (the read proxy's redirect mode)."""
-        return await self._presign("get_object", {"Bucket": self.name, "Key": key}, expires, key)
+    async def presign_get(self, key: str, *, expires: timedelta | None = None, internal: bool = False) -> str:
+        """A presigned GetObject URL: for clients (the read proxy's redirect mode), or with ``internal`` for the
+        daemon's own plain-HTTP reads (the read proxy's streaming mode), signed for the endpoint it talks to."""
+        return await self._presign("get_object", {"Bucket": self.name, "Key": key}, expires, key, internal=internal)
 
 
 def _addressing_style(settings: S3Settings, endpoint_url: str | None) -> Literal["path", "virtual"]:
