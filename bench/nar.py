@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from niks3d.devenv.nixfixtures import build_expr
-from niks3d.nix.nar import NarDumper
+from niks3d.nix.nar_dump import NarDumper
 
 SMALL_BYTES = 16 << 10  # the small files
 TINY_BYTES = 512  # and a deeper tree of tiny ones

@@ -1,7 +1,7 @@
 """One pass over a store path: serialise it as a NAR, check it, compress it with zstd, hash what comes out.
 
 :func:`stream_nar` runs in a worker thread (zstandard and hashlib release the GIL, so several of them use
-several cores). It reads the path with :class:`niks3d.nix.nar.NarDumper`, counts and hashes the NAR, feeds
+several cores). It reads the path with :class:`niks3d.nix.nar_dump.NarDumper`, counts and hashes the NAR, feeds
 it to a zstd compressor (multi-threaded for big NARs) and hands every compressed piece to ``sink`` together
 with its SHA-256 (the object's ``FileHash``). The NAR must have the NarHash and NarSize the store claims:
 a NAR that grows past NarSize is refused at once, and a different hash or a short NAR is refused at the end,
@@ -27,7 +27,7 @@ from niks3d.errors import ClientError
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.hashes import format_sha256
 from niks3d.nix.listing import render_listing
-from niks3d.nix.nar import NarDumper
+from niks3d.nix.nar_dump import NarDumper
 
 MULTITHREAD_FROM = 8 << 20  # NARs at least this big are compressed by zstd's own worker threads
 # zstd's default job size at level 3 (8 MiB) costs ~130 MiB of buffers with two workers and was no faster

@@ -75,7 +75,9 @@ from niks3d.nix.errors import (
 )
 from niks3d.nix.hashes import format_sha256, parse_sha256, to_sri
 from niks3d.nix.listing import render_listing
-from niks3d.nix.nar import NarDumper, NarResult, NarValidator, dump_path, validate_nar
+from niks3d.nix.nar import NarResult
+from niks3d.nix.nar_dump import NarDumper, dump_path
+from niks3d.nix.nar_read import NarValidator, validate_nar
 from niks3d.nix.narinfo import NarInfo, parse_narinfo, render_nix_cache_info
 from niks3d.nix.realisation import Realisation, parse_realisation, parse_realisation_id
 from niks3d.nix.signing import PublicKey, SecretKey, fingerprint, parse_signature

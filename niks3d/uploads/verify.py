@@ -16,7 +16,7 @@ import zstandard
 
 from niks3d.nix.errors import InvalidNar
 from niks3d.nix.hashes import format_sha256
-from niks3d.nix.nar import NarValidator
+from niks3d.nix.nar_read import NarValidator
 
 if TYPE_CHECKING:
     from niks3d.storage.s3 import Bucket

@@ -17,16 +17,9 @@ from hypothesis import strategies as st
 
 from niks3d.nix.errors import InvalidNar, NixFormatError
 from niks3d.nix.hashes import format_sha256
-from niks3d.nix.nar import (
-    MAX_DEPTH,
-    MAX_NAME,
-    MAX_TARGET,
-    NarDumper,
-    NarResult,
-    NarValidator,
-    dump_path,
-    validate_nar,
-)
+from niks3d.nix.nar import MAX_DEPTH, MAX_NAME, MAX_TARGET, NarResult
+from niks3d.nix.nar_dump import NarDumper, dump_path
+from niks3d.nix.nar_read import NarValidator, validate_nar
 
 # --------------------------------------------------------------------------- an independent NAR oracle
 

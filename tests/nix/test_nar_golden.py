@@ -9,7 +9,9 @@ import pytest
 
 from niks3d.devenv.nixfixtures import Fixtures
 from niks3d.nix.hashes import format_sha256
-from niks3d.nix.nar import NarDumper, NarResult, NarValidator
+from niks3d.nix.nar import NarResult
+from niks3d.nix.nar_dump import NarDumper
+from niks3d.nix.nar_read import NarValidator
 
 pytestmark = pytest.mark.nix
 

@@ -18,7 +18,7 @@ import zstandard
 
 from niks3d.nix.hashes import format_sha256
 from niks3d.nix.listing import render_listing
-from niks3d.nix.nar import dump_path
+from niks3d.nix.nar_dump import dump_path
 from niks3d.nix.nix32 import encode
 
 ZSTD = zstandard.ZstdCompressor(level=3)
