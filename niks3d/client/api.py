@@ -15,7 +15,7 @@ import contextlib
 import json
 from collections.abc import Mapping
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
@@ -76,6 +76,13 @@ def _json_object(resp: Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _answer(resp: Response, what: str) -> dict[str, Any]:
+    data = _json_object(resp)
+    if not data:
+        raise ClientError(f"cannot understand the server's answer to {what}: not a JSON object")
+    return data
 
 
 class ApiClient:
@@ -272,3 +279,20 @@ class ApiClient:
                 return False
             raise
         return True
+
+    # -- garbage collection and deletion ---------------------------------------------------------------------
+    # The answers are passed on as the server's JSON objects: `niks3 gc --json` prints them as they are.
+
+    async def start_gc(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``POST /gc``: start a run (202); ApiError ``gc_running`` (with ``run_id``) while another runs."""
+        return _answer(await self._call("POST", "/gc", params, scope="gc", ok=(202,)), "POST /gc")
+
+    async def get_gc_run(self, run_id: int) -> dict[str, Any]:
+        """``GET /gc/{run_id}``: a run's state, phase and counts."""
+        return _answer(await self._call("GET", f"/gc/{run_id}", scope="read"), "GET /gc/{run_id}")
+
+    async def delete_path(self, basename: str, *, closure: bool = False, force: bool = False) -> dict[str, Any]:
+        """``DELETE /paths/{basename}``: the paths deleted, and those kept because something uses them."""
+        query = urlencode({k: "1" for k, on in (("closure", closure), ("force", force)) if on})
+        where = f"/paths/{quote(basename, safe='')}" + (f"?{query}" if query else "")
+        return _answer(await self._call("DELETE", where, scope="gc"), "DELETE /paths")

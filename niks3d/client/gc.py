@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 from typing import Any
-from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -78,14 +77,14 @@ async def _start(api: ApiClient, args: argparse.Namespace) -> int:
     if args.grace_period is not None:
         body["grace_period"] = args.grace_period
     try:
-        resp = await api._call("POST", "/gc", body, scope="gc", ok=(202,))
+        started = await api.start_gc(body)
     except ApiError as exc:
         if exc.code == "gc_running":
             run = exc.details.get("run_id")
             hint = f"; follow it with: niks3 gc --run {run}" if run is not None else ""
             raise ClientError(f"{exc.message.split(': ', 1)[-1]}{hint}") from None
         raise
-    run_id = int(json.loads(resp.body)["run_id"])
+    run_id = int(started["run_id"])
     logger.info("started gc run %d", run_id)
     return run_id
 
@@ -93,8 +92,7 @@ async def _start(api: ApiClient, args: argparse.Namespace) -> int:
 async def _follow(api: ApiClient, run_id: int) -> dict[str, Any]:
     phase = ""
     while True:
-        resp = await api._call("GET", f"/gc/{run_id}", scope="read")
-        run: dict[str, Any] = json.loads(resp.body)
+        run = await api.get_gc_run(run_id)
         if run["phase"] != phase and run["state"] == "running":
             phase = run["phase"]
             logger.info("gc run %d: %s", run_id, phase)
@@ -117,10 +115,7 @@ async def _gc(api: ApiClient, args: argparse.Namespace) -> int:
 
 async def _delete(api: ApiClient, args: argparse.Namespace) -> int:
     path = resolve_store_path(args.path, LocalStore.system(), must_exist=False)
-    query = urlencode({k: "1" for k in ("closure", "force") if getattr(args, k)})
-    where = f"/paths/{quote(path.basename, safe='')}" + (f"?{query}" if query else "")
-    resp = await api._call("DELETE", where, scope="gc")
-    answer: dict[str, Any] = json.loads(resp.body)
+    answer = await api.delete_path(path.basename, closure=args.closure, force=args.force)
     for deleted in answer["deleted"]:
         logger.info("deleted %s", deleted)
     for kept in answer["kept"]:
