@@ -7,7 +7,7 @@ when the daemon stops; its progress lives in the database, so any replica answer
 
 from __future__ import annotations
 
-__all__ = ["collector_key", "delete_path", "gc_context", "get_run", "list_runs", "start_run"]
+__all__ = ["delete_path", "gc_context", "get_run", "list_runs", "start_run"]
 
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,10 +24,8 @@ from niks3d.nix.errors import NixFormatError
 from niks3d.nix.storepath import StorePath, validate_hash_part
 from niks3d.server.auth import require
 from niks3d.server.body import read_json
-from niks3d.server.keys import bucket_key, config_key, pool_key
+from niks3d.server.keys import bucket_key, collector_key, config_key, pool_key
 from niks3d.systemd import Notifier
-
-collector_key: web.AppKey[BackgroundCollector] = web.AppKey("collector_key")
 
 _MAX_LIST = 100
 _FIELDS = ("older_than", "grace_period", "force", "dry_run")

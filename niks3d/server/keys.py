@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "bucket_key",
+    "collector_key",
     "config_key",
     "figures_key",
     "metrics_key",
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from niks3d.config import Config, Token
+    from niks3d.gc.background import BackgroundCollector
     from niks3d.server.auth import TokenTable
     from niks3d.server.figures import FiguresReader
     from niks3d.server.metrics import Metrics
@@ -38,5 +40,7 @@ metrics_key: web.AppKey[Metrics] = web.AppKey("metrics_key")
 # The read proxy's state (set only when server.read_proxy is not "off"), and the figures of the landing page.
 proxy_key: web.AppKey[ReadProxy] = web.AppKey("proxy_key")
 figures_key: web.AppKey[FiguresReader] = web.AppKey("figures_key")
+# The garbage collector running in this daemon (niks3d.server.gc).
+collector_key: web.AppKey[BackgroundCollector] = web.AppKey("collector_key")
 # The token that authenticated the request, set by niks3d.server.auth.
 token_key: web.RequestKey[Token] = web.RequestKey("token_key")
