@@ -1,12 +1,18 @@
-"""What the push domain needs from the running daemon: the pool, the bucket, the settings and the signing keys."""
+"""What the push domain needs from the running daemon: the pool, the bucket, the settings, the signing keys, and
+the requests of the sessions it is serving, parsed once."""
 
 from __future__ import annotations
 
-__all__ = ["SESSION_STALE_AFTER", "PushContext"]
+__all__ = ["SESSION_STALE_AFTER", "PushContext", "RequestCache"]
 
-from dataclasses import dataclass
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from niks3d.uploads.request import SessionRequest
 
 if TYPE_CHECKING:
     import asyncpg
@@ -20,9 +26,40 @@ if TYPE_CHECKING:
 SESSION_STALE_AFTER = timedelta(minutes=10)
 
 
+# Sessions whose parsed request is kept; a push calls for one session at a time, a busy daemon for a few dozen.
+REQUEST_CACHE_SIZE = 64
+
+
+class RequestCache:
+    """Parsed session requests by session id, the most recently used kept.
+
+    A session's request is stored once, when the session is created, and never changes, so what was parsed
+    for an id stays right. Parsing is not free (about 60 µs a path), and every report, URL refresh and
+    ``complete`` of a push needs the request: for a closure of thousands of paths, parsing it on every call
+    cost more than the call's own work.
+    """
+
+    def __init__(self, size: int = REQUEST_CACHE_SIZE) -> None:
+        self._size = size
+        self._parsed: OrderedDict[uuid.UUID, SessionRequest] = OrderedDict()
+
+    def get(self, session_id: uuid.UUID, stored: Mapping[str, Any]) -> SessionRequest:
+        """The request of session ``session_id``, parsed from ``stored`` (its row's JSON) on first use."""
+        parsed = self._parsed.get(session_id)
+        if parsed is None:
+            parsed = SessionRequest.from_json(stored)
+            self._parsed[session_id] = parsed
+            if len(self._parsed) > self._size:
+                self._parsed.popitem(last=False)
+        else:
+            self._parsed.move_to_end(session_id)
+        return parsed
+
+
 @dataclass(frozen=True, slots=True)
 class PushContext:
     pool: asyncpg.Pool
     bucket: Bucket
     settings: Settings
     signing_keys: tuple[SecretKey, ...]
+    requests: RequestCache = field(default_factory=RequestCache)

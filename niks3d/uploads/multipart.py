@@ -10,7 +10,6 @@ import uuid
 from niks3d.db import uploads as db
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.objects import CONTENT_TYPES, wanted_objects
-from niks3d.uploads.request import SessionRequest
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ async def start_multipart_uploads(ctx: PushContext, session_id: uuid.UUID) -> No
         assert session is not None
         claims = await db.claims_of_session(conn, session_id)
         states = await db.object_states(conn, list(claims))
-    req = SessionRequest.from_json(session.request)
+    req = ctx.requests.get(session.id, session.request)
     sizes = {o.key: o.nar_size for p in req.paths for o in wanted_objects(p, published=False) if o.kind == "nar"}
     for key, claim in sorted(claims.items()):
         if (

@@ -137,7 +137,7 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID) -> dict[str, A
         session = await db.load_session(conn, session_id)
         assert session is not None
         claims = await db.claims_of_session(conn, session_id)
-        req = SessionRequest.from_json(session.request)
+        req = ctx.requests.get(session.id, session.request)
         published = await db_paths.published_hashes(conn, [p.path.hash for p in req.paths])
         states = await db.object_states(conn, list(claims))
     paths: list[dict[str, Any]] = []
@@ -166,7 +166,7 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID) -> dict[str, A
 
 async def refresh_urls(ctx: PushContext, session: db.SessionRow, wanted: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     """Fresh URLs (and more part URLs) for objects this session uploads."""
-    req = SessionRequest.from_json(session.request)
+    req = ctx.requests.get(session.id, session.request)
     by_key = {o.key: o for p in req.paths for o in wanted_objects(p, published=False) if o.client_uploads}
     async with ctx.pool.acquire() as conn:
         claims = await db.claims_of_session(conn, session.id)

@@ -52,7 +52,7 @@ async def complete_session(ctx: PushContext, session_id: uuid.UUID, reports: dic
     if session.state != "open" or session.is_expired(datetime.now(UTC)):
         raise closed_error(session)
     _, failed = await report_objects(ctx, session, reports)
-    req = SessionRequest.from_json(session.request)
+    req = ctx.requests.get(session.id, session.request)
     await _check_objects(ctx, session, req, {m["key"]: m["reason"] for m in failed})
     result = await retry_transaction(lambda: _publish(ctx, session_id, req))
     logger.info(

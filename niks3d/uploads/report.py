@@ -38,7 +38,7 @@ async def report_objects(
     """Check and record reported objects; returns (accepted keys, missing [{key, reason}])."""
     if not reports:
         return [], []
-    req = SessionRequest.from_json(session.request)
+    req = ctx.requests.get(session.id, session.request)
     expected_nars = _nar_expectations(req)
     async with ctx.pool.acquire() as conn:
         claims = await db.claims_of_session(conn, session.id)
