@@ -50,20 +50,20 @@ def _route(request: web.Request) -> str:
 
 
 class _Latency:
-    """One (route, method)'s latency histogram: counts per bucket (not yet cumulative), the sum, the count."""
+    """One (route, method)'s latency histogram: counts per bucket (not yet cumulative) and the sum; the count
+    is the +Inf bucket's cumulative value, which prometheus-client derives."""
 
-    __slots__ = ("buckets", "count", "total")
+    __slots__ = ("buckets", "total")
 
     def __init__(self) -> None:
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
-        self.count = 0
         self.total = 0.0
 
 
 class Metrics:
     """The application's registry and the figures counted per request; see the module docstring.
 
-    Requests are counted in plain ints and floats (one dict lookup, a bisect and three additions: a narinfo is
+    Requests are counted in plain ints and floats (two dict lookups, a bisect and three additions: a narinfo is
     answered in tens of microseconds, and prometheus-client's locked Counter and Histogram children cost several
     of them) and handed to prometheus-client as metric families when ``/metrics`` is scraped. The event loop is
     the only writer, so no lock is needed.
@@ -93,7 +93,6 @@ class Metrics:
         if latency is None:
             latency = self.latency[key] = _Latency()
         latency.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        latency.count += 1
         latency.total += seconds
 
     def served(self, kind: str, sent: int, *, complete: bool = True) -> None:

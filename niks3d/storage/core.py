@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # SigV4 presigned URLs live at most seven days.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+# A quick HEAD's URL is used at once, by this daemon only.
+_QUICK_HEAD_EXPIRY = timedelta(minutes=1)
 
 
 class BucketCore:
@@ -116,8 +118,8 @@ class BucketCore:
         """HEAD through a presigned URL (signed for the endpoint this daemon talks to): (True, metadata) for a 200,
         (True, None) for a 404, (False, None) for anything that botocore should ask again."""
         try:
-            url = await self._client.generate_presigned_url(
-                ClientMethod="head_object", Params={"Bucket": self.name, "Key": key}, ExpiresIn=60
+            url = await self._presign(
+                "head_object", {"Bucket": self.name, "Key": key}, _QUICK_HEAD_EXPIRY, key, internal=True
             )
             async with http.head(url, allow_redirects=False) as resp:
                 if resp.status == 404:
