@@ -44,6 +44,7 @@ from pathlib import Path
 
 from niks3d.devenv.nixfixtures import build_expr
 from niks3d.devenv.process import free_port
+from niks3d.devenv.proctree import process_tree
 
 NIKS3 = [sys.executable, "-c", "from niks3d.client.main import main; raise SystemExit(main())"]
 NIKS3D = [sys.executable, "-c", "from niks3d.cli.main import main; raise SystemExit(main())"]
@@ -62,14 +63,6 @@ class Server:
     cpu: Callable[[], dict[str, float]] | None = None
 
 
-def _process_cpu(pid: int) -> tuple[int, str, float]:
-    """(parent pid, command name, CPU seconds of ``pid`` and of its children it has reaped)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    name = stat[stat.index("(") + 1 : stat.rindex(")")]
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[1]), name, sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
 # How the processes of `niks3d dev` are named in the figures, by their command name.
 _SIDES = {"weed": "SeaweedFS", "postgres": "PostgreSQL"}
 
@@ -77,20 +70,11 @@ _SIDES = {"weed": "SeaweedFS", "postgres": "PostgreSQL"}
 def tree_cpu(root: int) -> dict[str, float]:
     """CPU seconds used by ``root`` and every process below it (live ones, and those already reaped), by side:
     SeaweedFS, PostgreSQL, and niks3d (the daemon, in the ``niks3d dev`` process)."""
-    processes: dict[int, tuple[int, str, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                processes[int(entry.name)] = _process_cpu(int(entry.name))
     totals: dict[str, float] = {}
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        if pid in processes:
-            side = _SIDES.get(processes[pid][1], "niks3d")
-            # A process's reaped children are in its own figure; a live child of another kind is counted apart.
-            totals[side] = totals.get(side, 0.0) + processes[pid][2]
-        todo += [child for child, (parent, _, _) in processes.items() if parent == pid]
+    # A process's reaped children are in its own figure; a live child of another kind is counted apart.
+    for process in process_tree(root):
+        side = _SIDES.get(process.name, "niks3d")
+        totals[side] = totals.get(side, 0.0) + process.cpu_seconds
     return totals
 
 

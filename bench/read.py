@@ -56,6 +56,7 @@ from niks3d.client.main import main as niks3_main
 from niks3d.devenv.nixfixtures import make_closure
 from niks3d.devenv.postgres import postgres_server
 from niks3d.devenv.process import free_port
+from niks3d.devenv.proctree import process_tree
 from niks3d.devenv.seaweedfs import SeaweedServer, seaweed_server
 from niks3d.nix.signing import SecretKey
 
@@ -294,23 +295,6 @@ def _median(measure: Callable[[], float], repeat: int) -> float:
     return statistics.median(measure() for _ in range(repeat))
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and every process below it."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += [child for child, parent in parents.items() if parent == pid]
-    return found
-
-
 def pin(pids: Iterable[int], cpus: set[int]) -> None:
     """Restrict every thread of ``pids`` to ``cpus``."""
     for pid in pids:
@@ -328,7 +312,7 @@ def pin(pids: Iterable[int], cpus: set[int]) -> None:
 def placements(server_pids: list[int]) -> Iterator[str]:
     """Yield each placement's name with the server (``server_pids`` and their children) and this thread placed."""
     everything = set(range(os.cpu_count() or 1))
-    processes = [p for root in server_pids for p in process_tree(root)]
+    processes = [p.pid for root in server_pids for p in process_tree(root)]
     yield "free"
     if len(everything) < 2:
         return
