@@ -34,6 +34,8 @@ from pydantic_settings.exceptions import SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
 
 from niks3d.errors import ConfigError, ConfigProblem
+from niks3d.nix.errors import InvalidSigningKey
+from niks3d.nix.signing import PublicKey
 from niks3d.secrets import Loc, SecretFiles, Secrets, Token, format_loc
 
 __all__ = [
@@ -268,12 +270,38 @@ class TokenSettings(_Section):
     scopes: list[Scope] = Field(min_length=1)
 
 
+# cache.nixos.org's key, Nix's default `trusted-public-keys`.
+NIXOS_CACHE_KEY = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
+
+
+def _check_upstream_keys(value: list[str]) -> list[str]:
+    names = []
+    for text in value:
+        try:
+            names.append(PublicKey.parse(text).name)
+        except InvalidSigningKey as exc:
+            raise ValueError(str(exc)) from None
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"key names must be unique; repeated: {', '.join(dupes)}")
+    return value
+
+
 class CacheSettings(_Section):
-    """What `nix-cache-info` announces, and how NARs are stored."""
+    """What `nix-cache-info` announces, how NARs are stored, and which upstream caches pushes may lean on."""
 
     priority: int = Field(default=40, ge=0)
     want_mass_query: bool = True
     store_dir: Literal["/nix/store"] = "/nix/store"
+    # Public keys (`name:base64`) of the caches used together with this one: a reference signed by one of them
+    # is recorded as upstream instead of being uploaded (docs/api.md, upstream references). [] turns it off.
+    upstream_keys: Annotated[list[str], AfterValidator(_check_upstream_keys)] = Field(
+        default_factory=lambda: [NIXOS_CACHE_KEY]
+    )
+
+    def upstream_public_keys(self) -> tuple[PublicKey, ...]:
+        """The parsed ``upstream_keys``."""
+        return tuple(PublicKey.parse(text) for text in self.upstream_keys)
 
 
 class GcSettings(_Section):

@@ -40,8 +40,10 @@ class PublishedPath:
     deriver: str | None
     ca: str | None
     narinfo: str
-    references: tuple[str, ...]  # hash parts
+    references: tuple[str, ...]  # hash parts of references published here (or in the same publication)
     files: tuple[tuple[str, str], ...]  # (key, kind) of ls / log / realisation objects
+    # hash parts of references proven upstream (niks3d/db/upstream.py inserts their rows)
+    upstream_references: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

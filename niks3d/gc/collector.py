@@ -12,6 +12,8 @@
 5. ``paths``: level by level, retire dead paths and delete their narinfos.
 6. ``objects``: retire and delete every other object nothing needs any more: NARs, listings, logs, realisations,
    and pending objects of pushes that went away.
+7. ``upstream``: forget the records of paths proven upstream that no published path references any more (they
+   have no objects: nothing is deleted from the bucket).
 
 A dry run stops after marking and counts what the sweep would delete. Every phase change and every few seconds
 the counts reach the run's ``gc_runs`` row; the end of a run is one structured log entry (``gc.finished``).
@@ -32,6 +34,7 @@ from datetime import datetime
 from asyncpg import Connection
 
 from niks3d.config import GcSettings
+from niks3d.db import upstream as db_upstream
 from niks3d.db.pool import DbPool
 from niks3d.errors import Niks3Error
 from niks3d.gc import candidates, mark, sweep
@@ -203,11 +206,22 @@ class _Run:
         limit = self.params.batch_size
         await _in_parallel(self._pages(lambda after: candidates.key_page(self.conn, after, limit)), work)
 
+    async def forget_upstream(self) -> None:
+        await self.progress.set_phase("upstream")
+        limit = self.params.batch_size
+        async with self.pool.acquire() as conn:
+            while True:
+                looked, forgotten = await db_upstream.forget_unreferenced(conn, limit)
+                self.progress.add({"upstream_forgotten": forgotten})
+                if looked < limit:
+                    break
+
     async def plan(self) -> None:
         await self.progress.set_phase("plan")
         counts, size = await candidates.planned_counts(self.conn, self.cutoffs)
         self.progress.add(counts)
         self.progress.add({"paths_deleted": await mark.dead_count(self.conn)})
+        self.progress.add({"upstream_forgotten": await db_upstream.forgettable_count(self.conn)})
         self.progress.bytes_freed += size
 
     async def run(self) -> None:
@@ -221,6 +235,7 @@ class _Run:
                 await self.sweep_narinfos()
                 await self.sweep_paths(levels)
                 await self.sweep_objects()
+                await self.forget_upstream()
         finally:
             await asyncio.shield(self._drop_tables())
 

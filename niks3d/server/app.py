@@ -72,7 +72,11 @@ def create_app(config: Config, *, run_migrations: bool = True) -> web.Applicatio
                 logger.info("wrote nix-cache-info to bucket %s", bucket.name)
             app[bucket_key] = bucket
             app[push_key] = PushContext(
-                pool=app[pool_key], bucket=bucket, settings=settings, signing_keys=config.secrets.signing_keys
+                pool=app[pool_key],
+                bucket=bucket,
+                settings=settings,
+                signing_keys=config.secrets.signing_keys,
+                upstream_keys=settings.cache.upstream_public_keys(),
             )
             yield
 

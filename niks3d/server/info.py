@@ -21,7 +21,7 @@ async def info(request: web.Request) -> web.Response:
             "service": "niks3d",
             "version": __version__,
             "api_versions": list(API_VERSIONS),
-            "capabilities": ["sessions", "multipart", "logs", "realisations", "pins"],
+            "capabilities": ["sessions", "multipart", "logs", "realisations", "pins", "upstream"],
             "store_dir": s.cache.store_dir,
             "compression": "zstd",
             "limits": {
@@ -32,5 +32,7 @@ async def info(request: web.Request) -> web.Response:
                 "max_parts": MAX_PARTS,
             },
             "public_keys": [k.public_key().to_text() for k in config.secrets.signing_keys],
+            # the keys whose signatures prove a push's upstream references (docs/api.md)
+            "upstream_keys": list(s.cache.upstream_keys),
         }
     )

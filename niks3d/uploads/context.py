@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from niks3d.config import Settings
-    from niks3d.nix.signing import SecretKey
+    from niks3d.nix.signing import PublicKey, SecretKey
     from niks3d.storage.s3 import Bucket
 
 # An open session that made no call for this long is no longer trusted to finish the uploads it claimed:
@@ -63,3 +63,5 @@ class PushContext:
     settings: Settings
     signing_keys: tuple[SecretKey, ...]
     requests: RequestCache = field(default_factory=RequestCache)
+    # cache.upstream_keys, parsed: the keys that prove a push's upstream references (uploads/upstream.py)
+    upstream_keys: tuple[PublicKey, ...] = ()

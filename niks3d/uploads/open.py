@@ -24,18 +24,22 @@ from niks3d.uploads.context import SESSION_STALE_AFTER, PushContext
 from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
 from niks3d.uploads.objects import WantedObject, object_spec, wanted_objects
 from niks3d.uploads.request import SessionRequest
+from niks3d.uploads.upstream import prove_upstream
 
 logger = logging.getLogger(__name__)
 
 
 def outside_references(req: SessionRequest) -> set[str]:
-    """Hash parts of references that are not paths of the request (they must be published already)."""
-    in_request = {p.path.hash for p in req.paths}
+    """Hash parts of references that are neither paths of the request nor named as upstream by it (they must be
+    published already)."""
+    in_request = {p.path.hash for p in req.paths} | {u.path.hash for u in req.upstream}
     return {r.hash for p in req.paths for r in p.references if r.hash not in in_request}
 
 
 async def _check_references(ctx: PushContext, req: SessionRequest) -> None:
-    in_request = {p.path.hash for p in req.paths}
+    # Upstream references first: a forged or mismatched proof is refused before anything is written.
+    prove_upstream(req.upstream, ctx.upstream_keys)
+    in_request = {p.path.hash for p in req.paths} | {u.path.hash for u in req.upstream}
     outside = sorted({r.hash: r for p in req.paths for r in p.references if r.hash not in in_request}.items())
     if not outside:
         return
@@ -47,7 +51,7 @@ async def _check_references(ctx: PushContext, req: SessionRequest) -> None:
         raise ApiError(
             422,
             "unknown_references",
-            f"references are neither in this push nor in the cache: {shown}",
+            f"references are neither in this push nor in the cache nor named as upstream: {shown}",
             references=unknown,
         )
 

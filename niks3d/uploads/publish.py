@@ -17,10 +17,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from asyncpg import Connection
+
 from niks3d.db import paths as db_paths
 from niks3d.db import uploads as db
+from niks3d.db import upstream as db_upstream
 from niks3d.db.notify import notify_store_paths
 from niks3d.db.retry import retry_transaction
+from niks3d.db.upstream import UpstreamRecord
 from niks3d.errors import ApiError
 from niks3d.nix.bucketkeys import narinfo_key, realisation_key
 from niks3d.nix.hashes import format_sha256, parse_sha256
@@ -31,6 +35,7 @@ from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
 from niks3d.uploads.objects import CONTENT_TYPES, object_spec, wanted_objects
 from niks3d.uploads.report import report_objects
 from niks3d.uploads.request import ObjectReport, PathRequest, SessionRequest
+from niks3d.uploads.upstream import prove_upstream
 
 logger = logging.getLogger(__name__)
 _PUT_CONCURRENCY = 32
@@ -173,10 +178,11 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
         await db.lock_objects(conn, todo_keys)
         published = await db_paths.published_hashes(conn, all_hashes)
         todo = [p for p in req.paths if p.path.hash not in published]
+        upstream = await _upstream_of(ctx, conn, req, todo)
         objects = await db.object_states(conn, [o.key for p in todo for o in wanted_objects(p, published=False)])
         rows: list[db_paths.PublishedPath] = []
         for group in _levels(todo):
-            rendered = [_render(ctx, p, objects) for p in group]
+            rendered = [_render(ctx, p, objects, upstream) for p in group]
             await _put_all(ctx, [(r.narinfo_key, r.narinfo.encode(), "narinfo") for r in rendered])
             rows.extend(rendered)
         realisations = [
@@ -189,6 +195,8 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
             + [(key, len(body), None) for key, body, _ in realisations],
         )
         await db_paths.insert_published(conn, rows)
+        leaning = [(r.hash, u) for r in rows for u in r.upstream_references]
+        await db_upstream.insert_records(conn, [upstream[h] for h in sorted({u for _, u in leaning})], leaning)
         await notify_store_paths(conn, published=[r.hash for r in rows])
         await db_paths.touch_roots(conn, [r.hash for r in req.roots], session_id)
         result = {
@@ -198,6 +206,8 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
             "cached": [p.path.path for p in req.paths if p.path.hash in published],
             "roots": [r.path for r in req.roots],
         }
+        if leaning:
+            result["upstream"] = sorted({f"/nix/store/{upstream[u].hash}-{upstream[u].name}" for _, u in leaning})
         await conn.execute(
             "UPDATE upload_sessions SET state = 'completed', completed_at = now(), result = $2 WHERE id = $1",
             session_id,
@@ -207,8 +217,34 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
         return result
 
 
+async def _upstream_of(
+    ctx: PushContext, conn: Connection, req: SessionRequest, todo: list[PathRequest]
+) -> dict[str, UpstreamRecord]:
+    """The records of the upstream references the paths to publish lean on: those of the request's ``upstream``
+    that are not published here by now (a path published here is referenced as such)."""
+    in_request = {p.path.hash for p in req.paths}
+    outside = sorted({r.hash for p in todo for r in p.references if r.hash not in in_request})
+    if not outside:
+        return {}
+    local = await db_paths.published_hashes(conn, outside)
+    named = {u.path.hash: u for u in req.upstream}
+    lost = [h for h in outside if h not in local and h not in named]
+    if lost:
+        # The session claimed their narinfos, so GC cannot have taken them; this is a defect, not a race.
+        raise ApiError(
+            422,
+            "unknown_references",
+            "references are neither in this push nor in the cache nor named as upstream: " + ", ".join(lost[:10]),
+            references=lost,
+        )
+    return prove_upstream([named[h] for h in outside if h not in local], ctx.upstream_keys)
+
+
 def _render(
-    ctx: PushContext, p: PathRequest, objects: dict[str, tuple[str, int | None, str | None]]
+    ctx: PushContext,
+    p: PathRequest,
+    objects: dict[str, tuple[str, int | None, str | None]],
+    upstream: dict[str, UpstreamRecord],
 ) -> db_paths.PublishedPath:
     files: list[tuple[str, str]] = []
     nar = None
@@ -246,7 +282,8 @@ def _render(
         deriver=info.deriver,
         ca=p.ca,
         narinfo=info.render(),
-        references=tuple(r.hash for r in p.references),
+        references=tuple(r.hash for r in p.references if r.hash not in upstream),
+        upstream_references=tuple(r.hash for r in p.references if r.hash in upstream),
         files=tuple(files),
     )
 

@@ -11,6 +11,7 @@ __all__ = [
     "PathRequest",
     "RealisationRequest",
     "SessionRequest",
+    "UpstreamPath",
     "parse_object_reports",
     "parse_session_request",
     "parse_url_request",
@@ -28,11 +29,13 @@ from niks3d.nix.bucketkeys import parse_bucket_key
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.realisation import parse_realisation_id
+from niks3d.nix.signing import parse_signature
 from niks3d.nix.storepath import StorePath
 
 MAX_PATHS_PER_SESSION = 100_000
 MAX_REFERENCES = 10_000
 MAX_PARTS = 10_000
+MAX_SIGNATURES = 16
 _IDEMPOTENCY_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _CA_RE = re.compile(r"(?:fixed:(?:r:|git:)?|text:)(?:sha256|sha1|sha512|md5):[0-9A-Za-z+/=]{16,128}")
 
@@ -136,17 +139,41 @@ class PathRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamPath:
+    """A reference the push does not upload: its upstream facts and the signatures that should prove them."""
+
+    path: StorePath
+    nar_hash: bytes
+    nar_size: int
+    references: tuple[StorePath, ...]  # sorted by basename, unique
+    signatures: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path.path,
+            "nar_hash": format_sha256(self.nar_hash),
+            "nar_size": self.nar_size,
+            "references": [r.path for r in self.references],
+            "signatures": list(self.signatures),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class SessionRequest:
     idempotency_key: str | None
     roots: tuple[StorePath, ...]
     paths: tuple[PathRequest, ...]
+    upstream: tuple[UpstreamPath, ...] = ()  # sorted by hash part
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "idempotency_key": self.idempotency_key,
             "roots": [r.path for r in self.roots],
             "paths": [p.to_json() for p in self.paths],
         }
+        if self.upstream:  # absent when empty: the digests of requests without it stay what they were
+            body["upstream"] = [u.to_json() for u in self.upstream]
+        return body
 
     def fingerprint(self) -> str:
         """A digest of the request's content, to tell an idempotent repeat from a different request."""
@@ -232,9 +259,54 @@ def _parse_path(value: object, where: str) -> PathRequest:
     )
 
 
+def _references(value: object, where: str) -> tuple[StorePath, ...]:
+    refs = {}
+    for i, raw in enumerate(_list(value, where, MAX_REFERENCES)):
+        ref = _store_path(raw, f"{where}[{i}]")
+        refs[ref.basename] = ref
+    return tuple(refs[k] for k in sorted(refs))
+
+
+def _parse_upstream(value: object, where: str) -> UpstreamPath:
+    obj = _object(
+        value, where, {"path": True, "nar_hash": True, "nar_size": True, "references": True, "signatures": True}
+    )
+    signatures = _list(obj["signatures"], f"{where}.signatures", MAX_SIGNATURES)
+    if not signatures:
+        raise _bad(f"{where}.signatures", "must not be empty: an upstream path is proven by its signature")
+    for i, sig in enumerate(signatures):
+        try:
+            parse_signature(sig)
+        except NixFormatError as exc:
+            raise _bad(f"{where}.signatures[{i}]", str(exc)) from None
+    return UpstreamPath(
+        path=_store_path(obj["path"], f"{where}.path"),
+        nar_hash=_hash(obj["nar_hash"], f"{where}.nar_hash"),
+        nar_size=_int(obj["nar_size"], f"{where}.nar_size", 1),
+        references=_references(obj["references"], f"{where}.references"),
+        signatures=tuple(sorted(set(signatures))),
+    )
+
+
+def _parse_upstreams(value: object, paths: Mapping[str, PathRequest]) -> tuple[UpstreamPath, ...]:
+    """The ``upstream`` entries: each a reference of a path of the request that the request does not push."""
+    referenced = {r.hash: r for p in paths.values() for r in p.references}
+    upstream: dict[str, UpstreamPath] = {}
+    for i, raw in enumerate(_list(value, "upstream", MAX_PATHS_PER_SESSION)):
+        u = _parse_upstream(raw, f"upstream[{i}]")
+        if u.path.hash in paths:
+            raise _bad(f"upstream[{i}].path", f"{u.path.path} is one of the paths of this push; it cannot be upstream")
+        if u.path.hash in upstream:
+            raise _bad(f"upstream[{i}].path", f"{u.path.path} is listed twice (or its hash part is)")
+        if referenced.get(u.path.hash) != u.path:
+            raise _bad(f"upstream[{i}].path", f"{u.path.path} is not a reference of any path of this push")
+        upstream[u.path.hash] = u
+    return tuple(upstream[k] for k in sorted(upstream))
+
+
 def parse_session_request(body: object) -> SessionRequest:
     """Validate the body of ``POST /api/v1/sessions``."""
-    obj = _object(body, "request", {"idempotency_key": False, "roots": True, "paths": True})
+    obj = _object(body, "request", {"idempotency_key": False, "roots": True, "paths": True, "upstream": False})
     key = obj.get("idempotency_key")
     if key is not None and (not isinstance(key, str) or not _IDEMPOTENCY_RE.fullmatch(key)):
         raise _bad("idempotency_key", "must match [A-Za-z0-9._-]{1,128}")
@@ -259,6 +331,7 @@ def parse_session_request(body: object) -> SessionRequest:
         idempotency_key=key,
         roots=tuple(roots[k] for k in sorted(roots)),
         paths=tuple(paths[k] for k in sorted(paths)),
+        upstream=_parse_upstreams(obj.get("upstream", []), paths),
     )
 
 

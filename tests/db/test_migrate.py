@@ -30,6 +30,8 @@ TABLES = {
     "pins",
     "upload_sessions",
     "session_claims",
+    "upstream_paths",
+    "upstream_references",
     "gc_runs",
 }
 
