@@ -12,6 +12,7 @@ __all__ = [
     "narinfo_by_hash",
     "path_name",
     "published_hashes",
+    "published_names",
     "touch_roots",
     "upsert_pin",
 ]
@@ -67,6 +68,12 @@ class PinRow:
 async def published_hashes(conn: Connection, hashes: Sequence[str]) -> set[str]:
     rows = await conn.fetch("SELECT hash FROM store_paths WHERE hash = ANY($1::text[])", list(hashes))
     return {r["hash"] for r in rows}
+
+
+async def published_names(conn: Connection, hashes: Sequence[str]) -> dict[str, str]:
+    """hash part -> name of the published paths among ``hashes``."""
+    rows = await conn.fetch("SELECT hash, name FROM store_paths WHERE hash = ANY($1::text[])", list(hashes))
+    return {r["hash"]: r["name"] for r in rows}
 
 
 async def path_name(conn: Connection, hash_part: str) -> str | None:

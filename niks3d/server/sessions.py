@@ -1,14 +1,22 @@
-"""Handlers of the push protocol (docs/api.md): thin, they parse, authorize and call :mod:`niks3d.uploads`."""
+"""Handlers of the push protocol (docs/api.md): thin, they parse, authorize and call :mod:`niks3d.uploads`.
+
+A session belongs to the identity that opened it: only that identity may read, extend, report to, complete
+or abort it; an admin may also abort (and read) any session (docs/security.md, rule 4). Another identity is
+refused with 403 before anything about the session is done.
+"""
 
 from __future__ import annotations
 
 __all__ = ["abort", "complete", "create", "report", "status", "urls"]
 
+import uuid
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 from niks3d import uploads
+from niks3d.config import Token
+from niks3d.db.uploads import SessionRow
 from niks3d.errors import ApiError
 from niks3d.server.auth import require
 from niks3d.server.body import read_json, session_id_of
@@ -18,51 +26,71 @@ from niks3d.uploads.publish import closed_error
 from niks3d.uploads.request import parse_object_reports, parse_session_request, parse_url_request
 
 
+def _identity(token: Token) -> str:
+    """The owner recorded for a session this token opens (upload_sessions.token_name)."""
+    return token.name
+
+
+def _is_admin(token: Token) -> bool:
+    return "admin" in token.scopes
+
+
+async def _owned(request: web.Request, token: Token, *, admin_may: bool = False) -> SessionRow:
+    """The session named in the URL, if ``token`` may use it; 404 when there is none, 403 when it is another's."""
+    session = await get_session(request.app[push_key], session_id_of(request))
+    if session.token_name != _identity(token) and not (admin_may and _is_admin(token)):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"upload session {session.id} was opened by another identity; token {token.name!r} may not use it",
+        )
+    return session
+
+
 async def create(request: web.Request) -> web.Response:
     token = require(request, "push")
     req = parse_session_request(await read_json(request))
-    answer, created = await uploads.open_session(request.app[push_key], req, token.name)
+    answer, created = await uploads.open_session(request.app[push_key], req, _identity(token))
     return web.json_response(answer, status=201 if created else 200)
 
 
-async def _open_session(request: web.Request):  # type: ignore[no-untyped-def]
-    ctx = request.app[push_key]
-    session = await get_session(ctx, session_id_of(request))
+def _still_open(session: SessionRow) -> SessionRow:
     if session.state != "open" or session.is_expired(datetime.now(UTC)):
         raise closed_error(session)
-    return ctx, session
+    return session
 
 
 async def urls(request: web.Request) -> web.Response:
-    require(request, "push")
+    token = require(request, "push")
+    session = _still_open(await _owned(request, token))
     wanted = parse_url_request(await read_json(request))
-    ctx, session = await _open_session(request)
-    return web.json_response(await uploads.refresh_urls(ctx, session, wanted))
+    return web.json_response(await uploads.refresh_urls(request.app[push_key], session, wanted))
 
 
 async def report(request: web.Request) -> web.Response:
-    require(request, "push")
+    token = require(request, "push")
+    session = _still_open(await _owned(request, token))
     reports = parse_object_reports(await read_json(request), optional=False)
-    ctx, session = await _open_session(request)
-    accepted, missing = await uploads.report_objects(ctx, session, reports)
+    accepted, missing = await uploads.report_objects(request.app[push_key], session, reports)
     return web.json_response({"accepted": accepted, "missing": missing})
 
 
 async def complete(request: web.Request) -> web.Response:
-    require(request, "push")
+    token = require(request, "push")
+    session_id: uuid.UUID = (await _owned(request, token)).id
     reports = parse_object_reports(await read_json(request, allow_empty=True), optional=True)
-    result = await uploads.complete_session(request.app[push_key], session_id_of(request), reports)
+    result = await uploads.complete_session(request.app[push_key], session_id, reports)
     return web.json_response(result)
 
 
 async def status(request: web.Request) -> web.Response:
-    require(request, "push", "read")
-    session = await get_session(request.app[push_key], session_id_of(request))
-    return web.json_response(uploads.session_status(session))
+    token = require(request, "push", "read")
+    return web.json_response(uploads.session_status(await _owned(request, token, admin_may=True)))
 
 
 async def abort(request: web.Request) -> web.Response:
-    require(request, "push")
+    token = require(request, "push")
     if request.body_exists:
         raise ApiError(400, "invalid_request", "DELETE takes no body")
-    return web.json_response(await uploads.abort_session(request.app[push_key], session_id_of(request)))
+    session = await _owned(request, token, admin_may=True)
+    return web.json_response(await uploads.abort_session(request.app[push_key], session.id))

@@ -1,4 +1,11 @@
-"""Looking at and aborting upload sessions."""
+"""Looking at and aborting upload sessions.
+
+Aborting withdraws what an interrupted ``complete`` may have left visible: publication writes every narinfo of
+the push (references first) before its database commit, so a daemon killed in between leaves narinfos that no
+``store_paths`` row names. Abort deletes the narinfo of every path of the session that is not published,
+referrers first, while it holds the rows' locks, so a concurrent publication of the same path waits and then
+writes its own narinfo again (docs/security.md, rule 6).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,18 @@ __all__ = ["abort_session", "get_session", "session_status"]
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from niks3d.db import paths as db_paths
 from niks3d.db import uploads as db
 from niks3d.errors import ApiError
+from niks3d.nix.bucketkeys import narinfo_key
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.multipart import abort_uploads
+from niks3d.uploads.publish import reference_levels
+
+if TYPE_CHECKING:
+    import asyncpg
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +61,30 @@ async def abort_session(ctx: PushContext, session_id: uuid.UUID) -> dict[str, An
         uploads = await conn.fetch(
             "DELETE FROM session_claims WHERE session_id = $1 RETURNING key, upload_id", session_id
         )
+        withdrawn = await _withdraw_narinfos(ctx, conn, session)
         if session.state == "open":
             await conn.execute("UPDATE upload_sessions SET state = 'aborted' WHERE id = $1", session_id)
     await abort_uploads(ctx, [(r["key"], r["upload_id"]) for r in uploads if r["upload_id"]])
     logger.info(
         "session %s aborted",
         session_id,
-        extra={"event": "session.aborted", "fields": {"session": str(session_id)}},
+        extra={"event": "session.aborted", "fields": {"session": str(session_id), "narinfos_withdrawn": withdrawn}},
     )
     return {"session_id": str(session_id), "state": "aborted"}
+
+
+async def _withdraw_narinfos(ctx: PushContext, conn: asyncpg.Connection, session: db.SessionRow) -> int:
+    """Delete the narinfos of the session's unpublished paths from the bucket, referrers first; returns how many
+    paths that covered. Runs inside the abort's transaction: the narinfo rows stay locked until it commits."""
+    req = ctx.requests.get(session.id, session.request)
+    hashes = [p.path.hash for p in req.paths]
+    await db.lock_objects(conn, sorted(narinfo_key(h) for h in hashes))
+    published = await db_paths.published_hashes(conn, hashes)
+    todo = [p for p in req.paths if p.path.hash not in published]
+    try:
+        levels = reference_levels(todo)
+    except ApiError:
+        return 0  # a reference cycle: complete refused it before writing anything
+    for group in reversed(levels):
+        await ctx.bucket.delete_many([narinfo_key(p.path.hash) for p in group])
+    return len(todo)

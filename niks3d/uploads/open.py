@@ -8,23 +8,27 @@ already is; only the uploader gets URLs, so a shared object is uploaded once.
 
 from __future__ import annotations
 
-__all__ = ["build_response", "open_session", "refresh_urls"]
+__all__ = ["build_response", "check_names", "open_session", "refresh_urls"]
 
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from niks3d.db import paths as db_paths
 from niks3d.db import uploads as db
 from niks3d.db.retry import Conflict, retry_transaction
 from niks3d.errors import ApiError
 from niks3d.nix.bucketkeys import narinfo_key
+from niks3d.nix.storepath import StorePath
 from niks3d.uploads.context import SESSION_STALE_AFTER, PushContext
 from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
 from niks3d.uploads.objects import WantedObject, object_spec, wanted_objects
 from niks3d.uploads.request import SessionRequest
 from niks3d.uploads.upstream import prove_upstream
+
+if TYPE_CHECKING:
+    import asyncpg
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,30 @@ def outside_references(req: SessionRequest) -> set[str]:
     published already)."""
     in_request = {p.path.hash for p in req.paths} | {u.path.hash for u in req.upstream}
     return {r.hash for p in req.paths for r in p.references if r.hash not in in_request}
+
+
+async def check_names(conn: asyncpg.Connection, req: SessionRequest) -> None:
+    """409 when a path of the request, or a reference, has the hash part of a published path of another name.
+
+    The cache keys everything by hash part (``<hash>.narinfo``), so ``<hash>-othername`` is not in the cache
+    when ``<hash>-tricky`` is: answering "cached" would record a root for a path nobody can substitute
+    (docs/security.md, rule 5).
+    """
+    wanted = {p.path.hash: p.path for p in req.paths}
+    for p in req.paths:
+        for r in p.references:
+            wanted.setdefault(r.hash, r)
+    names = await db_paths.published_names(conn, list(wanted))
+    clashes = sorted((wanted[h].path, StorePath(h, name).path) for h, name in names.items() if name != wanted[h].name)
+    if clashes:
+        asked, held = clashes[0]
+        more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+        raise ApiError(
+            409,
+            "path_conflict",
+            f"{asked} is not in the cache: its hash part is taken by {held}{more}",
+            conflicts=[{"path": a, "cached": c} for a, c in clashes],
+        )
 
 
 async def _check_references(ctx: PushContext, req: SessionRequest) -> None:
@@ -92,6 +120,7 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
                 request_digest=digest,
                 expiry=gc.session_expiry,
             )
+            await check_names(conn, req)
             published = await db_paths.published_hashes(conn, [p.path.hash for p in req.paths])
             wanted = {o.key: o for objs in session_objects(req, published).values() for o in objs}
             # The narinfos of references outside the push are claimed too: GC keeps them while the session runs.

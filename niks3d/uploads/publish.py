@@ -33,6 +33,7 @@ from niks3d.nix.realisation import Realisation
 from niks3d.uploads.context import SESSION_STALE_AFTER, PushContext
 from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
 from niks3d.uploads.objects import CONTENT_TYPES, object_spec, wanted_objects
+from niks3d.uploads.open import check_names
 from niks3d.uploads.report import report_objects
 from niks3d.uploads.request import ObjectReport, PathRequest, SessionRequest
 from niks3d.uploads.upstream import prove_upstream
@@ -143,7 +144,7 @@ async def _check_objects(
         )
 
 
-def _levels(paths: list[PathRequest]) -> list[list[PathRequest]]:
+def reference_levels(paths: list[PathRequest]) -> list[list[PathRequest]]:
     """Group paths so that each path comes after every referenced path of the same group (references first)."""
     by_hash = {p.path.hash: p for p in paths}
     depth: dict[str, int] = {}
@@ -176,12 +177,13 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
         all_hashes = [p.path.hash for p in req.paths]
         todo_keys = sorted(narinfo_key(h) for h in all_hashes)
         await db.lock_objects(conn, todo_keys)
+        await check_names(conn, req)  # a path of another name may have been published since the session opened
         published = await db_paths.published_hashes(conn, all_hashes)
         todo = [p for p in req.paths if p.path.hash not in published]
         upstream = await _upstream_of(ctx, conn, req, todo)
         objects = await db.object_states(conn, [o.key for p in todo for o in wanted_objects(p, published=False)])
         rows: list[db_paths.PublishedPath] = []
-        for group in _levels(todo):
+        for group in reference_levels(todo):
             rendered = [_render(ctx, p, objects, upstream) for p in group]
             await _put_all(ctx, [(r.narinfo_key, r.narinfo.encode(), "narinfo") for r in rendered])
             rows.extend(rendered)
