@@ -50,6 +50,7 @@ class PathInfo:
     references: tuple[StorePath, ...]
     deriver: StorePath | None
     ca: str | None
+    signatures: tuple[str, ...] = ()  # ``name:base64`` as the store holds them (unchecked)
 
 
 def _fail(where: str, message: str) -> ClientError:
@@ -128,6 +129,23 @@ def _content_address(value: object, where: str) -> str | None:
     raise _fail(where, f"expected a content address, got {type(value).__name__}")
 
 
+def _signatures(value: object, where: str) -> tuple[str, ...]:
+    """Strings (Nix up to 2.34) or ``{"keyName", "sig"}`` objects (``--json-format 3``), as ``name:base64``."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _fail(where, f"expected an array of signatures, got {type(value).__name__}")
+    sigs: list[str] = []
+    for i, item in enumerate(value):
+        if isinstance(item, dict) and isinstance(item.get("keyName"), str) and isinstance(item.get("sig"), str):
+            sigs.append(f"{item['keyName']}:{item['sig']}")
+        elif isinstance(item, str):
+            sigs.append(item)
+        else:
+            raise _fail(f"{where}[{i}]", f"expected a signature, got {json.dumps(item)[:120]}")
+    return tuple(sorted(set(sigs)))
+
+
 def _nar_size(value: object, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _fail(where, f"expected a positive integer NAR size, got {value!r}")
@@ -159,6 +177,7 @@ def _one(entry: Any, key: str | None, where: str) -> PathInfo:
         references=tuple(refs[k] for k in sorted(refs)),
         deriver=deriver,
         ca=_content_address(entry.get("ca"), f"{where}.ca"),
+        signatures=_signatures(entry.get("signatures"), f"{where}.signatures"),
     )
 
 

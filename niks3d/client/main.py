@@ -81,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", metavar="DIR", help="push from the chroot store DIR (as nix --store DIR)")
     p.add_argument("--no-logs", action="store_true", help="do not upload build logs")
     p.add_argument("--no-realisations", action="store_true", help="do not send CA realisations")
+    p.add_argument(
+        "--no-upstream-filter",
+        action="store_true",
+        help="upload every path, also those an upstream cache (cache.nixos.org) signed",
+    )
+    p.add_argument(
+        "--upstream-key",
+        action="append",
+        default=[],
+        metavar="NAME:KEY",
+        help="leave paths signed by this key to its cache, instead of the server's upstream keys (repeatable)",
+    )
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="NARs compressed at once (default: CPU count)")
     p.add_argument("--uploads", type=int, metavar="N", default=8, help="uploads in flight (default: 8)")
     p.add_argument("--level", type=int, metavar="N", default=3, help="zstd compression level (default: 3)")
@@ -173,6 +185,8 @@ async def _push_command(args: argparse.Namespace, progress: Progress, stdin: Tex
         logs=not args.no_logs,
         realisations=not args.no_realisations,
         settings=settings,
+        upstream_filter=not args.no_upstream_filter,
+        upstream_keys=tuple(args.upstream_key),
     )
 
     async def run(http: aiohttp.ClientSession, api: ApiClient) -> int:

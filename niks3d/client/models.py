@@ -49,6 +49,7 @@ class ServerInfo(_Model):
     compression: str = "zstd"
     limits: Limits = Field(default_factory=Limits)
     public_keys: list[str] = Field(default_factory=list)
+    upstream_keys: list[str] = Field(default_factory=list)
 
 
 class PartUrl(_Model):
@@ -113,6 +114,7 @@ class CompleteAnswer(_Model):
     published: list[str] = Field(default_factory=list)
     cached: list[str] = Field(default_factory=list)
     roots: list[str] = Field(default_factory=list)
+    upstream: list[str] = Field(default_factory=list)
 
 
 class Pin(_Model):

@@ -48,11 +48,20 @@ def format_duration(seconds: float) -> str:
 
 
 def format_status(
-    *, paths_done: int, paths_total: int, nar_done: int, nar_total: int, sent: int, rate: float | None
+    *,
+    paths_done: int,
+    paths_total: int,
+    nar_done: int,
+    nar_total: int,
+    sent: int,
+    rate: float | None,
+    upstream: int = 0,
 ) -> str:
-    """The status line; ``rate`` is NAR bytes per second (None while unknown)."""
+    """The status line; ``rate`` is NAR bytes per second (None while unknown); ``upstream`` paths are left to
+    the upstream cache."""
+    left = f", {upstream} upstream" if upstream else ""
     text = (
-        f"[{paths_done}/{paths_total} paths] {format_bytes(nar_done)} / {format_bytes(nar_total)} NAR, "
+        f"[{paths_done}/{paths_total} paths{left}] {format_bytes(nar_done)} / {format_bytes(nar_total)} NAR, "
         f"{format_bytes(sent)} sent"
     )
     if rate is not None and rate > 0:
@@ -75,6 +84,7 @@ class Progress:
         self.nar_total = 0
         self.nar_done = 0
         self.sent = 0
+        self.upstream = 0
         self.started = clock()
         self._samples: deque[tuple[float, int]] = deque()
         self._line_shown = False
@@ -86,6 +96,11 @@ class Progress:
         with self._lock:
             self.paths_total += paths
             self.nar_total += nar_bytes
+
+    def add_upstream(self, paths: int) -> None:
+        """``paths`` more paths left to the upstream cache (not uploaded)."""
+        with self._lock:
+            self.upstream += paths
 
     def add_nar_bytes(self, count: int) -> None:
         """``count`` more NAR bytes read, hashed and compressed."""
@@ -133,6 +148,7 @@ class Progress:
                 nar_total=self.nar_total,
                 sent=self.sent,
                 rate=rate,
+                upstream=self.upstream,
             )
 
     def clear_line(self) -> None:

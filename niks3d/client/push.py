@@ -1,8 +1,9 @@
 """``niks3 push``: push the closures of some store paths to niks3d in one upload session.
 
-The steps (docs/api.md): check the server (``GET /info``); resolve the closure with ``nix path-info``; find
-build logs and CA realisations; open one session for everything, keyed by a digest of the request so that a
-push started again resumes it; upload what the server asks for; report; ``complete``, waiting while another
+The steps (docs/api.md): check the server (``GET /info``); resolve the closure with ``nix path-info``; leave
+the paths an upstream key signed to the upstream cache (niks3d/client/upstream.py); find build logs and CA
+realisations; open one session for everything, keyed by a digest of the request so that a push started again
+resumes it; upload what the server asks for; report; ``complete``, waiting while another
 session still uploads shared objects (``409``) and uploading again what the server did not find (``422``);
 finally pin the root if asked.
 
@@ -38,6 +39,7 @@ from niks3d.client.progress import Progress, format_bytes
 from niks3d.client.realisations import LocalRealisation, query_realisations
 from niks3d.client.reporter import Reporter
 from niks3d.client.store import LocalStore
+from niks3d.client.upstream import UpstreamSplit, choose_keys, split_upstream, upstream_entries
 from niks3d.errors import ClientError, Niks3Error
 from niks3d.nix.storepath import StorePath
 
@@ -58,6 +60,8 @@ class PushOptions:
     realisations: bool = True
     pending_timeout: float = 600.0  # seconds to wait for objects another session is uploading
     settings: PipelineSettings = field(default_factory=PipelineSettings)
+    upstream_filter: bool = True  # leave paths signed by an upstream key to the upstream cache
+    upstream_keys: tuple[str, ...] = ()  # the keys to filter by instead of the server's upstream_keys
 
 
 @dataclass
@@ -76,6 +80,8 @@ class PushResult:
     bytes_sent: int
     seconds: float
     pin: str | None
+    upstream: list[str] = field(default_factory=list)  # paths of the closure left to the upstream cache
+    upstream_nar_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` document."""
@@ -95,6 +101,8 @@ class PushResult:
                 for u in self.uploaded
             ],
             "cached": self.cached,
+            "upstream": self.upstream,
+            "upstream_nar_bytes": self.upstream_nar_bytes,
             "already_uploaded": self.already_uploaded,
             "published": self.published,
             "nar_bytes": self.nar_bytes,
@@ -107,17 +115,30 @@ class PushResult:
 @dataclass
 class _Inputs:
     info: ServerInfo
-    closure: dict[StorePath, PathInfo]
+    closure: dict[StorePath, PathInfo]  # the paths to push
     logs: dict[StorePath, Path]
     realisations: dict[StorePath, list[LocalRealisation]]
     body: dict[str, Any]
+    split: UpstreamSplit
+    everything: dict[StorePath, PathInfo]  # the whole closure, upstream paths included
 
 
 async def _gather_inputs(api: ApiClient, options: PushOptions) -> _Inputs:
     info = await api.info()
     if info.store_dir != "/nix/store":
         raise ClientError(f"the server caches store {info.store_dir!r}; this client pushes from /nix/store")
-    closure = await query_closure(list(options.roots), options.store)
+    everything = await query_closure(list(options.roots), options.store)
+    keys = choose_keys(info, options.upstream_keys, enabled=options.upstream_filter)
+    split = split_upstream(options.roots, everything, keys)
+    closure = split.pushed
+    if split.upstream:
+        logger.info(
+            "%d of %d paths (%s of NAR) are signed by an upstream key (%s): left to the upstream cache",
+            len(split.upstream),
+            len(everything),
+            format_bytes(split.upstream_nar_bytes(everything)),
+            ", ".join(k.name for k in keys),
+        )
     if len(closure) > info.limits.max_paths_per_session:
         raise ClientError(
             f"the closure has {len(closure)} paths, more than the {info.limits.max_paths_per_session} "
@@ -131,7 +152,9 @@ async def _gather_inputs(api: ApiClient, options: PushOptions) -> _Inputs:
     realisations: dict[StorePath, list[LocalRealisation]] = {}
     if options.realisations and "realisations" in info.capabilities:
         realisations = await asyncio.to_thread(query_realisations, options.store.db_path, list(closure))
-    body = session_body(options.roots, closure, logs, realisations)
+    body = session_body(split.roots, closure, logs, realisations)
+    if split.referenced:
+        body["upstream"] = upstream_entries(split, everything)
     body["idempotency_key"] = idempotency_key(body)
     size = len(json.dumps(body, separators=(",", ":")))
     if size > info.limits.max_body_bytes:
@@ -139,7 +162,7 @@ async def _gather_inputs(api: ApiClient, options: PushOptions) -> _Inputs:
             f"the push request for {len(closure)} paths is {size} bytes, more than the server's limit of "
             f"{info.limits.max_body_bytes} (server.max_body_bytes); push fewer roots at a time"
         )
-    return _Inputs(info, closure, logs, realisations, body)
+    return _Inputs(info, closure, logs, realisations, body, split, everything)
 
 
 class _Session:
@@ -277,6 +300,31 @@ async def push(http: aiohttp.ClientSession, api: ApiClient, options: PushOptions
         raise ClientError(f"--pin needs exactly one path to pin, got {len(options.roots)}")
     started = time.monotonic()
     inputs = await _gather_inputs(api, options)
+    progress.add_upstream(len(inputs.split.upstream))
+    upstream = [p.path for p in inputs.split.upstream]
+    upstream_bytes = inputs.split.upstream_nar_bytes(inputs.everything)
+    if not inputs.closure:
+        if options.pin is not None:
+            raise ClientError(f"{options.roots[0]} is upstream's, not this cache's: it cannot be pinned here")
+        logger.info("every path is signed by an upstream key: nothing to push")
+        return PushResult(
+            server=api.config.server_url,
+            session_id="",
+            roots=sorted(r.path for r in options.roots),
+            paths=len(inputs.everything),
+            uploaded=[],
+            cached=[],
+            already_uploaded=[],
+            published=[],
+            nar_bytes=0,
+            bytes_sent=0,
+            seconds=time.monotonic() - started,
+            pin=None,
+            upstream=upstream,
+            upstream_nar_bytes=upstream_bytes,
+        )
+    if options.pin is not None and options.roots[0] not in inputs.closure:
+        raise ClientError(f"{options.roots[0]} is upstream's, not this cache's: it cannot be pinned here")
     uploaded: list[Uploaded] = []
     for restart in range(_MAX_SESSION_RESTARTS + 1):
         session = _Session(http=http, api=api, options=options, inputs=inputs, progress=progress, uploaded=uploaded)
@@ -300,7 +348,7 @@ async def push(http: aiohttp.ClientSession, api: ApiClient, options: PushOptions
         server=api.config.server_url,
         session_id=answer.session_id,
         roots=sorted(r.path for r in options.roots),
-        paths=len(inputs.closure),
+        paths=len(inputs.everything),
         uploaded=merged,
         cached=sorted(p.path for p in plan.cached),
         already_uploaded=sorted(p.path for p in plan.present),
@@ -309,6 +357,8 @@ async def push(http: aiohttp.ClientSession, api: ApiClient, options: PushOptions
         bytes_sent=sum(u.bytes_sent for u in merged),
         seconds=time.monotonic() - started,
         pin=options.pin,
+        upstream=upstream,
+        upstream_nar_bytes=upstream_bytes,
     )
 
 
@@ -317,5 +367,10 @@ def summary_line(result: PushResult) -> str:
     return (
         f"pushed {len(result.roots)} root(s), {result.paths} paths: {len(result.uploaded)} uploaded "
         f"({format_bytes(result.bytes_sent)} sent), {len(result.cached)} already cached, "
-        f"{len(result.published)} published in {result.seconds:.1f} s"
+        + (
+            f"{len(result.upstream)} upstream ({format_bytes(result.upstream_nar_bytes)} of NAR not uploaded), "
+            if result.upstream
+            else ""
+        )
+        + f"{len(result.published)} published in {result.seconds:.1f} s"
     )

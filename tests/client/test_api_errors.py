@@ -245,6 +245,8 @@ def test_push_json_document_shape():
         "paths",
         "uploaded",
         "cached",
+        "upstream",
+        "upstream_nar_bytes",
         "already_uploaded",
         "published",
         "nar_bytes",
