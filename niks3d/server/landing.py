@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from niks3d import __version__
-from niks3d.config import S3Settings, Settings
+from niks3d.config import NIXOS_CACHE_KEY, S3Settings, Settings
 from niks3d.server.credentials import authorize
 from niks3d.server.figures import CacheFigures
 from niks3d.server.keys import config_key, figures_key
@@ -96,6 +96,30 @@ def _figures(figures: CacheFigures | None) -> list[str]:
 FIGURES_HIDDEN = "<p>This cache's figures are shown to requests with a token with the <code>read</code> scope.</p>"
 
 
+def _upstream_note(upstream_keys: list[str]) -> str:
+    """The comment that heads the snippets of a cache that leans on upstream caches."""
+    names = [k.partition(":")[0] for k in upstream_keys]
+    if upstream_keys == [NIXOS_CACHE_KEY]:
+        return "# used together with cache.nixos.org: keep it among the substituters (extra-substituters does)"
+    return "# used together with the caches of " + ", ".join(names) + ": keep them among the substituters"
+
+
+def _upstream_section(upstream_keys: list[str]) -> list[str]:
+    if not upstream_keys:
+        return []
+    nixos = NIXOS_CACHE_KEY in upstream_keys
+    return [
+        "",
+        "<h2>Upstream caches</h2>",
+        "<p>This cache is meant to be used together with the caches that sign with these keys"
+        + (" (cache.nixos.org is Nix's default substituter)" if nixos else "")
+        + ": pushes leave out every path they already serve, so Nix must keep them among its substituters",
+        "and trust their keys. <code>extra-substituters</code> adds this cache next to them;",
+        "<code>substituters</code> would replace them.</p>",
+        *_pre(upstream_keys),
+    ]
+
+
 def render_landing(
     *,
     url: str,
@@ -104,10 +128,16 @@ def render_landing(
     direct: bool,
     figures: CacheFigures | None,
     show_figures: bool = True,
+    upstream_keys: list[str] | None = None,
 ) -> str:
     """The page; ``direct`` means the read proxy is off and ``url`` is the bucket's. Without ``show_figures``
-    the figures section only says who may see them."""
-    keys = " ".join(public_keys)
+    the figures section only says who may see them. ``upstream_keys`` (``cache.upstream_keys``): the caches this
+    one leans on, which the snippets tell Nix to keep using and (but for Nix's default key) to trust."""
+    upstream = list(upstream_keys or [])
+    # Nix trusts cache.nixos.org's key by default; any other upstream key must be trusted explicitly.
+    trusted = [*public_keys, *(k for k in upstream if k != NIXOS_CACHE_KEY and k not in public_keys)]
+    note = [_upstream_note(upstream)] if upstream else []
+    keys = " ".join(trusted)
     host = urlsplit(url).hostname or url
     how = "kept by" if direct else "served by"
     out = [
@@ -130,11 +160,13 @@ def render_landing(
         "",
         "<h2>Public keys</h2>",
         *_pre(public_keys),
+        *_upstream_section(upstream),
         "",
         "<h2>nix.conf</h2>",
         "<p>In <code>/etc/nix/nix.conf</code> (or, for a trusted user, <code>~/.config/nix/nix.conf</code>):</p>",
         *_pre(
             [
+                *note,
                 f"extra-substituters = {url}",
                 f"extra-trusted-public-keys = {keys}",
                 *(["netrc-file = /etc/nix/netrc"] if private else []),
@@ -146,9 +178,10 @@ def render_landing(
         *_pre(
             [
                 "nix.settings = {",
+                *(f"  {line}" for line in note),
                 f'  extra-substituters = [ "{url}" ];',
                 "  extra-trusted-public-keys = [",
-                *(f'    "{k}"' for k in public_keys),
+                *(f'    "{k}"' for k in trusted),
                 "  ];",
                 *(['  netrc-file = "/etc/nix/netrc";'] if private else []),
                 "};",
@@ -184,5 +217,6 @@ async def landing(request: web.Request) -> web.Response:
         direct=settings.server.read_proxy == "off",
         figures=figures,
         show_figures=show_figures,
+        upstream_keys=settings.cache.upstream_keys,
     )
     return web.Response(text=page, content_type="text/html", charset="utf-8")

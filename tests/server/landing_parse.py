@@ -51,5 +51,5 @@ def parse(page: str) -> Sections:
 def snippet_settings(base_url: str) -> tuple[str, list[str]]:
     """The substituter URL and trusted keys that the landing page's nix.conf snippet tells a user to set."""
     lines = parse(fetch(base_url, "/").body.decode()).pre["nix.conf"]
-    settings = dict(line.split(" = ", 1) for line in lines)
+    settings = dict(line.split(" = ", 1) for line in lines if not line.startswith("#"))
     return settings["extra-substituters"], settings["extra-trusted-public-keys"].split()

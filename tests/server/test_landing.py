@@ -26,9 +26,15 @@ async def test_the_snippets_hold_the_real_url_and_keys(
     s = parse(page)
     assert s.pre["Cache URL"] == [daemon.url]
     assert s.pre["Public keys"] == keys
-    assert s.pre["nix.conf"] == [f"extra-substituters = {daemon.url}", f"extra-trusted-public-keys = {' '.join(keys)}"]
+    note = "# used together with cache.nixos.org: keep it among the substituters (extra-substituters does)"
+    assert s.pre["nix.conf"] == [
+        note,
+        f"extra-substituters = {daemon.url}",
+        f"extra-trusted-public-keys = {' '.join(keys)}",
+    ]
     assert s.pre["NixOS"] == [
         "nix.settings = {",
+        f"  {note}",
         f'  extra-substituters = [ "{daemon.url}" ];',
         "  extra-trusted-public-keys = [",
         f'    "{keys[0]}"',
@@ -37,6 +43,7 @@ async def test_the_snippets_hold_the_real_url_and_keys(
         "};",
     ]
     assert "Credentials" not in s.pre  # a public cache needs none
+    assert s.pre["Upstream caches"] == ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]
     # Plain text for curl: the snippets appear in the raw HTML exactly as they are to be pasted.
     for line in s.pre["nix.conf"] + s.pre["NixOS"]:
         assert line in page
@@ -85,3 +92,20 @@ def test_what_the_page_echoes_is_escaped() -> None:
     assert "2.0 KiB" in s.cells["last garbage collection"]
     unavailable = render_landing(url="http://c", public_keys=["k:x"], private=False, direct=True, figures=None)
     assert "database did not answer" in unavailable and "Nix reads the bucket directly" in unavailable
+
+
+def test_the_snippets_say_which_upstream_caches_to_keep_and_trust() -> None:
+    ours, other = "cache-1:" + "A" * 43 + "=", "corp-upstream-1:" + "B" * 43 + "="
+    alone = parse(render_landing(url="http://c", public_keys=[ours], private=False, direct=False, figures=None))
+    assert "Upstream caches" not in alone.pre and not any(line.startswith("#") for line in alone.pre["nix.conf"])
+    page = render_landing(
+        url="http://c", public_keys=[ours], private=False, direct=False, figures=None, upstream_keys=[other]
+    )
+    s = parse(page)
+    assert s.pre["Upstream caches"] == [other]
+    assert (
+        s.pre["nix.conf"][0] == "# used together with the caches of corp-upstream-1: keep them among the substituters"
+    )
+    # a key Nix does not trust by default must be trusted for the closure to be substitutable
+    assert s.pre["nix.conf"][-1] == f"extra-trusted-public-keys = {ours} {other}"
+    assert f'    "{other}"' in s.pre["NixOS"]
