@@ -12,13 +12,19 @@ server side (daemon, SeaweedFS, PostgreSQL) is measured too, since on one machin
   time are printed. The page cache is warmed first, so neither side pays for the disk.
 * ``big``: one store path of ``--big-mib`` random bytes (a multipart upload): streaming and the memory bound
   (peak RSS must stay under 200 MiB).
+* ``upstream`` (``--dev`` only): a closure of ``--upstream-paths`` paths and about ``--upstream-mib`` whose
+  dependencies (every path but the root) carry a signature by a throwaway key that the dev server has as its
+  ``cache.upstream_keys`` (``nix store sign``), as a CI build on top of cache.nixos.org's paths would. It is
+  pushed as is (only the root is uploaded, the rest is proven upstream), and a second copy of it (another salt)
+  with ``--no-upstream-filter``; the bytes sent and the time the filter saved are printed.
 
 Each is pushed again when everything is cached (the cost of a no-op push). The server is ``--server``/
 ``NIKS3_SERVER_URL`` with ``--token-file``/``NIKS3_TOKEN_FILE``, or, with ``--dev``, a throwaway ``niks3d dev``
 (SeaweedFS and PostgreSQL on this machine) started for the run. Store paths are salted, so every run uploads
 fresh data.
 
-    .venv/bin/python bench/push.py --dev [--paths 300] [--closure-mib 700] [--big-mib 1024] [-- PUSH OPTIONS]
+    .venv/bin/python bench/push.py --dev [--paths 300] [--closure-mib 700] [--big-mib 1024]
+        [--workloads closure,big,upstream] [--upstream-paths 60] [--upstream-mib 150] [-- PUSH OPTIONS]
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from pathlib import Path
 from niks3d.devenv.nixfixtures import build_expr
 from niks3d.devenv.process import free_port
 from niks3d.devenv.proctree import process_tree
+from niks3d.nix.signing import SecretKey
 
 NIKS3 = [sys.executable, "-c", "from niks3d.client.main import main; raise SystemExit(main())"]
 NIKS3D = [sys.executable, "-c", "from niks3d.cli.main import main; raise SystemExit(main())"]
@@ -79,13 +86,15 @@ def tree_cpu(root: int) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def dev_server(workdir: Path) -> Iterator[Server]:
-    """``niks3d dev`` (the daemon, SeaweedFS and PostgreSQL) on a free port."""
+def dev_server(workdir: Path, upstream_key: str) -> Iterator[Server]:
+    """``niks3d dev`` (the daemon, SeaweedFS and PostgreSQL) on a free port, trusting ``upstream_key`` (a public
+    key) as its upstream."""
     port = free_port()
     log_path = workdir / "dev.log"
+    env = {**os.environ, "NIKS3_CACHE__UPSTREAM_KEYS": json.dumps([upstream_key])}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [*NIKS3D, "dev", "--port", str(port), "--dir", str(workdir / "dev")], stdout=log, stderr=log
+            [*NIKS3D, "dev", "--port", str(port), "--dir", str(workdir / "dev")], stdout=log, stderr=log, env=env
         )
     try:
         deadline = time.monotonic() + 120
@@ -146,9 +155,11 @@ def timed(argv: list[str], *, env: dict[str, str] | None = None, stdout: int | N
     return Run(seconds, peak // 1024, usage.ru_utime + usage.ru_stime)
 
 
-def push(server: Server, paths: list[str], label: str, nar_bytes: int, extra: list[str]) -> tuple[Run, float | None]:
-    """Push ``paths`` in a child process and print time, throughput, peak RSS and CPU; returns the run and the
-    CPU seconds the server's processes used meanwhile (None when they are not on this machine)."""
+def push(
+    server: Server, paths: list[str], label: str, nar_bytes: int, extra: list[str]
+) -> tuple[Run, float | None, int]:
+    """Push ``paths`` in a child process and print time, throughput, peak RSS and CPU; returns the run, the CPU
+    seconds the server's processes used meanwhile (None when they are not on this machine) and the bytes sent."""
     argv = [*NIKS3, "push", "--server", server.url, "--token-file", server.token_file, "--no-progress", "--json"]
     server_before = server.cpu() if server.cpu else {}
     with tempfile.TemporaryFile() as out:
@@ -164,7 +175,7 @@ def push(server: Server, paths: list[str], label: str, nar_bytes: int, extra: li
         f"  (server side: CPU {server_cpu:.1f} s: {detail})" if server_cpu else ""
     )
     print(line, flush=True)
-    return run, server_cpu
+    return run, server_cpu, sent
 
 
 def nix_copy(root: str, workdir: Path, nar_bytes: int) -> Run:
@@ -263,6 +274,84 @@ def warm(paths: list[str]) -> int:
     return total
 
 
+def closure_workload(server: Server, args: argparse.Namespace, workdir: Path, salt: str) -> list[str]:
+    """``niks3 push`` of a closure against ``nix copy`` of it, then the no-op push; returns its paths."""
+    groups = choose_files(args.paths, args.closure_mib << 20)
+    print(f"building {len(groups)} paths from {sum(map(len, groups))} files ...")
+    start = time.monotonic()
+    closure = build_expr(closure_expr(groups, salt), workdir / "build")
+    closure_nar = nar_size(closure)
+    print(f"built in {time.monotonic() - start:.1f} s: closure NAR {closure_nar / 2**20:.0f} MiB", flush=True)
+    warm(closure)  # both sides read the files from the page cache
+    label = f"closure: {len(closure)} paths, niks3 push"
+    ours, server_cpu, _ = push(server, [closure[0]], label, closure_nar, args.push_options)
+    theirs = nix_copy(closure[0], workdir, closure_nar)
+    print(f"ratio niks3 push / nix copy: {ours.seconds / theirs.seconds:.2f} (wall; target <= 1.0)")
+    cpu = f"CPU: client {ours.cpu / theirs.cpu:.2f}x nix copy"
+    if server_cpu is not None:
+        cpu += f", client + server side {(ours.cpu + server_cpu) / theirs.cpu:.2f}x"
+    print(cpu, flush=True)
+    push(server, [closure[0]], "closure again (cached)", 0, args.push_options)
+    return closure
+
+
+def big_workload(server: Server, args: argparse.Namespace, workdir: Path, salt: str) -> list[str]:
+    """One NAR of ``--big-mib`` random bytes, then the no-op push; returns its path."""
+    big_script = f"export PATH=/bin:/usr/bin; mkdir $out; head -c {args.big_mib << 20} /dev/urandom > $out/blob"
+    (big,) = build_expr(
+        f'derivation {{ name = "push-bench-big"; salt = "{salt}"; system = builtins.currentSystem; '
+        f'builder = "/bin/sh"; args = [ "-c" "{big_script}" ]; }}\n',
+        workdir / "build",
+    )
+    big_nar = nar_size([big])
+    push(server, [big], f"big: {args.big_mib} MiB NAR", big_nar, args.push_options)
+    push(server, [big], "big again (cached)", 0, args.push_options)
+    return [big]
+
+
+def sign_upstream(paths: list[str], key_file: Path) -> None:
+    """Give ``paths`` a signature by the upstream key in the local store, as substitution from it would."""
+    subprocess.run(
+        ["nix", "--extra-experimental-features", "nix-command", "store", "sign", "--key-file", str(key_file), *paths],
+        check=True,
+        capture_output=True,
+    )
+
+
+def upstream_workload(server: Server, args: argparse.Namespace, workdir: Path, key_file: Path) -> list[str]:
+    """Push a closure whose dependencies upstream signed, with and without the filter; returns its paths."""
+    groups = choose_files(args.upstream_paths, args.upstream_mib << 20)
+    built: dict[str, list[str]] = {}
+    for mode in ("filtered", "unfiltered"):
+        paths = build_expr(closure_expr(groups, secrets.token_hex(6)), workdir / f"build-{mode}")
+        sign_upstream(paths[1:], key_file)  # every dependency is upstream's; the root is this build's own
+        warm(paths)
+        built[mode] = paths
+    nar = nar_size(built["filtered"])
+    deps = nar - nar_size(built["filtered"][:1])
+    print(
+        f"upstream: {len(groups)} paths, {nar / 2**20:.0f} MiB of NAR, of which {len(groups) - 1} dependencies "
+        f"({deps / 2**20:.0f} MiB) are signed by the upstream key",
+        flush=True,
+    )
+    lean, _, lean_sent = push(server, built["filtered"][:1], "upstream: niks3 push (filter on)", 0, args.push_options)
+    full, _, full_sent = push(
+        server,
+        built["unfiltered"][:1],
+        "upstream: --no-upstream-filter",
+        nar,
+        ["--no-upstream-filter", *args.push_options],
+    )
+    saved_bytes, saved_seconds = full_sent - lean_sent, full.seconds - lean.seconds
+    print(
+        f"saved by the upstream filter: {saved_bytes / 2**20:.1f} MiB sent "
+        f"({100 * saved_bytes / max(full_sent, 1):.0f}% of what the full push sent), {saved_seconds:.2f} s "
+        f"({100 * saved_seconds / full.seconds:.0f}% of its time)",
+        flush=True,
+    )
+    return built["filtered"] + built["unfiltered"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", default=os.environ.get("NIKS3_SERVER_URL"))
@@ -271,47 +360,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paths", type=int, default=300)
     parser.add_argument("--closure-mib", type=int, default=700)
     parser.add_argument("--big-mib", type=int, default=1024)
+    parser.add_argument("--workloads", default="closure,big,upstream", help="comma-separated: closure,big,upstream")
+    parser.add_argument("--upstream-paths", type=int, default=60)
+    parser.add_argument("--upstream-mib", type=int, default=150)
     parser.add_argument("push_options", nargs="*", help="extra options for niks3 push (after --)")
     args = parser.parse_args(argv)
+    workloads = set(args.workloads.split(","))
+    if unknown := workloads - {"closure", "big", "upstream"}:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    if not args.dev:
+        if not (args.server and args.token_file):
+            parser.error("give --dev, or --server and --token-file (or NIKS3_SERVER_URL and NIKS3_TOKEN_FILE)")
+        if "upstream" in workloads:
+            print("the upstream workload needs --dev (its server must trust the bench's upstream key); skipped")
+            workloads.discard("upstream")
     salt = secrets.token_hex(6)
+    built: list[str] = []
     with tempfile.TemporaryDirectory(prefix="niks3-bench-") as tmp:
         workdir = Path(tmp)
-        groups = choose_files(args.paths, args.closure_mib << 20)
-        print(f"building {len(groups)} paths from {sum(map(len, groups))} files and one of {args.big_mib} MiB ...")
-        start = time.monotonic()
-        closure = build_expr(closure_expr(groups, salt), workdir / "build")
-        big_script = f"export PATH=/bin:/usr/bin; mkdir $out; head -c {args.big_mib << 20} /dev/urandom > $out/blob"
-        (big,) = build_expr(
-            f'derivation {{ name = "push-bench-big"; salt = "{salt}"; system = builtins.currentSystem; '
-            f'builder = "/bin/sh"; args = [ "-c" "{big_script}" ]; }}\n',
-            workdir / "build",
-        )
-        closure_nar = nar_size(closure)
-        print(f"built in {time.monotonic() - start:.1f} s: closure NAR {closure_nar / 2**20:.0f} MiB", flush=True)
+        upstream_key = SecretKey.generate("bench-upstream-1")
+        key_file = workdir / "upstream-key"
+        key_file.write_text(upstream_key.to_text())
         server_cm: contextlib.AbstractContextManager[Server]
         if args.dev:
-            server_cm = dev_server(workdir)
-        elif args.server and args.token_file:
-            server_cm = contextlib.nullcontext(Server(args.server, args.token_file))
+            server_cm = dev_server(workdir, upstream_key.public_key().to_text())
         else:
-            parser.error("give --dev, or --server and --token-file (or NIKS3_SERVER_URL and NIKS3_TOKEN_FILE)")
+            server_cm = contextlib.nullcontext(Server(args.server, args.token_file))
         try:
             with server_cm as server:
-                warm(closure)  # both sides read the files from the page cache
-                label = f"closure: {len(closure)} paths, niks3 push"
-                ours, server_cpu = push(server, [closure[0]], label, closure_nar, args.push_options)
-                theirs = nix_copy(closure[0], workdir, closure_nar)
-                print(f"ratio niks3 push / nix copy: {ours.seconds / theirs.seconds:.2f} (wall; target <= 1.0)")
-                cpu = f"CPU: client {ours.cpu / theirs.cpu:.2f}x nix copy"
-                if server_cpu is not None:
-                    cpu += f", client + server side {(ours.cpu + server_cpu) / theirs.cpu:.2f}x"
-                print(cpu, flush=True)
-                push(server, [closure[0]], "closure again (cached)", 0, args.push_options)
-                big_nar = nar_size([big])
-                push(server, [big], f"big: {args.big_mib} MiB NAR", big_nar, args.push_options)
-                push(server, [big], "big again (cached)", 0, args.push_options)
+                if "closure" in workloads:
+                    built += closure_workload(server, args, workdir, salt)
+                if "big" in workloads:
+                    built += big_workload(server, args, workdir, salt)
+                if "upstream" in workloads:
+                    built += upstream_workload(server, args, workdir, key_file)
         finally:
-            subprocess.run(["nix-store", "--delete", big, *closure], capture_output=True, check=False)
+            subprocess.run(["nix-store", "--delete", *built], capture_output=True, check=False)
     return 0
 
 
