@@ -258,6 +258,18 @@ in
             '';
           };
 
+          cache.upstream_keys = mkOption {
+            type = types.listOf types.str;
+            default = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+            example = [ ];
+            description = ''
+              Public keys (`name:base64`) of the caches this one is used together with. A push does not upload
+              a path signed by one of them: niks3d checks the signature and records the path as upstream, so
+              Nix users must keep those caches among their substituters. `[ ]` makes every push upload its
+              whole closure.
+            '';
+          };
+
           gc = {
             older_than = mkOption {
               type = duration;
