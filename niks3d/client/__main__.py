@@ -6,6 +6,6 @@ __all__: list[str] = []
 
 import sys
 
-from niks3d.client.main import main
+from niks3d.client.entry import main
 
 sys.exit(main())

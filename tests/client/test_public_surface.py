@@ -24,4 +24,4 @@ def test_console_script_entry_point_is_main():
     from importlib.metadata import entry_points
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "niks3"]
-    assert script.value == "niks3d.client.main:main"
+    assert script.value == "niks3d.client.entry:main"
