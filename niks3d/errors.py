@@ -11,6 +11,7 @@ that is wrong (a file, a TOML key, a narinfo line, a store path, a bucket key)::
     │   └── StorageThrottled   S3 said 429/SlowDown and back-off did not absorb it (retry_after seconds)
     ├── ApiError               a request the HTTP API refuses: carries the status and a machine-readable code
     ├── ClientError            the push client cannot go on (server unreachable, token refused, version skew)
+    │   └── AuthError          the server refused the token (401) or the token lacks a scope (403)
     └── ServiceError           a child process (postgres, weed, nix) failed to start or exited early
 
 The pure protocol code in :mod:`niks3d.nix` raises :class:`niks3d.nix.errors.NixFormatError` (a ``ValueError``)
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "ApiError",
+    "AuthError",
     "ClientError",
     "ConfigError",
     "ConfigProblem",
@@ -100,6 +102,10 @@ class ApiError(Niks3Error):
 
 class ClientError(Niks3Error):
     """The niks3 client cannot go on: the message says what to fix."""
+
+
+class AuthError(ClientError):
+    """The server refused the client's token (401) or the token lacks a scope (403)."""
 
 
 class ServiceError(Niks3Error):

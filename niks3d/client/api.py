@@ -33,7 +33,7 @@ from niks3d.client.models import (
 )
 from niks3d.client.retry import RetryPolicy
 from niks3d.client.transport import Response, send
-from niks3d.errors import ApiError, ClientError
+from niks3d.errors import ApiError, AuthError, ClientError
 
 API_VERSION = 1
 USER_AGENT = f"niks3/{__version__}"
@@ -136,10 +136,10 @@ class ApiClient:
         token = self.config.token
         if resp.status == 401:
             if token is None:
-                return ClientError(f"{self.config.server_url} needs an API token (401): pass --token-file")
-            return ClientError(f"{self.config.server_url} refused the token from {token.source} (401): {message}")
+                return AuthError(f"{self.config.server_url} needs an API token (401): pass --token-file")
+            return AuthError(f"{self.config.server_url} refused the token from {token.source} (401): {message}")
         if resp.status == 403:
-            return ClientError(
+            return AuthError(
                 f"the token from {token.source if token else '(none)'} lacks the {scope!r} scope "
                 f"for {method} {url} (403): {message}"
             )

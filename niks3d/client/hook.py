@@ -14,7 +14,7 @@ interpreter (docs/client.md, bench/hook.py).
 
 from __future__ import annotations
 
-__all__ = ["main", "run_hook"]
+__all__ = ["main", "outputs_from_drv", "run_hook"]
 
 import contextlib
 import os
@@ -44,6 +44,30 @@ def _parse(argv: Sequence[str]) -> tuple[str | None, str | None]:
     return queue, None
 
 
+def outputs_from_drv(drv: str, limit: int = 1 << 20) -> list[str]:
+    """The output paths a derivation file names, for Nix 2.8.0, which runs the hook with ``OUT_PATHS`` empty.
+
+    Nix 2.8.0 passes an empty ``OUT_PATHS`` (NixOS/nix#6446, fixed in 2.8.1) but a correct ``DRV_PATH``. A
+    ``.drv`` file starts with its outputs, ``Derive([("out","/nix/store/…","",""),…],``; the paths that exist
+    on disk are what was built. Floating content-addressed outputs have no path there and are missed.
+    """
+    try:
+        with open(drv, "rb") as handle:
+            head = handle.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return []
+    if not head.startswith('Derive([("'):
+        return []
+    found: list[str] = []
+    for item in head[len("Derive([") :].split("]", 1)[0].split("),("):
+        fields = item.strip("()").split('","')
+        if len(fields) >= 2:
+            path = fields[1].strip('"')
+            if looks_like_store_path(path) and os.path.lexists(path):
+                found.append(path)
+    return found
+
+
 def run_hook(argv: Sequence[str], environ: Mapping[str, str], stderr: TextIO) -> int:
     """Queue ``$OUT_PATHS``; always returns 0, and says on ``stderr`` what it could not do."""
     queue_arg, problem = _parse(argv)
@@ -63,6 +87,8 @@ def run_hook(argv: Sequence[str], environ: Mapping[str, str], stderr: TextIO) ->
     if bad:
         shown = ", ".join(repr(b[:300]) for b in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         print(f"niks3 hook: ignoring {len(bad)} word(s) of OUT_PATHS that are not store paths: {shown}", file=stderr)
+    if not words and drv is not None:
+        paths = outputs_from_drv(drv)
     if not paths:
         if not words:
             print("niks3 hook: OUT_PATHS is empty or unset; nothing to queue", file=stderr)

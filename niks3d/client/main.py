@@ -1,4 +1,4 @@
-"""The ``niks3`` command: ``niks3 push`` and ``niks3 pins``, talking to a niks3d server.
+"""The ``niks3`` command: ``niks3 push``, ``niks3 pins`` and the rest, talking to a niks3d server.
 
 This is the entry point (``niks3 = niks3d.client.main:main``): it parses the command line, sets up logging and
 the progress display, runs the command with :func:`asyncio.run`, and turns errors into one line on stderr and
@@ -33,6 +33,7 @@ from niks3d.client.progress import Mode, Progress, TerminalLogHandler
 from niks3d.client.push import PushOptions, push, summary_line
 from niks3d.client.retry import RetryPolicy
 from niks3d.client.store import LocalStore, resolve_store_path
+from niks3d.client.uploadcmd import UPLOAD_COMMANDS, add_upload_commands, run_upload_command
 from niks3d.errors import Niks3Error
 from niks3d.nix.storepath import StorePath
 
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete = actions.add_parser("delete", parents=[common], help="delete a pin")
     delete.add_argument("name")
     add_gc_commands(commands, common)
+    add_upload_commands(commands, common)
     return parser
 
 
@@ -241,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _client_logging(args, progress, stream):
             if args.command == "push":
                 return eventloop.run(_push_command(args, progress, sys.stdin))
+            if args.command in UPLOAD_COMMANDS:
+                return eventloop.run(run_upload_command(args))
             if args.command in GC_COMMANDS:
                 return asyncio.run(_with_api(args, lambda http, api: run_gc_command(args, http, api)))
             return asyncio.run(_pins_command(args))

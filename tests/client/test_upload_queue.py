@@ -224,3 +224,25 @@ def test_concurrent_hooks_and_a_draining_agent_lose_and_duplicate_nothing(tmp_pa
     assert {p for p, n in counts.items() if n > 1} <= both, "a path queued once was handed out twice"
     assert max(counts.values()) <= 2
     assert Queue(queue).entries() == []
+
+
+def test_with_nix_2_8_0s_empty_out_paths_the_outputs_come_from_the_derivation(tmp_path):
+    """Nix 2.8.0 runs the hook with OUT_PATHS empty (NixOS/nix#6446); the .drv names the outputs."""
+    out = tmp_path / "out-path"
+    dev = tmp_path / "dev-path"
+    drv = tmp_path / "x.drv"
+    drv.write_text(f'Derive([("dev","{dev}","",""),("out","{out}","","")],[],[],"x86_64-linux","/bin/sh",[],[])')
+    from niks3d.client import hook
+
+    real = [A, B]
+    text = drv.read_text().replace(str(dev), real[0]).replace(str(out), real[1])
+    drv.write_text(text)
+    assert hook.outputs_from_drv(str(drv)) == []  # named, but not on disk: nothing was built
+    store = tmp_path / "store"
+    store.mkdir()
+    present = str(store)  # a path that exists, to stand in for a built output
+    drv.write_text(text.replace(real[0], present))
+    assert hook.outputs_from_drv(str(drv)) == []  # not a store path
+    drv.write_text("not a derivation")
+    assert hook.outputs_from_drv(str(drv)) == []
+    assert hook.outputs_from_drv(str(tmp_path / "missing.drv")) == []
