@@ -7,8 +7,7 @@ every build, does not pay for aiohttp and the push machinery.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the hook must not pay for importing typing
 
 if TYPE_CHECKING:
     from niks3d.client.api import ApiClient
@@ -35,6 +34,8 @@ def __getattr__(name: str) -> object:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'niks3d.client' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415 -- importlib itself costs the hook an import
+
     value = getattr(importlib.import_module(f"niks3d.client.{module}"), name)
     globals()[name] = value
     return value

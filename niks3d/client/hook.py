@@ -16,13 +16,15 @@ from __future__ import annotations
 
 __all__ = ["main", "outputs_from_drv", "run_hook"]
 
-import contextlib
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from typing import TextIO
 
-from niks3d.client.queue import Queue, QueueError, default_queue_path, looks_like_store_path
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs milliseconds at every build
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import TextIO
+
+from niks3d.client.queue import Queue, QueueError, default_queue_path, looks_like_store_path  # noqa: E402
 
 _USAGE = "usage: niks3 hook [--queue FILE]  (Nix runs it as post-build-hook, with OUT_PATHS and DRV_PATH set)"
 
@@ -113,8 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_hook(sys.argv[1:] if argv is None else argv, os.environ, sys.stderr)
     except BaseException as exc:  # even an interrupt must not fail the build
-        with contextlib.suppress(Exception):  # stderr itself may be gone
+        try:  # noqa: SIM105 -- contextlib costs an import
             print(f"niks3 hook: {type(exc).__name__}: {exc}", file=sys.stderr)
+        except Exception:  # noqa: S110 -- stderr itself may be gone
+            pass
         return 0
 
 

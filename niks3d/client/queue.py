@@ -19,9 +19,10 @@ The lifecycle of an entry (one row per store path):
   the error, counts an attempt and delays the next try; a path that failed once is pushed alone afterwards, so
   one bad path cannot hold back the others. After ``max_attempts`` it stays failed until ``niks3 queue retry``.
 
-This module imports only the standard library's ``sqlite3``, ``os`` and ``time``: the hook runs it inside every
-build and must start in milliseconds (docs/client.md has the figures). It reads ``$NIKS3_QUEUE`` itself for the
-same reason (config.py, the client's settings module, pulls in more than the hook can afford).
+This module imports only the standard library's ``sqlite3``, ``os`` and ``time`` (not even ``typing``): the hook
+runs it inside every build and must start in milliseconds (docs/client.md has the figures). It reads
+``$NIKS3_QUEUE`` itself for the same reason (config.py, the client's settings module, imports more than the
+hook can afford).
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ __all__ = [
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the hook milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 DEFAULT_SYSTEM_QUEUE = "/var/lib/niks3-upload/queue.sqlite"
 _STORE_PREFIX = "/nix/store/"
@@ -75,18 +78,29 @@ class QueueError(Exception):
     """The queue cannot be opened or written; the message names the file and the reason."""
 
 
-class Entry(NamedTuple):
-    """One queued store path."""
+class Entry:
+    """One queued store path (a plain class: ``typing.NamedTuple`` and dataclasses cost the hook milliseconds)."""
 
-    path: str
-    drv: str | None
-    source: str
-    queued_at: float
-    batch: int | None
-    attempts: int
-    not_before: float
-    failed: bool
-    last_error: str | None
+    __slots__ = ("attempts", "batch", "drv", "failed", "last_error", "not_before", "path", "queued_at", "source")
+
+    def __init__(self, row: tuple[object, ...]) -> None:
+        path, drv, source, queued_at, batch, attempts, not_before, failed, last_error = row
+        self.path = str(path)
+        self.drv = None if drv is None else str(drv)
+        self.source = str(source)
+        self.queued_at = float(str(queued_at))
+        self.batch = None if batch is None else int(str(batch))
+        self.attempts = int(str(attempts))
+        self.not_before = float(str(not_before))
+        self.failed = bool(failed)
+        self.last_error = None if last_error is None else str(last_error)
+
+    def as_json(self) -> dict[str, object]:
+        """The entry as a JSON object (``niks3 queue --json``)."""
+        return {name: getattr(self, name) for name in sorted(self.__slots__)}
+
+    def __repr__(self) -> str:
+        return f"Entry({self.path!r}, batch={self.batch}, attempts={self.attempts}, failed={self.failed})"
 
 
 def looks_like_store_path(text: str) -> bool:
@@ -276,7 +290,7 @@ class Queue:
             "SELECT path, drv, source, queued_at, batch, attempts, not_before, failed, last_error "
             "FROM entries ORDER BY queued_at, path"
         )
-        return [Entry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8]) for r in rows]
+        return [Entry(r) for r in rows]
 
     def counts(self) -> tuple[int, int]:
         """``(waiting or in a batch, failed)``."""

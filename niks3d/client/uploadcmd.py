@@ -149,7 +149,7 @@ def _queue_command(args: argparse.Namespace) -> int:
             elif args.action == "drop-failed":
                 logger.info("forgot %d failed entries", queue.drop_failed())
             elif args.json:
-                print(json.dumps({"queue": path, "entries": [e._asdict() for e in queue.entries()]}, indent=2))
+                print(json.dumps({"queue": path, "entries": [e.as_json() for e in queue.entries()]}, indent=2))
             else:
                 print(_format_entries(queue))
     except QueueError as exc:
