@@ -25,7 +25,7 @@ from niks3d.uploads.context import SESSION_STALE_AFTER, PushContext
 from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
 from niks3d.uploads.objects import WantedObject, object_spec, wanted_objects
 from niks3d.uploads.request import SessionRequest
-from niks3d.uploads.upstream import prove_upstream
+from niks3d.uploads.upstream import prove_upstream_async
 
 if TYPE_CHECKING:
     import asyncpg
@@ -66,7 +66,7 @@ async def check_names(conn: asyncpg.Connection, req: SessionRequest) -> None:
 
 async def _check_references(ctx: PushContext, req: SessionRequest) -> None:
     # Upstream references first: a forged or mismatched proof is refused before anything is written.
-    prove_upstream(req.upstream, ctx.upstream_keys)
+    await prove_upstream_async(req.upstream, ctx.upstream_keys)
     in_request = {p.path.hash for p in req.paths} | {u.path.hash for u in req.upstream}
     outside = sorted({r.hash: r for p in req.paths for r in p.references if r.hash not in in_request}.items())
     if not outside:

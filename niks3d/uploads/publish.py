@@ -36,7 +36,7 @@ from niks3d.uploads.objects import CONTENT_TYPES, object_spec, wanted_objects
 from niks3d.uploads.open import check_names
 from niks3d.uploads.report import report_objects
 from niks3d.uploads.request import ObjectReport, PathRequest, SessionRequest
-from niks3d.uploads.upstream import prove_upstream
+from niks3d.uploads.upstream import prove_upstream_async
 
 logger = logging.getLogger(__name__)
 _PUT_CONCURRENCY = 32
@@ -239,7 +239,7 @@ async def _upstream_of(
             "references are neither in this push nor in the cache nor named as upstream: " + ", ".join(lost[:10]),
             references=lost,
         )
-    return prove_upstream([named[h] for h in outside if h not in local], ctx.upstream_keys)
+    return await prove_upstream_async([named[h] for h in outside if h not in local], ctx.upstream_keys)
 
 
 def _render(

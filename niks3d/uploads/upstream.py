@@ -8,8 +8,9 @@ upstream cache serves for that path, so a Nix client using both caches finds the
 
 from __future__ import annotations
 
-__all__ = ["prove_upstream", "unproven_error"]
+__all__ = ["prove_upstream", "prove_upstream_async", "unproven_error"]
 
+import asyncio
 from collections.abc import Sequence
 
 from niks3d.db.upstream import UpstreamRecord
@@ -26,11 +27,13 @@ def _prove(entry: UpstreamPath, keys: dict[str, PublicKey]) -> tuple[str | None,
         message = fingerprint(entry.path.path, entry.nar_hash, entry.nar_size, [r.path for r in entry.references])
     except NixFormatError as exc:
         return None, str(exc)
-    named = []
+    named: list[str] = []
     for sig in entry.signatures:
         name, _ = parse_signature(sig)
         key = keys.get(name)
-        if key is None:
+        # One try per key: a store holds one signature per key name, and a request full of bad signatures
+        # under an upstream name must not cost more than one verification per key.
+        if key is None or name in named:
             continue
         named.append(name)
         if key.verify(sig, message):
@@ -52,8 +55,17 @@ def unproven_error(problems: Sequence[tuple[str, str]]) -> ApiError:
     )
 
 
+async def prove_upstream_async(entries: Sequence[UpstreamPath], keys: Sequence[PublicKey]) -> dict[str, UpstreamRecord]:
+    """:func:`prove_upstream` in a worker thread (thousands of verifications take a while), when there is any."""
+    if not entries:
+        return {}
+    return await asyncio.to_thread(prove_upstream, entries, keys)
+
+
 def prove_upstream(entries: Sequence[UpstreamPath], keys: Sequence[PublicKey]) -> dict[str, UpstreamRecord]:
-    """Hash part -> the record of each entry; a 422 ``upstream_unproven`` unless every entry is proven."""
+    """Hash part -> the record of each entry; a 422 ``upstream_unproven`` unless every entry is proven.
+
+    Costs at most one Ed25519 verification per entry and key (about 50 µs each)."""
     if entries and not keys:
         why = "this cache trusts no upstream keys (cache.upstream_keys)"
         raise unproven_error([(e.path.path, why) for e in entries])
