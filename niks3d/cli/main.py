@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import keyword
 import os
 import sys
 from collections.abc import Callable
@@ -97,6 +98,39 @@ def _gc_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout")
 
 
+def _positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 10000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to 10000")
+    return int(text)
+
+
+def _import_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_option(parser)
+    roots = parser.add_mutually_exclusive_group()
+    roots.add_argument(
+        "--root-ttl",
+        type=_duration,
+        metavar="DUR",
+        help="every imported path is a root that expires after this (default: gc.older_than, like a push now)",
+    )
+    roots.add_argument("--no-roots", action="store_true", help="imported paths are no roots (GC may delete them)")
+    parser.add_argument(
+        "--pin",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "FILE"),
+        help="pin the store paths listed in FILE (one a line) as NAME (NAME.<hash> when FILE lists several)",
+    )
+    parser.add_argument("--resign", action="store_true", help="add the server's signatures to imported narinfos")
+    parser.add_argument(
+        "--quarantine",
+        action="store_true",
+        help="move broken narinfos to quarantine/ (referrers first) and hand orphan objects to GC",
+    )
+    parser.add_argument("--batch-size", type=_positive, default=1000, metavar="N", help="paths per transaction")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+
 def _dev_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir",
@@ -120,6 +154,7 @@ COMMANDS = (
     _Command("migrate", "bring the database schema up to date", _migrate_arguments),
     _Command("check-config", "validate a configuration file and say what is wrong", _check_config_arguments),
     _Command("gc", "run one garbage collection and exit", _gc_arguments),
+    _Command("import", "register an existing bucket's store paths in the database", _import_arguments),
     _Command("dev", "run a throwaway PostgreSQL, S3 server and daemon to try niks3d out", _dev_arguments),
 )
 
@@ -144,14 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_command(name: str) -> Callable[[argparse.Namespace], int]:
-    module_name = "niks3d.cli." + name.replace("-", "_")
+    attribute = name.replace("-", "_") + ("_" if keyword.iskeyword(name) else "")  # import -> import_
+    module_name = "niks3d.cli." + attribute
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise
         raise Niks3Error(f"the {name} command is not available in this installation") from None
-    return cast("Callable[[argparse.Namespace], int]", getattr(module, name.replace("-", "_") + "_command"))
+    return cast("Callable[[argparse.Namespace], int]", getattr(module, attribute.rstrip("_") + "_command"))
 
 
 def _print_error(exc: Niks3Error) -> None:
