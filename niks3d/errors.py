@@ -9,13 +9,25 @@ that is wrong (a file, a TOML key, a narinfo line, a store path, a bucket key)::
     ├── StorageError           the S3 server refused or is unreachable
     │   ├── ObjectNotFound     a key is absent from the bucket
     │   └── StorageThrottled   S3 said 429/SlowDown and back-off did not absorb it (retry_after seconds)
-    ├── ApiError               a request the HTTP API refuses: carries the status and a machine-readable code
+    ├── RequestError           a request the domain refuses; ``code`` is stable and machine-readable, the message
+    │   │                      names the problem, ``details`` go into a JSON answer as extra fields
+    │   ├── InvalidRequest     the request is malformed or inconsistent (400)
+    │   ├── NotFound           what the request names does not exist (404)
+    │   ├── StateConflict      the request collides with the state of the cache (409)
+    │   ├── MissingPrerequisite   what it relies on is not there (yet): objects, references (422)
+    │   └── AccessDenied       the request's credentials do not allow it
+    │       ├── Unauthenticated   none, unusable or unknown credentials (401)
+    │       └── Forbidden         a known identity without the scope (403)
+    ├── ApiError               a refusal only the HTTP layer knows (niks3d.server): carries its own status
     ├── ClientError            the push client cannot go on (server unreachable, token refused, version skew)
     │   └── AuthError          the server refused the token (401) or the token lacks a scope (403)
     └── ServiceError           a child process (postgres, weed, nix) failed to start or exited early
 
 The pure protocol code in :mod:`niks3d.nix` raises :class:`niks3d.nix.errors.NixFormatError` (a ``ValueError``)
-instead, because that package imports nothing else from niks3d; the server maps it to a 4xx like an ``ApiError``.
+instead, because that package imports nothing else from niks3d; the server maps it to a 400.
+
+The domain (:mod:`niks3d.uploads`, :mod:`niks3d.gc`, :mod:`niks3d.db`, :mod:`niks3d.storage`) never names an HTTP
+status: :mod:`niks3d.server.errors` is the one table from these classes to answers.
 
 Only entry points (``main()`` functions) turn these into exit codes; library code raises.
 """
@@ -23,17 +35,25 @@ Only entry points (``main()`` functions) turn these into exit codes; library cod
 from __future__ import annotations
 
 __all__ = [
+    "AccessDenied",
     "ApiError",
     "AuthError",
     "ClientError",
     "ConfigError",
     "ConfigProblem",
     "DatabaseError",
+    "Forbidden",
+    "InvalidRequest",
+    "MissingPrerequisite",
     "Niks3Error",
+    "NotFound",
     "ObjectNotFound",
+    "RequestError",
     "ServiceError",
+    "StateConflict",
     "StorageError",
     "StorageThrottled",
+    "Unauthenticated",
 ]
 
 from dataclasses import dataclass
@@ -87,6 +107,54 @@ class StorageThrottled(StorageError):
     def __init__(self, message: str, retry_after: float) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class RequestError(Niks3Error):
+    """A request the domain refuses: a stable ``code``, a message naming the problem, optional ``details``."""
+
+    default_code = "invalid_request"
+
+    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
+        self.code = code or self.default_code
+        self.message = message
+        self.details = details
+        super().__init__(message)
+
+
+class InvalidRequest(RequestError):
+    """The request is malformed or inconsistent."""
+
+
+class NotFound(RequestError):
+    """What the request names does not exist; ``code`` says what (``session_not_found``, ``path_not_found``)."""
+
+    default_code = "not_found"
+
+
+class StateConflict(RequestError):
+    """The request collides with the cache's state (a closed session, a path still in use)."""
+
+    default_code = "conflict"
+
+
+class MissingPrerequisite(RequestError):
+    """What the request relies on is not there (yet): objects not uploaded, references not in the cache."""
+
+
+class AccessDenied(RequestError):
+    """The request's credentials do not allow it (the server's side; the client's is :class:`AuthError`)."""
+
+
+class Unauthenticated(AccessDenied):
+    """No credentials, unusable ones, or ones this server does not know."""
+
+    default_code = "unauthorized"
+
+
+class Forbidden(AccessDenied):
+    """A known identity that lacks the scope the request needs."""
+
+    default_code = "forbidden"
 
 
 class ApiError(Niks3Error):

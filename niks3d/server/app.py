@@ -17,7 +17,7 @@ from niks3d.config import Config
 from niks3d.db.migrate import migrate
 from niks3d.db.pool import open_pool
 from niks3d.nix.narinfo import render_nix_cache_info
-from niks3d.server.auth import TokenTable
+from niks3d.server.auth import TokenTable, tokens_key
 from niks3d.server.errors import error_middleware
 from niks3d.server.figures import FiguresReader
 from niks3d.server.gc import gc_context
@@ -29,7 +29,6 @@ from niks3d.server.keys import (
     pool_key,
     proxy_key,
     push_key,
-    tokens_key,
 )
 from niks3d.server.metrics import Metrics
 from niks3d.server.proxy import open_read_proxy

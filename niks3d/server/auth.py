@@ -1,18 +1,61 @@
-"""Bearer-token authentication with scopes. Tokens come from files (via the config), are compared in
-constant time, and are never logged: only their names are."""
+"""Authentication and scopes: the one check every route makes, and the identity it yields.
+
+:func:`require` is what every handler calls (``require(request, "push")``); :func:`permits` is the same check
+as a yes/no, for pages that only show more to a reader. Both read the ``Authorization`` header, in either form,
+on every surface:
+
+- ``Bearer <token>`` (the ``niks3`` client, curl, Prometheus);
+- HTTP Basic with the token as the password and any user name (what Nix sends from its ``netrc-file``,
+  pre-emptively on every request: docs/protocol.md, "Credentials").
+
+An :class:`Identity` is who the credentials name; it is small on purpose so that other ways of proving who one
+is (an OIDC subject, a client certificate) can fill the same three fields:
+
+- ``kind``: how the identity was proven; ``"token"`` for a configured token, the only kind so far;
+- ``name``: who it is, for the logs and for what it owns (sessions, pins, GC runs record it); for a token, its
+  configured name. It is never a secret;
+- ``scopes``: what it may do (``push``, ``read``, ``pin``, ``gc``, ``metrics``; ``admin`` may do them all).
+
+A refusal raises :class:`~niks3d.errors.Unauthenticated` (401: no, unusable or unknown credentials) or
+:class:`~niks3d.errors.Forbidden` (403: a known identity without the scope). :mod:`niks3d.server.errors` turns
+them into the answer of the request's surface: JSON with ``WWW-Authenticate: Bearer`` under ``/api``, plain text
+with ``WWW-Authenticate: Basic`` for what Nix, Prometheus and browsers read. Token values are compared in
+constant time and never logged; refusals are logged with the identity's name only.
+"""
 
 from __future__ import annotations
 
-__all__ = ["TokenTable", "require"]
+__all__ = ["Identity", "TokenTable", "identity_key", "permits", "require", "tokens_key"]
 
+import base64
+import binascii
 import hmac
+import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
 
 from aiohttp import web
 
-from niks3d.config import Token
-from niks3d.errors import ApiError
-from niks3d.server.keys import token_key, tokens_key
+from niks3d.errors import AccessDenied, Forbidden, Unauthenticated
+from niks3d.secrets import Token
+
+logger = logging.getLogger(__name__)
+
+IdentityKind = Literal["token"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a request's credentials name (see the module docstring for the fields)."""
+
+    kind: IdentityKind
+    name: str
+    scopes: frozenset[str]
+
+    def allows(self, *scopes: str) -> bool:
+        """Whether this identity has one of ``scopes`` (``admin`` has them all)."""
+        return "admin" in self.scopes or not self.scopes.isdisjoint(scopes)
 
 
 class TokenTable:
@@ -21,38 +64,80 @@ class TokenTable:
     def __init__(self, tokens: Iterable[Token]) -> None:
         self._tokens = tuple(tokens)
 
-    def find(self, presented: bytes) -> Token | None:
+    def find(self, presented: bytes) -> Identity | None:
         found = None
         for token in self._tokens:
             # compare_digest against every token, so timing says nothing about which one matched
             if hmac.compare_digest(token.secret, presented):
                 found = token
-        return found
+        return None if found is None else Identity(kind="token", name=found.name, scopes=found.scopes)
+
+
+tokens_key: web.AppKey[TokenTable] = web.AppKey("tokens_key")
+# The identity that authenticated the request, set by require().
+identity_key: web.RequestKey[Identity] = web.RequestKey("identity_key")
+
+_MALFORMED = "the Authorization header must be 'Bearer <token>' or HTTP Basic with the token as password"
 
 
 def _presented(request: web.Request) -> bytes | None:
+    """The secret in the ``Authorization`` header (a Bearer token or a Basic password); None without the header.
+
+    Tokens are printable ASCII (niks3d.secrets checks them), so anything else cannot be one: it is refused
+    here with a message, whatever bytes the header holds.
+    """
     header = request.headers.get("Authorization")
-    if not header:
+    if header is None:
         return None
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise ApiError(401, "unauthorized", "the Authorization header must be 'Bearer <token>'")
-    return value.strip().encode()
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    if not value.isascii() or not value.isprintable():
+        raise Unauthenticated("the Authorization header holds bytes that are not printable ASCII")
+    scheme = scheme.lower()
+    if scheme == "bearer" and value:
+        return value.encode("ascii")
+    if scheme == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise Unauthenticated("the Authorization header's Basic credentials are not valid base64") from None
+        _user, colon, password = decoded.partition(b":")
+        if colon and password:
+            return password
+        raise Unauthenticated("the Basic credentials must be 'user:token' with the token as password")
+    raise Unauthenticated(_MALFORMED)
 
 
-def require(request: web.Request, *scopes: str) -> Token:
-    """The request's token if it has one of ``scopes`` (``admin`` has them all); 401/403 otherwise."""
+def _identify(request: web.Request, scopes: tuple[str, ...]) -> Identity:
     presented = _presented(request)
+    needs = " or ".join(scopes)
     if presented is None:
-        raise ApiError(401, "unauthorized", "this endpoint needs a token: send 'Authorization: Bearer <token>'")
-    token = request.app[tokens_key].find(presented)
-    if token is None:
-        raise ApiError(401, "unauthorized", "the token is not known to this server")
-    if "admin" not in token.scopes and not token.scopes.intersection(scopes):
-        raise ApiError(
-            403,
-            "forbidden",
-            f"token {token.name!r} lacks the scope for this: needs {' or '.join(scopes)}",
+        raise Unauthenticated(
+            f"this endpoint needs a token with the {needs} scope: send 'Authorization: Bearer <token>' "
+            "or the token as HTTP Basic password"
         )
-    request[token_key] = token
-    return token
+    identity = request.app[tokens_key].find(presented)
+    if identity is None:
+        raise Unauthenticated("the token is not known to this server")
+    if not identity.allows(*scopes):
+        logger.info(
+            "refused %s %s to %s %r: needs %s", request.method, request.path, identity.kind, identity.name, needs
+        )
+        raise Forbidden(f"{identity.kind} {identity.name!r} lacks the scope for this: needs {needs}")
+    return identity
+
+
+def require(request: web.Request, *scopes: str) -> Identity:
+    """The request's identity if it has one of ``scopes`` (``admin`` has them all); raises AccessDenied if not."""
+    identity = _identify(request, scopes)
+    request[identity_key] = identity
+    return identity
+
+
+def permits(request: web.Request, *scopes: str) -> bool:
+    """Whether the request carries credentials with one of ``scopes``; never raises for bad credentials."""
+    try:
+        require(request, *scopes)
+    except AccessDenied:
+        return False
+    return True

@@ -1,12 +1,35 @@
-"""The error middleware: every failure becomes a JSON answer through one explicit table.
+"""The error middleware: every failure becomes an answer through one explicit table.
 
 4xx answers say what was wrong; a 5xx says only that the server failed, and the detail goes to the log.
 No path, exception text or traceback reaches a client for a 5xx (test_error_responses.py proves it).
+
+The table, from :mod:`niks3d.errors` (whose docstring draws the tree) to statuses:
+
+==========================  ======  ==============================================================
+error                       status  notes
+==========================  ======  ==============================================================
+Unauthenticated             401     with ``WWW-Authenticate`` (Bearer on the API, Basic elsewhere)
+Forbidden                   403
+InvalidRequest, NixFormat   400
+NotFound                    404     the code says what (``session_not_found``, ``pin_not_found``)
+StateConflict               409     with ``Retry-After`` when ``details`` carry ``retry_after``
+MissingPrerequisite         422
+ApiError                    its own the HTTP layer's refusals
+StorageThrottled            429     ``Retry-After`` from S3's answer
+StorageError, DatabaseError 503     ``Retry-After: 5``
+OSError
+aiohttp HTTPException       its own 400/404/405/413/415 with our wording
+anything else               500     "the server failed"
+==========================  ======  ==============================================================
+
+The answer's format follows the request's surface (:func:`on_api`): JSON ``{"error", "message", ...}`` for the
+API (``/api/``, ``/health``, ``/ready``), plain text (the message and a newline) for what Nix, Prometheus and
+browsers read (the binary cache, ``/metrics``, the landing page).
 """
 
 from __future__ import annotations
 
-__all__ = ["error_middleware", "json_error"]
+__all__ = ["error_middleware", "error_response", "json_error", "on_api"]
 
 import logging
 from collections.abc import Awaitable, Callable
@@ -14,14 +37,25 @@ from typing import Any
 
 from aiohttp import web
 
-from niks3d.errors import ApiError, DatabaseError, StorageError, StorageThrottled
+from niks3d.errors import (
+    ApiError,
+    DatabaseError,
+    Forbidden,
+    MissingPrerequisite,
+    NotFound,
+    RequestError,
+    StateConflict,
+    StorageError,
+    StorageThrottled,
+    Unauthenticated,
+)
 from niks3d.nix.errors import NixFormatError
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# aiohttp's own HTTP exceptions -> (code, message) for a JSON body
+# aiohttp's own HTTP exceptions -> (code, message)
 _HTTP_CODES: dict[int, tuple[str, str]] = {
     400: ("invalid_request", "the request is malformed"),
     404: ("not_found", "no such resource"),
@@ -29,6 +63,24 @@ _HTTP_CODES: dict[int, tuple[str, str]] = {
     413: ("body_too_large", "the request body is too large"),
     415: ("unsupported_media_type", "send application/json"),
 }
+# Domain refusals -> status, most specific first (InvalidRequest and the RequestError base are 400).
+_REQUEST_STATUS: tuple[tuple[type[RequestError], int], ...] = (
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (StateConflict, 409),
+    (MissingPrerequisite, 422),
+    (RequestError, 400),
+)
+API_CHALLENGE = 'Bearer realm="niks3d"'
+NIX_CHALLENGE = 'Basic realm="niks3d", charset="UTF-8"'
+RETRY_AFTER = 5
+
+
+def on_api(request: web.Request) -> bool:
+    """Whether the request is on the JSON API; everything else (what Nix and Prometheus read) answers text."""
+    path = request.path
+    return path.startswith("/api/") or path in ("/health", "/ready")
 
 
 def json_error(
@@ -37,34 +89,60 @@ def json_error(
     return web.json_response({"error": code, "message": message, **extra}, status=status, headers=headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        headers = {}
-        if exc.status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="niks3d"'
-        if "retry_after" in exc.details:
-            headers["Retry-After"] = str(int(exc.details["retry_after"]))
-        return json_error(exc.status, exc.code, exc.message, headers, **exc.details)
-    except NixFormatError as exc:
-        return json_error(400, "invalid_request", str(exc))
-    except StorageThrottled as exc:
+def error_response(
+    request: web.Request, status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
+    """The error answer in the request's surface's format; a 401 carries that surface's challenge."""
+    headers = dict(headers or {})
+    api = on_api(request)
+    if status == 401:
+        headers["WWW-Authenticate"] = API_CHALLENGE if api else NIX_CHALLENGE
+    if api:
+        return json_error(status, code, message, headers, **extra)
+    return web.Response(status=status, text=message + "\n", headers=headers)
+
+
+def unavailable(request: web.Request, exc: StorageError | DatabaseError | OSError) -> web.Response:
+    """The answer to a backend failure (logged here with its detail): 429 if S3 throttles, else 503."""
+    if isinstance(exc, StorageThrottled):
         retry = max(1, int(exc.retry_after))
         logger.warning("S3 throttled %s %s: %s", request.method, request.path, exc)
-        return json_error(
+        return error_response(
+            request,
             429,
             "throttled",
             "the storage backend is throttling; retry later",
             {"Retry-After": str(retry)},
             retry_after=retry,
         )
+    logger.error("%s %s failed: %s", request.method, request.path, exc, exc_info=True)
+    return error_response(
+        request,
+        503,
+        "unavailable",
+        "a backend is unavailable; retry later",
+        {"Retry-After": str(RETRY_AFTER)},
+        retry_after=RETRY_AFTER,
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except (RequestError, ApiError) as exc:
+        if isinstance(exc, ApiError):
+            status = exc.status
+        else:
+            status = next(s for cls, s in _REQUEST_STATUS if isinstance(exc, cls))
+        headers = {}
+        if "retry_after" in exc.details:
+            headers["Retry-After"] = str(int(exc.details["retry_after"]))
+        return error_response(request, status, exc.code, exc.message, headers, **exc.details)
+    except NixFormatError as exc:
+        return error_response(request, 400, "invalid_request", str(exc))
     except (StorageError, DatabaseError, OSError) as exc:
-        logger.error("%s %s failed: %s", request.method, request.path, exc, exc_info=True)
-        return json_error(
-            503, "unavailable", "a backend is unavailable; retry later", {"Retry-After": "5"}, retry_after=5
-        )
+        return unavailable(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -72,7 +150,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 413:
             message = f"the request body is larger than the limit of {request.app._client_max_size} bytes"
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return json_error(exc.status, code, message, allow)
+        return error_response(request, exc.status, code, message, allow)
     except Exception:
         logger.exception("%s %s failed with an unexpected error", request.method, request.path)
-        return json_error(500, "internal_error", "the server failed; the details are in its log")
+        return error_response(request, 500, "internal_error", "the server failed; the details are in its log")

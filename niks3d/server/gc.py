@@ -150,7 +150,7 @@ def _hash_of(raw: str) -> tuple[str, str | None]:
 
 async def delete_path(request: web.Request) -> web.Response:
     """``DELETE /api/v1/paths/{path}[?closure=1][&force=1]``: delete a store path (and what only it keeps)."""
-    token = require(request, "gc")
+    identity = require(request, "gc")
     hash_part, name = _hash_of(request.match_info["path"])
     closure, force = _query_flag(request, "closure"), _query_flag(request, "force")
     unknown = sorted(set(request.query) - {"closure", "force"})
@@ -169,7 +169,7 @@ async def delete_path(request: web.Request) -> web.Response:
             closure=closure,
             force=force,
             older_than=app[config_key].settings.gc.older_than,
-            requested_by=token.name,
+            requested_by=identity.name,
         )
     except GcRunning as exc:
         raise _busy(exc) from None

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from niks3d import __version__
 from niks3d.config import NIXOS_CACHE_KEY, S3Settings, Settings
-from niks3d.server.credentials import authorize
+from niks3d.server.auth import permits
 from niks3d.server.figures import CacheFigures
 from niks3d.server.keys import config_key, figures_key
 
@@ -208,7 +208,7 @@ async def landing(request: web.Request) -> web.Response:
     private = settings.server.read_proxy == "private"
     # What a client needs to configure Nix (URL, public keys, snippets) is public; how big a private cache is
     # and how it is used is for its readers only.
-    show_figures = not private or authorize(request, "read") is None
+    show_figures = not private or permits(request, "read")
     figures = await request.app[figures_key].get() if show_figures else None
     page = render_landing(
         url=cache_url(request, settings),

@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from niks3d.server.credentials import authorize
+from niks3d.server.auth import require
 from niks3d.server.figures import FiguresReader
 from niks3d.server.keys import config_key, metrics_key
 from niks3d.server.narinfo_cache import NarinfoCache
@@ -225,9 +225,7 @@ class _StateCollector(Collector):
 async def metrics(request: web.Request) -> web.Response:
     """``GET /metrics``."""
     if request.app[config_key].settings.server.metrics == "private":
-        refusal = authorize(request, "metrics")
-        if refusal is not None:
-            return refusal
+        require(request, "metrics")
     owner = request.app[metrics_key]
     if owner.figures is not None:
         await owner.figures.get()

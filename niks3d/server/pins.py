@@ -28,7 +28,7 @@ def _name(request: web.Request) -> str:
 
 
 async def put_pin(request: web.Request) -> web.Response:
-    token = require(request, "pin")
+    identity = require(request, "pin")
     name = _name(request)
     body = await read_json(request)
     if not isinstance(body, dict) or set(body) != {"path"}:
@@ -43,7 +43,7 @@ async def put_pin(request: web.Request) -> web.Response:
         async with request.app[pool_key].acquire() as conn, conn.transaction():
             if await db_paths.path_name(conn, path.hash) != path.name:
                 raise missing
-            pin = await db_paths.upsert_pin(conn, name, path.hash, token.name)
+            pin = await db_paths.upsert_pin(conn, name, path.hash, identity.name)
     except asyncpg.ForeignKeyViolationError:  # GC deleted the path between the check and the insert
         raise missing from None
     return web.json_response(pin.to_json())

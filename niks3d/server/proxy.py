@@ -32,7 +32,7 @@ from niks3d.errors import DatabaseError, ObjectNotFound, StorageError, StorageTh
 from niks3d.nix.bucketkeys import BucketKey, parse_bucket_key
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.narinfo import render_nix_cache_info
-from niks3d.server.credentials import authorize
+from niks3d.server.auth import require
 from niks3d.server.keys import metrics_key, proxy_key
 from niks3d.server.narinfo_cache import NarinfoCache, running_cache
 from niks3d.server.relay import Relay, Upstream, ZstdStream, etag_matches, open_relay, parse_range, send_body
@@ -129,15 +129,15 @@ def _count(request: web.Request, kind: str, result: tuple[int, bool]) -> None:
 
 async def nix_cache_info(request: web.Request) -> web.Response:
     proxy = request.app[proxy_key]
-    if proxy.private and (refusal := authorize(request, "read")) is not None:
-        return refusal
+    if proxy.private:
+        require(request, "read")
     return web.Response(body=proxy.cache_info, content_type="text/x-nix-cache-info")
 
 
 async def narinfo(request: web.Request) -> web.Response:
     proxy = request.app[proxy_key]
-    if proxy.private and (refusal := authorize(request, "read")) is not None:
-        return refusal
+    if proxy.private:
+        require(request, "read")
     name = request.match_info["narinfo"]
     # A hit needs no validation (only validated hash parts are ever stored); anything else is parsed first.
     entry = proxy.cache.hit(name[: -len(".narinfo")])
@@ -197,8 +197,8 @@ async def _answer(
 
 async def nar(request: web.Request) -> web.StreamResponse:
     proxy = request.app[proxy_key]
-    if proxy.private and (refusal := authorize(request, "read")) is not None:
-        return refusal
+    if proxy.private:
+        require(request, "read")
     key = proxy.key_of(request)
     if key is None or key.kind != "nar":
         return _not_found("this NAR")
@@ -249,8 +249,8 @@ def _accepts(header: str | None, coding: str) -> bool:
 async def cache_file(request: web.Request) -> web.StreamResponse:
     """``.ls`` listings, build logs and realisations, with their stored Content-Encoding (or decoded)."""
     proxy = request.app[proxy_key]
-    if proxy.private and (refusal := authorize(request, "read")) is not None:
-        return refusal
+    if proxy.private:
+        require(request, "read")
     key = proxy.key_of(request)
     if key is None or key.kind not in _DEFAULT_TYPES:
         return _not_found("this file")

@@ -15,10 +15,9 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from niks3d import uploads
-from niks3d.config import Token
 from niks3d.db.uploads import SessionRow
-from niks3d.errors import ApiError
-from niks3d.server.auth import require
+from niks3d.errors import Forbidden, InvalidRequest
+from niks3d.server.auth import Identity, require
 from niks3d.server.body import read_json, session_id_of
 from niks3d.server.keys import push_key
 from niks3d.uploads.lifecycle import get_session
@@ -26,31 +25,26 @@ from niks3d.uploads.publish import closed_error
 from niks3d.uploads.request import parse_object_reports, parse_session_request, parse_url_request
 
 
-def _identity(token: Token) -> str:
-    """The owner recorded for a session this token opens (upload_sessions.token_name)."""
-    return token.name
+def _owner(identity: Identity) -> str:
+    """The owner recorded for a session this identity opens (upload_sessions.token_name)."""
+    return identity.name
 
 
-def _is_admin(token: Token) -> bool:
-    return "admin" in token.scopes
-
-
-async def _owned(request: web.Request, token: Token, *, admin_may: bool = False) -> SessionRow:
-    """The session named in the URL, if ``token`` may use it; 404 when there is none, 403 when it is another's."""
+async def _owned(request: web.Request, identity: Identity, *, admin_may: bool = False) -> SessionRow:
+    """The session named in the URL, if ``identity`` may use it; 404 when there is none, 403 when it is another's."""
     session = await get_session(request.app[push_key], session_id_of(request))
-    if session.token_name != _identity(token) and not (admin_may and _is_admin(token)):
-        raise ApiError(
-            403,
-            "forbidden",
-            f"upload session {session.id} was opened by another identity; token {token.name!r} may not use it",
+    if session.token_name != _owner(identity) and not (admin_may and "admin" in identity.scopes):
+        raise Forbidden(
+            f"upload session {session.id} was opened by another identity; "
+            f"{identity.kind} {identity.name!r} may not use it"
         )
     return session
 
 
 async def create(request: web.Request) -> web.Response:
-    token = require(request, "push")
+    identity = require(request, "push")
     req = parse_session_request(await read_json(request))
-    answer, created = await uploads.open_session(request.app[push_key], req, _identity(token))
+    answer, created = await uploads.open_session(request.app[push_key], req, _owner(identity))
     return web.json_response(answer, status=201 if created else 200)
 
 
@@ -61,36 +55,36 @@ def _still_open(session: SessionRow) -> SessionRow:
 
 
 async def urls(request: web.Request) -> web.Response:
-    token = require(request, "push")
-    session = _still_open(await _owned(request, token))
+    identity = require(request, "push")
+    session = _still_open(await _owned(request, identity))
     wanted = parse_url_request(await read_json(request))
     return web.json_response(await uploads.refresh_urls(request.app[push_key], session, wanted))
 
 
 async def report(request: web.Request) -> web.Response:
-    token = require(request, "push")
-    session = _still_open(await _owned(request, token))
+    identity = require(request, "push")
+    session = _still_open(await _owned(request, identity))
     reports = parse_object_reports(await read_json(request), optional=False)
     accepted, missing = await uploads.report_objects(request.app[push_key], session, reports)
     return web.json_response({"accepted": accepted, "missing": missing})
 
 
 async def complete(request: web.Request) -> web.Response:
-    token = require(request, "push")
-    session_id: uuid.UUID = (await _owned(request, token)).id
+    identity = require(request, "push")
+    session_id: uuid.UUID = (await _owned(request, identity)).id
     reports = parse_object_reports(await read_json(request, allow_empty=True), optional=True)
     result = await uploads.complete_session(request.app[push_key], session_id, reports)
     return web.json_response(result)
 
 
 async def status(request: web.Request) -> web.Response:
-    token = require(request, "push", "read")
-    return web.json_response(uploads.session_status(await _owned(request, token, admin_may=True)))
+    identity = require(request, "push", "read")
+    return web.json_response(uploads.session_status(await _owned(request, identity, admin_may=True)))
 
 
 async def abort(request: web.Request) -> web.Response:
-    token = require(request, "push")
+    identity = require(request, "push")
     if request.body_exists:
-        raise ApiError(400, "invalid_request", "DELETE takes no body")
-    session = await _owned(request, token, admin_may=True)
+        raise InvalidRequest("DELETE takes no body")
+    session = await _owned(request, identity, admin_may=True)
     return web.json_response(await uploads.abort_session(request.app[push_key], session.id))

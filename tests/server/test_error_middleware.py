@@ -35,9 +35,9 @@ def _raiser(exc: BaseException):  # type: ignore[no-untyped-def]
 )
 async def test_errors_map_to_statuses_without_leaking_details(exc, status, code, retry_after) -> None:  # type: ignore[no-untyped-def]
     app = web.Application(middlewares=[error_middleware])
-    app.router.add_get("/x", _raiser(exc))
+    app.router.add_get("/api/x", _raiser(exc))
     async with TestClient(TestServer(app)) as client:
-        response = await client.get("/x")
+        response = await client.get("/api/x")
         body = await response.json()
         assert response.status == status
         assert body["error"] == code

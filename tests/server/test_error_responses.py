@@ -138,7 +138,8 @@ async def test_body_limits_and_media_types(start_daemon: Any) -> None:
     [
         ({}, 401, "needs a token"),
         ({"Authorization": "Bearer wrong-token-value"}, 401, "not known"),
-        ({"Authorization": "Basic dXNlcjpwYXNz"}, 401, "Bearer"),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, 401, "not known"),
+        ({"Authorization": "Bearer \xff"}, 401, "not printable ASCII"),
         ({"Authorization": "Bearer "}, 401, "Bearer"),
     ],
 )
