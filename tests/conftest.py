@@ -7,5 +7,6 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.s3",
     "tests.fixtures.nix",
+    "tests.fixtures.modern_nix",
     "tests.fixtures.daemon",
 ]
