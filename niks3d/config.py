@@ -10,6 +10,7 @@ the environment or files for settings.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -39,6 +40,7 @@ from niks3d.nix.signing import PublicKey
 from niks3d.secrets import Loc, SecretFiles, Secrets, Token, format_loc
 
 __all__ = [
+    "MAX_DURATION",
     "CacheSettings",
     "Config",
     "DatabaseSettings",
@@ -67,24 +69,37 @@ NOT_SETTINGS = frozenset(
 
 Scope = Literal["read", "push", "pin", "gc", "metrics", "admin"]
 
-_DURATION_RE = re.compile(r"\s*(\d+)\s*(s|m|h|d|w)?\s*")
+_DURATION_RE = re.compile(r"\s*([0-9]{1,12})\s*(s|m|h|d|w)?\s*", re.ASCII)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+# The longest duration anything accepts (config and API alike): a hundred years. Longer ones are refused
+# before they reach timedelta or PostgreSQL, where they would overflow (docs/configuration.md).
+MAX_DURATION = timedelta(days=36500)
+_TOO_LONG = "a duration cannot be longer than 100 years ('36500d')"
 
 
 def parse_duration(value: object) -> timedelta:
     """Parse ``"30d"``, ``"12h"``, ``"90m"``, ``"45s"``, ``"2w"``, a number of seconds, or a timedelta."""
     if isinstance(value, timedelta):
+        if value > MAX_DURATION:
+            raise ValueError(_TOO_LONG)
         return value
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string such as '30d', '12h', '90m'")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError("a duration must be a finite number of seconds")
         if value < 0:
             raise ValueError("a duration cannot be negative")
+        if value > MAX_DURATION.total_seconds():
+            raise ValueError(_TOO_LONG)
         return timedelta(seconds=value)
     if isinstance(value, str):
         m = _DURATION_RE.fullmatch(value)
         if m:
-            return timedelta(seconds=int(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+            seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+            if seconds > MAX_DURATION.total_seconds():
+                raise ValueError(_TOO_LONG)
+            return timedelta(seconds=seconds)
     raise ValueError(f"{value!r} is not a duration: use seconds or a string such as '30d', '12h', '90m', '45s'")
 
 
@@ -188,11 +203,23 @@ class ServerSettings(_Section):
     # NARs: "stream" them through the daemon from S3, or "redirect" to a short-lived presigned S3 GET.
     nar_mode: Literal["stream", "redirect"] = "stream"
     # Memory for narinfos kept by the read proxy (bytes); 0 turns the cache off (every request asks PostgreSQL).
-    narinfo_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    narinfo_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=64 * 1024**3)
     # /metrics: "public", "private" (a token with the metrics scope), or "off".
+    # Unset, it follows read_proxy: "private" for a private read proxy (its figures are the cache's), else "public".
     metrics: Literal["public", "private", "off"] = "public"
-    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
-    drain_seconds: float = Field(default=10.0, ge=0)
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0, le=1024 * 1024 * 1024)
+    drain_seconds: float = Field(default=10.0, ge=0, le=3600)
+    # A connection that sends no (complete) request for this long is closed: idle, half-sent headers, keep-alive.
+    idle_timeout: float = Field(default=15.0, gt=0, le=3600)
+    # The longest a request body (JSON) may take to arrive; a slower one is a 408.
+    body_timeout: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metrics_follow_read_proxy(cls, data: object) -> object:
+        if isinstance(data, dict) and "metrics" not in data and data.get("read_proxy") == "private":
+            return {**data, "metrics": "private"}
+        return data
 
 
 class DatabaseSettings(_Section):
@@ -200,9 +227,14 @@ class DatabaseSettings(_Section):
 
     url: str = "postgresql:///niks3?host=/run/postgresql"
     password_file: Path | None = None
-    pool_min_size: int = Field(default=1, ge=0)
-    pool_max_size: int = Field(default=10, ge=1)
-    connect_timeout: float = Field(default=10.0, gt=0)
+    pool_min_size: int = Field(default=1, ge=0, le=1000)
+    pool_max_size: int = Field(default=10, ge=1, le=1000)
+    connect_timeout: float = Field(default=10.0, gt=0, le=300)
+    # The longest a request waits for a free connection from the pool.
+    acquire_timeout: float = Field(default=5.0, gt=0, le=300)
+    # The longest one statement may run (PostgreSQL's statement_timeout, and the client's own deadline a little
+    # later, for a server that stopped answering at all).
+    statement_timeout: float = Field(default=30.0, gt=0, le=3600)
 
     @field_validator("url")
     @classmethod
@@ -236,11 +268,16 @@ class S3Settings(_Section):
     # S3 (SigV4) refuses presigned URLs valid for more than 7 days.
     presign_expiry: Annotated[PositiveDuration, AfterValidator(_presign_limit)] = timedelta(hours=1)
     # NARs at least this large (uncompressed) are uploaded as multipart.
-    multipart_threshold: int = Field(default=64 * 1024 * 1024, ge=5 * 1024 * 1024)
+    multipart_threshold: int = Field(default=64 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**4)
     multipart_part_size: int = Field(default=32 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
     # "size": check existence and size at complete; "full": also download, hash and unpack every NAR.
     verify: Literal["size", "full"] = "size"
-    max_attempts: int = Field(default=8, ge=1)
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    # The longest wait for the next bytes of an answer.
+    read_timeout: float = Field(default=30.0, gt=0, le=3600)
+    # The longest one S3 call may take, every retry included (a NAR body being relayed is not one call).
+    request_timeout: float = Field(default=60.0, gt=0, le=3600)
 
     @field_validator("bucket")
     @classmethod
@@ -290,7 +327,7 @@ def _check_upstream_keys(value: list[str]) -> list[str]:
 class CacheSettings(_Section):
     """What `nix-cache-info` announces, how NARs are stored, and which upstream caches pushes may lean on."""
 
-    priority: int = Field(default=40, ge=0)
+    priority: int = Field(default=40, ge=0, le=1_000_000)
     want_mass_query: bool = True
     store_dir: Literal["/nix/store"] = "/nix/store"
     # Public keys (`name:base64`) of the caches used together with this one: a reference signed by one of them

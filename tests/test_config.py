@@ -607,3 +607,53 @@ def test_load_config_reads_os_environ_by_default(tmp_path: Path, monkeypatch: py
     path = write_config(tmp_path, minimal())
     assert load_config(path, open_secrets=False).settings.s3.bucket == "from-os-environ"
     assert os.environ["NIKS3_S3__BUCKET"] == "from-os-environ"
+
+
+@pytest.mark.parametrize(
+    ("section", "values"),
+    [
+        ("server", {"max_body_bytes": 2 * 1024**3}),
+        ("server", {"idle_timeout": 0}),
+        ("server", {"body_timeout": 10**9}),
+        ("server", {"drain_seconds": 1e300}),
+        ("database", {"statement_timeout": 1e12}),
+        ("database", {"acquire_timeout": 0}),
+        ("database", {"pool_max_size": 10**6}),
+        ("s3", {"request_timeout": 1e9}),
+        ("s3", {"max_attempts": 10**30}),
+        ("gc", {"older_than": "99999999999999999999w"}),
+        ("gc", {"grace_period": 1e300}),
+        ("gc", {"session_expiry": "36501d"}),
+    ],
+    ids=str,
+)
+def test_durations_and_sizes_have_upper_bounds(tmp_path: Path, section: str, values: dict[str, object]) -> None:
+    base = minimal()
+    merged = {**typing.cast(dict[str, object], base.get(section, {})), **values}
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write_config(tmp_path, {**base, section: merged}), environ={}, open_secrets=False)
+    [problem] = problems_of(excinfo)
+    assert problem.key == f"{section}.{next(iter(values))}"
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        ({}, "public"),
+        ({"read_proxy": "public"}, "public"),
+        ({"read_proxy": "off"}, "public"),
+        ({"read_proxy": "private"}, "private"),
+        ({"read_proxy": "private", "metrics": "public"}, "public"),
+        ({"read_proxy": "private", "metrics": "off"}, "off"),
+    ],
+    ids=str,
+)
+def test_metrics_follow_a_private_read_proxy_unless_set(tmp_path: Path, server: dict[str, str], expected: str) -> None:
+    config = load_config(write_config(tmp_path, minimal(server=server)), environ={}, open_secrets=False)
+    assert config.settings.server.metrics == expected
+
+
+def test_metrics_follow_a_private_read_proxy_set_by_environment(tmp_path: Path) -> None:
+    env = {"NIKS3_SERVER__READ_PROXY": "private"}
+    config = load_config(write_config(tmp_path, minimal()), environ=env, open_secrets=False)
+    assert config.settings.server.metrics == "private"

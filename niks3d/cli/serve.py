@@ -70,7 +70,12 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     notifier = Notifier()
     notifier.status("starting: database, migrations, bucket")
     app = create_app(config)
-    runner = web.AppRunner(app, shutdown_timeout=config.settings.server.drain_seconds, access_log=None)
+    server = config.settings.server
+    # keepalive_timeout closes a connection that has no complete request for server.idle_timeout seconds, from
+    # the moment it opens or its last answer ended: idle, half-sent headers and idle keep-alive alike.
+    runner = web.AppRunner(
+        app, shutdown_timeout=server.drain_seconds, access_log=None, keepalive_timeout=server.idle_timeout
+    )
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

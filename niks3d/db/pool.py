@@ -1,13 +1,20 @@
 """The asyncpg connection pool: creating it from :class:`~niks3d.config.DatabaseSettings`, and a health ping.
 
 Every connection gets ``application_name=niks3d`` (so operators see niks3d in ``pg_stat_activity``) and codecs
-that turn ``json``/``jsonb`` columns into Python values and back. A pool that cannot reach the server raises
-:class:`~niks3d.errors.DatabaseError` naming the host or socket it tried, never the password.
+that turn ``json``/``jsonb`` columns into Python values and back.
+
+Every wait is bounded (docs/configuration.md, ``[database]``): taking a connection from the pool (and giving it
+back) by ``acquire_timeout``, each statement by PostgreSQL's ``statement_timeout`` and, for a server that stopped
+answering altogether (a frozen or partitioned host), by the client's own deadline a few seconds later. What
+these raise is in :data:`UNAVAILABLE`, which the HTTP layer answers with 503 and Retry-After.
+
+A pool that cannot reach the server raises :class:`~niks3d.errors.DatabaseError` naming the host or socket it
+tried, never the password.
 """
 
 from __future__ import annotations
 
-__all__ = ["DbPool", "close_pool", "create_pool", "describe_target", "open_pool", "ping"]
+__all__ = ["UNAVAILABLE", "DbPool", "close_pool", "create_pool", "describe_target", "open_pool", "ping"]
 
 import asyncio
 import json
@@ -33,6 +40,36 @@ APPLICATION_NAME = "niks3d"
 DEFAULT_PORT = 5432
 # How long closing the pool waits for connections in use to be released before it terminates them.
 CLOSE_TIMEOUT = 10.0
+# The client's own deadline for a statement runs this much longer than the server's statement_timeout, so that a
+# server that still answers reports the cancellation itself.
+CLIENT_DEADLINE_MARGIN = 5.0
+
+# What a request sees while PostgreSQL is away, stalled or overloaded: a timeout (the pool, a statement, the
+# client's deadline), a lost or refused connection, a server shutting down or out of connections.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    asyncpg.QueryCanceledError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+class _Pool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg has no type information
+    """asyncpg's pool, with ``acquire_timeout`` as the default for every ``acquire()`` (and so for the release that
+    follows it: asyncpg reuses the acquire timeout there, and a release that resets a connection to a server that
+    no longer answers would otherwise wait forever)."""
+
+    def __init__(self, *args: object, acquire_timeout: float, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> object:
+        return super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
+
 
 # What asyncpg raises when it cannot connect or authenticate: OS errors (refused, no such socket,
 # unreachable), timeouts, server errors (bad password, unknown database) and protocol errors.
@@ -96,15 +133,23 @@ async def create_pool(settings: DatabaseSettings, password: str | None) -> DbPoo
     """
     target = describe_target(settings.url)
     logger.debug("connecting to PostgreSQL at %s", target)
+    statement_ms = str(round(settings.statement_timeout * 1000))
     try:
-        pool: DbPool = await asyncpg.create_pool(
-            dsn=settings.url,
-            password=password,
+        pool: DbPool = await _Pool(
+            settings.url,
+            acquire_timeout=settings.acquire_timeout,
+            connection_class=asyncpg.Connection,
+            record_class=asyncpg.Record,
             min_size=settings.pool_min_size,
             max_size=max(settings.pool_max_size, settings.pool_min_size),
-            timeout=settings.connect_timeout,
-            server_settings={"application_name": APPLICATION_NAME},
+            max_queries=50000,
+            max_inactive_connection_lifetime=300.0,
+            loop=None,
             init=_init_connection,
+            password=password,
+            timeout=settings.connect_timeout,
+            command_timeout=settings.statement_timeout + CLIENT_DEADLINE_MARGIN,
+            server_settings={"application_name": APPLICATION_NAME, "statement_timeout": statement_ms},
         )
     except _CONNECT_ERRORS as exc:
         reason = _redact(str(exc) or type(exc).__name__, password)

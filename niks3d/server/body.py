@@ -1,15 +1,66 @@
-"""Reading JSON request bodies: the media type, the size limit and the syntax, each refused with its own 4xx."""
+"""Reading JSON request bodies: the media type, the size limit, the time limit and the syntax, each refused
+with its own 4xx.
+
+Numbers are bounded before they are converted: an integer of more than :data:`MAX_INT_DIGITS` digits (no field
+of the API needs more than a 64-bit integer) and the non-JSON constants ``Infinity``, ``-Infinity`` and ``NaN``
+are a 400, so that no conversion later can fail on them (docs/api.md).
+"""
 
 from __future__ import annotations
 
-__all__ = ["read_json", "session_id_of"]
+__all__ = ["MAX_INT_DIGITS", "parse_json", "read_json", "session_id_of"]
 
+import asyncio
 import json
+import math
 import uuid
 
 from aiohttp import web
 
 from niks3d.errors import ApiError
+from niks3d.server.keys import config_key
+
+# The most digits a JSON integer may have: 2**63 has 19.
+MAX_INT_DIGITS = 20
+
+
+class _BadNumber(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _BadNumber(f"an integer of {len(text.lstrip('-'))} digits is out of range (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BadNumber(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _parse_constant(name: str) -> object:
+    raise _BadNumber(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes) -> object:
+    """``json.loads`` with bounded numbers; ApiError 400 for anything that is not valid, bounded JSON."""
+    try:
+        return json.loads(raw, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+    except _BadNumber as exc:
+        raise ApiError(400, "invalid_json", f"the body is not usable JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_json", "the body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400,
+            "invalid_json",
+            f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+        ) from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
 
 
 async def read_json(request: web.Request, *, allow_empty: bool = False) -> object:
@@ -24,21 +75,16 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> objec
             "unsupported_media_type",
             f"send Content-Type: application/json, not {request.content_type!r}",
         )
-    raw = await request.read()  # bounded by the application's client_max_size (413 past it)
+    limit = request.app[config_key].settings.server.body_timeout
+    try:
+        # Bounded in size by the application's client_max_size (413 past it), and in time by server.body_timeout.
+        async with asyncio.timeout(limit):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", f"the request body did not arrive within {limit:g} s") from None
     if not raw.strip() and allow_empty:
         return None
-    try:
-        return json.loads(raw)
-    except UnicodeDecodeError:
-        raise ApiError(400, "invalid_json", "the body is not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise ApiError(
-            400,
-            "invalid_json",
-            f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-        ) from None
-    except RecursionError:
-        raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
+    return parse_json(raw)
 
 
 def session_id_of(request: web.Request) -> uuid.UUID:

@@ -17,7 +17,7 @@ MissingPrerequisite         422
 ApiError                    its own the HTTP layer's refusals
 StorageThrottled            429     ``Retry-After`` from S3's answer
 StorageError, DatabaseError 503     ``Retry-After: 5``
-OSError
+OSError, db.pool.UNAVAILABLE        timeouts and lost connections to PostgreSQL: a warning, no traceback
 aiohttp HTTPException       its own 400/404/405/413/415 with our wording
 anything else               500     "the server failed"
 ==========================  ======  ==============================================================
@@ -37,6 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
+from niks3d.db.pool import UNAVAILABLE as DATABASE_UNAVAILABLE
 from niks3d.errors import (
     ApiError,
     DatabaseError,
@@ -102,7 +103,7 @@ def error_response(
     return web.Response(status=status, text=message + "\n", headers=headers)
 
 
-def unavailable(request: web.Request, exc: StorageError | DatabaseError | OSError) -> web.Response:
+def unavailable(request: web.Request, exc: BaseException) -> web.Response:
     """The answer to a backend failure (logged here with its detail): 429 if S3 throttles, else 503."""
     if isinstance(exc, StorageThrottled):
         retry = max(1, int(exc.retry_after))
@@ -115,7 +116,14 @@ def unavailable(request: web.Request, exc: StorageError | DatabaseError | OSErro
             {"Retry-After": str(retry)},
             retry_after=retry,
         )
-    logger.error("%s %s failed: %s", request.method, request.path, exc, exc_info=True)
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        # PostgreSQL is away, stalled or saturated: every wait on it is bounded (docs/configuration.md), and what
+        # runs out is a 503 the client may retry, logged without a traceback (there is nothing in our code to fix).
+        logger.warning(
+            "%s %s: the database is unavailable: %s", request.method, request.path, str(exc) or type(exc).__name__
+        )
+    else:
+        logger.error("%s %s failed: %s", request.method, request.path, exc, exc_info=True)
     return error_response(
         request,
         503,
@@ -142,6 +150,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except NixFormatError as exc:
         return error_response(request, 400, "invalid_request", str(exc))
     except (StorageError, DatabaseError, OSError) as exc:
+        return unavailable(request, exc)
+    except DATABASE_UNAVAILABLE as exc:
         return unavailable(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -26,6 +26,7 @@ __all__ = [
     "send_body",
 ]
 
+import asyncio
 import email.utils
 import logging
 import re
@@ -168,7 +169,9 @@ class Relay:
             headers["If-None-Match"] = if_none_match
         what = f"GET of {key!r} from bucket {self.bucket.name!r}"
         try:
-            resp = await self._http.get(url, headers=headers, allow_redirects=False)
+            # Until S3's answer has its headers: s3.request_timeout (the body then reads under s3.read_timeout).
+            async with asyncio.timeout(self.bucket.settings.request_timeout):
+                resp = await self._http.get(url, headers=headers, allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise StorageError(f"{what} failed: cannot reach the S3 endpoint: {exc}") from exc
         if resp.status in (200, 206, 304):
@@ -294,7 +297,13 @@ def _close(request: web.Request) -> None:
 async def open_relay(bucket: Bucket, *, connections: int = 256) -> AsyncIterator[Relay]:
     """A :class:`Relay` with its own HTTP connection pool to S3, closed at the end of the block."""
     connector = aiohttp.TCPConnector(limit=connections, ttl_dns_cache=300)
-    timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=60)
+    settings = bucket.settings
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=settings.connect_timeout,
+        sock_connect=settings.connect_timeout,
+        sock_read=settings.read_timeout,
+    )
     async with aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,

@@ -23,7 +23,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -32,6 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from niks3d.config import S3Settings
 from niks3d.errors import StorageError
+from niks3d.storage.deadline import DeadlineClient
 from niks3d.storage.errors import error_status, storage_errors
 from niks3d.storage.models import (
     DeleteError,
@@ -43,6 +44,9 @@ from niks3d.storage.models import (
 )
 from niks3d.storage.multipart import MultipartOps
 from niks3d.storage.stream import ObjectStream
+
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from types_aiobotocore_s3 import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -219,14 +223,17 @@ async def open_bucket(
     access_key_id: str | None,
     secret_access_key: str | None,
     *,
-    connect_timeout: float = 10.0,
-    read_timeout: float = 60.0,
+    connect_timeout: float | None = None,
+    read_timeout: float | None = None,
     max_pool_connections: int = 64,
 ) -> AsyncIterator[Bucket]:
     """The bucket of ``settings``, with static keys or (both None) the AWS default credential chain.
 
-    Opening sends no request; call :meth:`Bucket.check` to find out whether the bucket answers.
+    Opening sends no request; call :meth:`Bucket.check` to find out whether the bucket answers. The timeouts
+    default to ``s3.connect_timeout`` and ``s3.read_timeout``; every call is bounded by ``s3.request_timeout``.
     """
+    connect_timeout = settings.connect_timeout if connect_timeout is None else connect_timeout
+    read_timeout = settings.read_timeout if read_timeout is None else read_timeout
     if (access_key_id is None) != (secret_access_key is None):
         raise StorageError("an S3 access key id needs its secret access key, and the other way round")
     session = get_session()
@@ -282,4 +289,5 @@ async def open_bucket(
                 skip_auto_headers=("Accept-Encoding", "User-Agent"),
             )
         )
-        yield Bucket(settings=settings, client=client, presigner=presigner, http=http)
+        bounded = cast("S3Client", DeadlineClient(client, settings.request_timeout))
+        yield Bucket(settings=settings, client=bounded, presigner=presigner, http=http)

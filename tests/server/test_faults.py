@@ -1,0 +1,229 @@
+"""Faults under the daemon: PostgreSQL or SeaweedFS frozen (SIGSTOP), idle and half-open connections, slow bodies.
+
+Every wait is bounded (docs/configuration.md): while a dependency is frozen, requests that need it answer 503 with
+Retry-After instead of hanging, ``/ready`` says 503 at once, and everything works again after SIGCONT. The
+daemon runs with short timeouts here, so that "bounded" is seen within the client's own socket timeout: a
+request that hangs fails the test with a socket timeout, not a timing comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from niks3d.devenv.postgres import PostgresServer, postgres_server
+from niks3d.devenv.seaweedfs import SeaweedServer, seaweed_server
+from tests.server.proxykit import make_path, push
+
+# Short limits, so that a frozen dependency shows up within CLIENT_TIMEOUT.
+FAST = {
+    "server": {"idle_timeout": 1.0, "body_timeout": 1.0},
+    "database": {"acquire_timeout": 1.0, "statement_timeout": 1.0, "connect_timeout": 1.0},
+}
+FAST_S3 = {"connect_timeout": 1.0, "read_timeout": 2.0, "request_timeout": 5.0, "max_attempts": 2}
+# Longer than any bounded wait above, far shorter than a hang.
+CLIENT_TIMEOUT = 15
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
+    """A PostgreSQL of this test's own, which it may freeze."""
+    with postgres_server(tmp_path / "pg") as pg:
+        yield pg
+
+
+@pytest.fixture
+def own_s3(tmp_path: Path) -> Iterator[SeaweedServer]:
+    """A SeaweedFS of this test's own, which it may freeze."""
+    with seaweed_server(tmp_path / "weed") as server:
+        server.create_bucket("faults")
+        yield server
+
+
+def _secret(path: Path, text: str) -> str:
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+def _s3_section(s3: SeaweedServer, tmp_path: Path) -> dict[str, Any]:
+    return {
+        "bucket": "faults",
+        "endpoint_url": s3.endpoint_url,
+        "access_key_id_file": _secret(tmp_path / "own-id", s3.access_key_id),
+        "secret_access_key_file": _secret(tmp_path / "own-secret", s3.secret_access_key),
+        **FAST_S3,
+    }
+
+
+def _freeze(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _request(
+    url: str, *, method: str = "GET", body: object = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request with a client timeout; a hang raises TimeoutError and fails the test."""
+    data = None if body is None else json.dumps(body).encode()
+    all_headers = dict(headers or {})
+    if data is not None:
+        all_headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=all_headers)
+    try:
+        with urllib.request.urlopen(req, timeout=CLIENT_TIMEOUT) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def _assert_unavailable(answer: tuple[int, dict[str, str], bytes], what: str) -> None:
+    status, headers, body = answer
+    assert status == 503, (what, status, body[:300])
+    assert int(headers.get("Retry-After", "0")) >= 1, (what, headers)
+    assert b"Traceback" not in body
+
+
+def _session_body(paths: list[Any]) -> dict[str, Any]:
+    return {"roots": [paths[-1].path], "paths": [p.meta() for p in paths]}
+
+
+async def test_a_frozen_postgresql_gives_fast_503s_and_everything_resumes(
+    own_postgres: PostgresServer, make_daemon_config: Any, start_daemon: Any, tmp_path: Path
+) -> None:
+    dsn = own_postgres.create_database("niks3")
+    daemon = start_daemon(make_daemon_config(database={**FAST["database"], "url": dsn}, server=FAST["server"]))
+    rng = random.Random(7)
+    pushed = make_path(tmp_path, rng, "pushed")
+    await push(daemon, [pushed])
+    fresh = make_path(tmp_path, rng, "fresh")
+    missing = "0" * 32
+    auth = daemon.headers("pusher")
+    pin_auth = daemon.headers("pinner")
+
+    _freeze(own_postgres.pids(), signal.SIGSTOP)
+    try:
+        _assert_unavailable(_request(f"{daemon.url}/ready"), "/ready")
+        _assert_unavailable(_request(f"{daemon.url}/{missing}.narinfo"), "narinfo miss")
+        _assert_unavailable(
+            _request(f"{daemon.url}/api/v1/sessions", method="POST", body=_session_body([fresh]), headers=auth),
+            "POST /api/v1/sessions",
+        )
+        _assert_unavailable(_request(f"{daemon.url}/api/v1/pins", headers=pin_auth), "GET /api/v1/pins")
+        _assert_unavailable(
+            _request(f"{daemon.url}/api/v1/pins/frozen", method="PUT", body={"path": pushed.path}, headers=pin_auth),
+            "PUT /api/v1/pins/frozen",
+        )
+        # The process itself still answers.
+        assert _request(f"{daemon.url}/health")[0] == 200
+    finally:
+        _freeze(own_postgres.pids(), signal.SIGCONT)
+
+    # Everything resumes: readiness, reads, pushes.
+    deadline = time.monotonic() + 30
+    while _request(f"{daemon.url}/ready")[0] != 200:
+        assert time.monotonic() < deadline, "never ready again after SIGCONT"
+        await asyncio.sleep(0.2)
+    assert _request(f"{daemon.url}/{pushed.hash}.narinfo")[0] == 200
+    await push(daemon, [fresh])
+    assert _request(f"{daemon.url}/{fresh.hash}.narinfo")[0] == 200
+    # Logged as an outage (WARNING), not as a failure of the daemon (ERROR with a traceback of ours).
+    errors = [line for line in daemon.log().splitlines() if line.startswith(("ERROR", "CRITICAL"))]
+    assert not errors, errors[:5]
+
+
+async def test_a_frozen_s3_gives_fast_503s_and_everything_resumes(
+    own_s3: SeaweedServer, make_daemon_config: Any, start_daemon: Any, tmp_path: Path
+) -> None:
+    daemon = start_daemon(make_daemon_config(s3=_s3_section(own_s3, tmp_path), server=FAST["server"]))
+    rng = random.Random(8)
+    pushed = make_path(tmp_path, rng, "pushed", log=True)
+    await push(daemon, [pushed])
+    fresh, other = make_path(tmp_path, rng, "fresh"), make_path(tmp_path, rng, "other")
+    status, _, text = _request(f"{daemon.url}/{pushed.hash}.narinfo")
+    assert status == 200
+    nar_url = next(line.split(": ", 1)[1] for line in text.decode().splitlines() if line.startswith("URL: "))
+
+    _freeze([own_s3.pid], signal.SIGSTOP)
+    try:
+        _assert_unavailable(_request(f"{daemon.url}/ready"), "/ready")
+        _assert_unavailable(_request(f"{daemon.url}/{nar_url}"), "NAR GET")
+        _assert_unavailable(_request(f"{daemon.url}/{nar_url}", method="HEAD"), "NAR HEAD")
+        # Opening a session only presigns (no S3 request) for paths the cache lacks: it still answers.
+        status, _, body = _request(
+            f"{daemon.url}/api/v1/sessions",
+            method="POST",
+            body=_session_body([other]),
+            headers=daemon.headers("pusher"),
+        )
+        assert status in (201, 503), (status, body[:300])
+        # narinfos come from PostgreSQL: still served.
+        assert _request(f"{daemon.url}/{pushed.hash}.narinfo")[0] == 200
+    finally:
+        _freeze([own_s3.pid], signal.SIGCONT)
+
+    deadline = time.monotonic() + 30
+    while _request(f"{daemon.url}/ready")[0] != 200:
+        assert time.monotonic() < deadline, "never ready again after SIGCONT"
+        await asyncio.sleep(0.2)
+    status, _, nar = _request(f"{daemon.url}/{nar_url}")
+    assert status == 200 and nar == pushed.compressed
+    await push(daemon, [fresh])
+    assert _request(f"{daemon.url}/{fresh.hash}.narinfo")[0] == 200
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """True when the daemon closes the connection (EOF) within CLIENT_TIMEOUT; False if it stays open."""
+    sock.settimeout(CLIENT_TIMEOUT)
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return True
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_and_half_open_connections_are_closed(make_daemon_config: Any, start_daemon: Any) -> None:
+    daemon = start_daemon(make_daemon_config(server=FAST["server"]))
+    port = int(daemon.url.rsplit(":", 1)[1])
+
+    idle = socket.create_connection(("127.0.0.1", port))
+    half_headers = socket.create_connection(("127.0.0.1", port))
+    half_headers.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    keep_alive = socket.create_connection(("127.0.0.1", port))
+    keep_alive.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    slow_body = socket.create_connection(("127.0.0.1", port))
+    slow_body.sendall(
+        b"POST /api/v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {daemon.tokens['pusher']}\r\n".encode()
+        + b"Content-Length: 1000\r\n\r\n{"
+    )
+    try:
+        for name, sock in (("idle", idle), ("half-sent headers", half_headers), ("keep-alive", keep_alive)):
+            assert _closed_by_server(sock), f"the {name} connection was still open after {CLIENT_TIMEOUT} s"
+        slow_body.settimeout(CLIENT_TIMEOUT)
+        answer = slow_body.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"body_timeout" in answer
+    finally:
+        for sock in (idle, half_headers, keep_alive, slow_body):
+            sock.close()
+    # The daemon still serves.
+    assert _request(f"{daemon.url}/health")[0] == 200
