@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from niks3d.client.build import hook_script
+from niks3d.client.hookscript import write_hook_script
 from niks3d.client.queue import Queue
 from niks3d.devenv.nixfixtures import NO_SUBSTITUTERS
 
@@ -102,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     true = shutil.which("true") or "/bin/true"
     with tempfile.TemporaryDirectory(prefix="niks3-bench-hook-") as tmp:
         work = Path(tmp)
-        shim = hook_script(work, str(work / "shim.sqlite"))
+        shim = write_hook_script(work / "hook.sh", str(work / "shim.sqlite"))
+        slow = write_hook_script(work / "hook-python.sh", str(work / "slow.sqlite"), sqlite3=None)
         hooks: dict[str, str | None] = {
             "no hook": None,
             "true (any hook's floor)": true,
             "niks3-hook (console script)": HOOK,
-            "niks3 hook, python -S script": str(shim),
+            "niks3 hook-script (sh+sqlite3)": str(shim),
+            "niks3 hook-script, python -S": str(slow),
         }
         times: dict[str, list[float]] = {label: [] for label in hooks}
         hook_env = {**env, "NIKS3_QUEUE": str(work / "queue.sqlite")}
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                     seconds, paths = build(work, args.derivations, hook, hook_env)
                     times[label].append(seconds)
                     built += paths
-            queued = sum(len(Queue(str(work / f)).entries()) for f in ("queue.sqlite", "shim.sqlite"))
+            queued = sum(len(Queue(str(work / f)).entries()) for f in ("queue.sqlite", "shim.sqlite", "slow.sqlite"))
 
             one = "/nix/store/" + "a" * 32 + "-bench"
             call_env = {**env, "OUT_PATHS": one, "NIKS3_QUEUE": str(work / "calls.sqlite")}
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 _summary("python -c pass (this venv)", per_call([sys.executable, "-c", "pass"], env, args.calls)),
                 _summary("python -S -c pass", per_call([sys.executable, "-S", "-c", "pass"], env, args.calls)),
                 _summary("niks3-hook (console script, this venv)", per_call([HOOK], call_env, args.calls)),
-                _summary("niks3 hook, python -S script", per_call([str(shim)], call_env, args.calls)),
+                _summary("niks3 hook-script (sh + sqlite3)", per_call([str(shim)], call_env, args.calls)),
+                _summary("niks3 hook-script without sqlite3 (python -S)", per_call([str(slow)], call_env, args.calls)),
             ]
         finally:
             if built:

@@ -1,6 +1,6 @@
 """``niks3 build [NIX BUILD ARGS...]``: ``nix build`` that uploads every output as soon as it is built.
 
-It makes a private queue in a temporary directory and a small hook script that feeds it, runs
+It makes a private queue in a temporary directory and a hook script that feeds it (:mod:`hookscript`), runs
 ``nix build --option post-build-hook <script> ARGS...`` with the terminal passed through, and drains the queue
 with an in-process :class:`~niks3d.client.agent.Agent` while Nix builds. When Nix exits, successfully or not,
 it waits until everything queued was pushed, then exits with Nix's status; with Nix's status 0 but uploads that
@@ -15,21 +15,20 @@ failed derivation.
 
 from __future__ import annotations
 
-__all__ = ["BuildOptions", "hook_script", "run_build"]
+__all__ = ["BuildOptions", "run_build"]
 
 import asyncio
 import logging
 import shlex
-import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
 
-import niks3d
 from niks3d.client.agent import Agent, AgentOptions
 from niks3d.client.api import ApiClient
+from niks3d.client.hookscript import write_hook_script
 from niks3d.client.queue import Queue, QueueError, default_queue_path
 from niks3d.errors import ClientError
 
@@ -46,26 +45,6 @@ class BuildOptions:
     agent: AgentOptions
     nix_command: tuple[str, ...] = tuple(NIX_BUILD)
     fallback_queue: str | None = None  # None: default_queue_path()
-
-
-def hook_script(directory: Path, queue_path: str) -> Path:
-    """Write an executable ``post-build-hook`` that queues into ``queue_path`` with this interpreter.
-
-    It runs Python with ``-S`` and the package's own directory on ``PYTHONPATH``: the site machinery (and an
-    editable install's import hooks) would cost more than the hook itself.
-    """
-    package_root = str(Path(niks3d.__file__).resolve().parent.parent)
-    search = ":".join(dict.fromkeys([package_root, *(p for p in sys.path if p)]))
-    script = directory / "post-build-hook"
-    script.write_text(
-        "#!/bin/sh\n"
-        f"export PYTHONPATH={shlex.quote(search)}\n"
-        f"exec {shlex.quote(sys.executable)} -S -c 'from niks3d.client.hook import main; raise SystemExit(main())' "
-        f"--queue {shlex.quote(queue_path)}\n",
-        encoding="utf-8",
-    )
-    script.chmod(0o755)
-    return script
 
 
 def _move_leftovers(queue_path: str, fallback: str) -> list[str]:
@@ -85,7 +64,7 @@ async def run_build(http: aiohttp.ClientSession, api: ApiClient, options: BuildO
     with tempfile.TemporaryDirectory(prefix="niks3-build-") as tmp:
         queue_path = str(Path(tmp) / "queue.sqlite")
         Queue(queue_path).close()
-        hook = hook_script(Path(tmp), queue_path)
+        hook = write_hook_script(Path(tmp) / "post-build-hook", queue_path)
         argv = [*options.nix_command, "--option", "post-build-hook", str(hook), *options.nix_args]
         stop = asyncio.Event()
         agent = Agent(http, api, replace(options.agent, queue_path=queue_path, once=False), stop=stop)

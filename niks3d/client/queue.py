@@ -31,6 +31,7 @@ from __future__ import annotations
 
 __all__ = [
     "DEFAULT_SYSTEM_QUEUE",
+    "ON_CONFLICT_REFRESH",
     "Entry",
     "Queue",
     "QueueError",
@@ -66,6 +67,13 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_batch ON entries (batch);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# What adding a path that is already queued does; the shell hook (hookscript.py) uses the same clause.
+ON_CONFLICT_REFRESH = (
+    "ON CONFLICT (path) DO UPDATE SET queued_at = excluded.queued_at, "
+    "attempts = CASE WHEN failed THEN 0 ELSE attempts END, "
+    "not_before = CASE WHEN failed THEN 0 ELSE not_before END, failed = 0"
+)
+_ADD = "INSERT INTO entries (path, drv, source, queued_at) VALUES (?, ?, ?, ?) " + ON_CONFLICT_REFRESH  # noqa: S608
 _DUE = "failed = 0 AND batch IS NULL AND not_before <= ?"
 _FRESH_DUE = f"SELECT path FROM entries WHERE {_DUE} AND attempts = 0 ORDER BY queued_at, path LIMIT ?"  # noqa: S608
 _RETRY_DUE = f"SELECT path FROM entries WHERE {_DUE} ORDER BY not_before, path LIMIT 1"  # noqa: S608
@@ -210,10 +218,7 @@ class Queue:
         """Queue ``paths`` in one transaction; a path already queued is refreshed, never duplicated."""
         now = time.time()
         self._many(
-            "INSERT INTO entries (path, drv, source, queued_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (path) DO UPDATE SET queued_at = excluded.queued_at, "
-            "attempts = CASE WHEN failed THEN 0 ELSE attempts END, "
-            "not_before = CASE WHEN failed THEN 0 ELSE not_before END, failed = 0",
+            _ADD,
             [(p, drv, source, now) for p in dict.fromkeys(paths)],
         )
 

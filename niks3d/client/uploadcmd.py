@@ -1,7 +1,7 @@
-"""The upload-as-you-build commands of ``niks3``: ``agent``, ``queue`` and ``build`` (docs/client.md).
+"""The upload-as-you-build commands of ``niks3``: ``agent``, ``queue``, ``build``, ``hook-script`` (docs/client.md).
 
-``niks3 hook`` is not here: it has its own tiny entry point (:mod:`niks3d.client.entry`,
-:mod:`niks3d.client.hook`).
+``niks3 hook`` is listed here for ``--help``, but the console script runs it before importing this module
+(:mod:`niks3d.client.entry`), so that it starts fast.
 """
 
 from __future__ import annotations
@@ -13,10 +13,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,6 +29,8 @@ from niks3d.client.agent import Agent, AgentOptions
 from niks3d.client.api import ApiClient
 from niks3d.client.build import BuildOptions, run_build
 from niks3d.client.config import load_client_config
+from niks3d.client.hook import run_hook
+from niks3d.client.hookscript import hook_script_text, write_hook_script
 from niks3d.client.pipeline import PipelineSettings
 from niks3d.client.queue import Queue, QueueError, default_queue_path
 from niks3d.client.retry import RetryPolicy
@@ -36,7 +42,7 @@ from niks3d.systemd import Notifier
 
 logger = logging.getLogger("niks3d.client")
 
-UPLOAD_COMMANDS = ("agent", "queue", "build")
+UPLOAD_COMMANDS = ("agent", "queue", "build", "hook", "hook-script")
 
 
 def _agent_options(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +89,13 @@ def add_upload_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     add.add_argument("paths", nargs="+", metavar="PATH")
     actions.add_parser("retry", help="try failed entries again")
     actions.add_parser("drop-failed", help="forget failed entries")
+
+    hook = commands.add_parser("hook", help="Nix's post-build hook: queue $OUT_PATHS (see also hook-script)")
+    hook.add_argument("--queue", metavar="FILE", help=queue_help)
+    script = commands.add_parser("hook-script", help="write the fast post-build hook (sh + sqlite3) for a queue")
+    script.add_argument("--queue", metavar="FILE", help=queue_help)
+    script.add_argument("-o", "--output", metavar="FILE", help="write it to FILE, mode 0755 (default: stdout)")
+    script.add_argument("--sqlite3", metavar="PATH", help="the sqlite3 shell to use (default: sqlite3 on $PATH)")
 
     build = commands.add_parser(
         "build", parents=[common], help="nix build, uploading every output as it is built (niks3 build -- ARGS)"
@@ -240,10 +253,26 @@ async def _build_command(args: argparse.Namespace) -> int:
     return await _with_api(args, run)
 
 
+def _hook_script_command(args: argparse.Namespace) -> int:
+    queue = args.queue or default_queue_path()
+    sqlite3 = args.sqlite3 or shutil.which("sqlite3")
+    if sqlite3 is None:
+        logger.warning("no sqlite3 on $PATH: the script always takes the slower Python hook")
+    if args.output:
+        write_hook_script(Path(args.output), queue, sqlite3=sqlite3)
+    else:
+        sys.stdout.write(hook_script_text(queue, sqlite3=sqlite3))
+    return 0
+
+
 async def run_upload_command(args: argparse.Namespace) -> int:
-    """Run ``agent``, ``queue`` or ``build``; returns the exit code."""
+    """Run ``agent``, ``queue``, ``build``, ``hook`` or ``hook-script``; returns the exit code."""
     if args.command == "queue":
         return _queue_command(args)
+    if args.command == "hook":
+        return run_hook(["--queue", args.queue] if args.queue else [], os.environ, sys.stderr)
+    if args.command == "hook-script":
+        return _hook_script_command(args)
     if args.command == "agent":
         return await _agent_command(args)
     return await _build_command(args)

@@ -4,6 +4,7 @@ never fails a build, and that concurrent hooks and a draining agent neither lose
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -15,9 +16,24 @@ from pathlib import Path
 import pytest
 
 from niks3d.client.hook import run_hook
+from niks3d.client.hookscript import write_hook_script
 from niks3d.client.queue import Queue, QueueError, default_queue_path, looks_like_store_path
 
 HOOK = str(Path(sys.executable).parent / "niks3-hook")
+
+
+@pytest.fixture(params=["python", "script"])
+def hook_program(request, tmp_path_factory):
+    """The hook two ways: the niks3-hook program, and the sh + sqlite3 script of ``niks3 hook-script`` with its
+    queue given by ``--queue`` at run time (the script hands that case to the Python hook, as it does anything
+    unusual)."""
+    if request.param == "python":
+        return [HOOK]
+    if shutil.which("sqlite3") is None:
+        pytest.skip("no sqlite3 shell")
+    return "script"
+
+
 A = "/nix/store/" + "a" * 32 + "-alpha"
 B = "/nix/store/" + "b" * 32 + "-beta"
 C = "/nix/store/" + "c" * 32 + "-gamma"
@@ -29,10 +45,23 @@ def _fake(i: int) -> str:
     return f"/nix/store/{digits[i % 32]}{digits[(i // 32) % 32]}{'z' * 30}-p{i}"
 
 
+_PROGRAM: list[object] = [[HOOK]]
+
+
+@pytest.fixture(autouse=True)
+def _which_hook(hook_program):
+    _PROGRAM[0] = hook_program
+
+
 def _hook(tmp_path: Path, out_paths: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("NIKS3_")}
     environ.update({"OUT_PATHS": out_paths, "DRV_PATH": DRV, "HOME": str(tmp_path), **env})
-    return subprocess.run([HOOK, *args], env=environ, capture_output=True, text=True, check=False, timeout=60)
+    argv = [HOOK, *args]
+    if _PROGRAM[0] == "script":
+        queue = args[1] if args[:1] == ("--queue",) else env.get("NIKS3_QUEUE") or default_queue_path(environ)
+        script = write_hook_script(tmp_path / f"hook-{secrets.token_hex(3)}.sh", queue)
+        argv = [str(script)]
+    return subprocess.run(argv, env=environ, capture_output=True, text=True, check=False, timeout=60)
 
 
 def test_the_hook_queues_out_paths_with_the_derivation(tmp_path):
@@ -246,3 +275,19 @@ def test_with_nix_2_8_0s_empty_out_paths_the_outputs_come_from_the_derivation(tm
     drv.write_text("not a derivation")
     assert hook.outputs_from_drv(str(drv)) == []
     assert hook.outputs_from_drv(str(tmp_path / "missing.drv")) == []
+
+
+def test_the_script_queues_without_python_in_the_common_case(tmp_path):
+    if shutil.which("sqlite3") is None:
+        pytest.skip("no sqlite3 shell")
+    queue = tmp_path / "q.sqlite"
+    Queue(str(queue)).close()
+    script = write_hook_script(tmp_path / "hook.sh", str(queue))
+    script.write_text(script.read_text().replace(sys.executable, "/nonexistent/python"))  # the slow path would fail
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OUT_PATHS": f"{A} {B}", "DRV_PATH": DRV}
+    proc = subprocess.run([str(script)], env=env, capture_output=True, text=True, check=False, timeout=60)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert {(e.path, e.drv) for e in Queue(str(queue)).entries()} == {(A, DRV), (B, DRV)}
+    env["OUT_PATHS"] = "not-a-path"  # and the negative twin: anything unusual goes to Python, here missing
+    proc = subprocess.run([str(script)], env=env, capture_output=True, text=True, check=False, timeout=60)
+    assert "/nonexistent/python" in proc.stderr

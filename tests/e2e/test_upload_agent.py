@@ -60,8 +60,10 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _nix_build_with_hook(expr_file: Path, queue: Path, *attrs: str) -> subprocess.CompletedProcess[str]:
-    argv = ["nix-build", str(expr_file), "--no-out-link", *NO_SUBSTITUTERS, "--option", "post-build-hook", HOOK]
+def _nix_build_with_hook(
+    expr_file: Path, queue: Path, *attrs: str, hook: str = HOOK
+) -> subprocess.CompletedProcess[str]:
+    argv = ["nix-build", str(expr_file), "--no-out-link", *NO_SUBSTITUTERS, "--option", "post-build-hook", hook]
     for attr in attrs:
         argv += ["-A", attr]
     return subprocess.run(
@@ -101,11 +103,20 @@ def graph(tmp_path, request):
     delete(*[p for p in outputs if Path(p).exists()])
 
 
-def test_the_hook_fills_the_queue_and_the_agent_publishes_every_built_path(start_daemon, graph, tmp_path, capsys):
+@pytest.mark.parametrize("hook", ["niks3-hook", "hook-script"])
+def test_the_hook_fills_the_queue_and_the_agent_publishes_every_built_path(start_daemon, graph, tmp_path, capsys, hook):
     daemon = start_daemon()
     queue = tmp_path / "queue.sqlite"
-    build = _nix_build_with_hook(graph, queue)
+    program = HOOK
+    if hook == "hook-script":  # the fast script, with its Python fallback made to fail: the fast path must do it all
+        assert main(["hook-script", "--queue", str(queue), "--output", str(tmp_path / "hook.sh")]) == 0
+        script = tmp_path / "hook.sh"
+        script.write_text(script.read_text().replace(sys.executable, "/nonexistent/python"))
+        Queue(str(queue)).close()
+        program = str(script)
+    build = _nix_build_with_hook(graph, queue, hook=program)
     assert build.returncode == 0, build.stderr
+    assert "nonexistent" not in build.stderr, build.stderr
     built = sorted(build.stdout.split())
     assert len(built) == 5
     with Queue(str(queue)) as q:
