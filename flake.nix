@@ -32,6 +32,11 @@
         packageFor = pkgs: pkgs.callPackage ./nix/package.nix { };
       };
 
+      # services.niks3-upload, for builders and CI runners: the post-build hook and `niks3 agent`.
+      nixosModules.upload = lib.modules.importApply ./nix/upload.nix {
+        packageFor = pkgs: pkgs.callPackage ./nix/package.nix { };
+      };
+
       checks = forAllSystems (pkgs: import ./nix/checks.nix { inherit self pkgs; });
 
       devShells = forAllSystems (pkgs: {
