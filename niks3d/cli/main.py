@@ -131,6 +131,12 @@ def _import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
+def _fsck_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_option(parser)
+    parser.add_argument("--repair", action="store_true", help="repair what is always safe to repair")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+
 def _dev_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir",
@@ -155,6 +161,7 @@ COMMANDS = (
     _Command("check-config", "validate a configuration file and say what is wrong", _check_config_arguments),
     _Command("gc", "run one garbage collection and exit", _gc_arguments),
     _Command("import", "register an existing bucket's store paths in the database", _import_arguments),
+    _Command("fsck", "check that the database and the bucket agree", _fsck_arguments),
     _Command("dev", "run a throwaway PostgreSQL, S3 server and daemon to try niks3d out", _dev_arguments),
 )
 

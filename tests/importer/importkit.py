@@ -11,7 +11,9 @@ from typing import Any
 
 import asyncpg
 
+from niks3d.nix.narinfo import parse_narinfo
 from niks3d.nix.signing import SecretKey
+from tests.e2e.gcchecks import BucketState
 from tests.fixtures.daemon import niks3d_argv
 from tests.server.bucketview import s3_client
 
@@ -77,3 +79,17 @@ async def snapshot(dsn: str, tables: dict[str, str] = TABLES) -> dict[str, set[t
         return {name: {tuple(r) for r in await conn.fetch(query)} for name, query in tables.items()}
     finally:
         await conn.close()
+
+
+def cache_state(s3: Any) -> BucketState:
+    """``bucket_state`` of the cache's own keys: ``quarantine/`` (where import moves broken narinfos) left out."""
+    client = s3_client(s3)
+    sizes: dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket):
+        sizes.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+    narinfos = {
+        key[:32]: parse_narinfo(client.get_object(Bucket=s3.bucket, Key=key)["Body"].read(), expected_hash=key[:32])
+        for key in sizes
+        if key.endswith(".narinfo") and "/" not in key
+    }
+    return BucketState(sizes, narinfos)

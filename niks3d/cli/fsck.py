@@ -1,0 +1,70 @@
+"""``niks3d fsck``: check that the database and the bucket agree (docs/operations.md, "Checking the cache").
+
+Runs once and exits, like ``niks3d gc``: holds the collector's lock, sends ``STATUS=`` lines, ends with one
+structured log entry (``fsck.finished``, with the count of every kind) and a report by kind (``--json``: all of
+it). Exit 0 only when every invariant holds (with ``--repair``: when every problem found was repaired), 2 when
+problems remain, 1 when the check could not run.
+"""
+
+from __future__ import annotations
+
+__all__ = ["fsck_command"]
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+
+from niks3d.cli.progress import StatusLine
+from niks3d.config import Config, load_config
+from niks3d.db.pool import open_pool
+from niks3d.fsck import FsckParams, run_fsck
+from niks3d.fsck.check import REPAIRABLE
+from niks3d.importer.problems import Report
+from niks3d.logsetup import setup_logging
+from niks3d.storage.s3 import open_bucket
+
+logger = logging.getLogger(__name__)
+
+
+async def _run(config: Config, params: FsckParams, status: StatusLine) -> Report:
+    settings = config.settings
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        async with (
+            open_pool(settings.database, config.secrets.database_password) as pool,
+            open_bucket(settings.s3, config.secrets.s3_access_key_id, config.secrets.s3_secret_access_key) as bucket,
+        ):
+            return await run_fsck(pool, bucket, params, status)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def fsck_command(args: argparse.Namespace) -> int:
+    """``niks3d fsck [--repair] [--json]``."""
+    config = load_config(args.config)
+    setup_logging(getattr(args, "log_level", None) or config.settings.logging.level, config.settings.logging.format)
+    params = FsckParams(repair=args.repair)
+    status = StatusLine()
+    try:
+        report = asyncio.run(_run(config, params, status))
+    except asyncio.CancelledError:
+        status.done()
+        print("niks3d: fsck stopped by SIGTERM")
+        return 143
+    status.done()
+    left = [p for p in report.problems if not (params.repair and p.kind in REPAIRABLE)]
+    report.state = "inconsistent" if left else "finished"
+    logger.info(
+        "fsck finished: %d paths checked, %d problems, %d left",
+        report.counts["paths_checked"],
+        len(report.problems),
+        len(left),
+        extra={"event": "fsck.finished", "fields": {**report.counts, **report.by_kind(), "left": len(left)}},
+    )
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.format())
+    return 2 if left else 0
