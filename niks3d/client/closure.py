@@ -8,19 +8,24 @@ Nix has printed that JSON in several shapes, and all of them are accepted:
 * Newer experimental versions: store paths may be basenames (with an optional ``storeDir``), hashes may be
   objects ``{"algorithm", "format", "hash"}`` and ``ca`` may be ``{"method", "hash"}``.
 
+Nix 2.34 warns that ``--json`` without ``--json-format`` is deprecated and will become an error, and older
+versions do not know the flag; so the client asks ``nix --version`` first and passes ``--json-format 2`` to Nix
+2.34 and later (not to Lix, whose version numbers are its own).
+
 Whatever the input, a :class:`PathInfo` holds validated values: full :class:`StorePath` objects, the raw
 digest, and ``ca`` in Nix's string form (``fixed:r:sha256:<nix32>``), which is what the server expects.
 """
 
 from __future__ import annotations
 
-__all__ = ["PathInfo", "parse_path_info_json", "path_info_argv", "query_closure"]
+__all__ = ["PathInfo", "json_format_args", "parse_path_info_json", "path_info_argv", "query_closure"]
 
 import asyncio
 import base64
 import binascii
 import json
 import logging
+import re
 import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 _ARGV_BATCH = 500  # store paths per nix invocation, to stay far below the kernel's argv limit
 _DIGEST_LENGTHS = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64}
+_JSON_FORMAT_SINCE = (2, 34)  # the first Nix that asks for --json-format (and accepts 1 or 2)
+_VERSION_RE = re.compile(r"(\d+)\.(\d+)")
 _CA_PREFIXES = {"nar": "fixed:r:", "flat": "fixed:", "text": "text:", "git": "fixed:git:"}
 
 
@@ -214,7 +221,16 @@ def parse_path_info_json(data: str | bytes | object) -> dict[StorePath, PathInfo
     return result
 
 
-def path_info_argv(paths: Iterable[StorePath], store: LocalStore) -> list[str]:
+def json_format_args(version_output: str) -> list[str]:
+    """``--json-format 2`` for a Nix that wants it, from what its ``nix --version`` printed; else nothing."""
+    match = _VERSION_RE.search(version_output)
+    if match is None or "lix" in version_output.lower():
+        return []
+    version = (int(match.group(1)), int(match.group(2)))
+    return ["--json-format", "2"] if version >= _JSON_FORMAT_SINCE else []
+
+
+def path_info_argv(paths: Iterable[StorePath], store: LocalStore, json_format: Sequence[str] = ()) -> list[str]:
     """The ``nix path-info`` command line for the closure of ``paths``."""
     return [
         "nix",
@@ -223,10 +239,23 @@ def path_info_argv(paths: Iterable[StorePath], store: LocalStore) -> list[str]:
         "path-info",
         *store.nix_args,
         "--json",
+        *json_format,
         "--recursive",
         "--",
         *(p.path for p in paths),
     ]
+
+
+async def _nix_version() -> str:
+    """What ``nix --version`` prints ("" when it fails: then no version-specific flag is passed)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "nix", "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+    except FileNotFoundError:
+        raise ClientError("the nix command was not found on PATH; niks3 push needs it") from None
+    stdout, _ = await proc.communicate()
+    return stdout.decode("utf-8", "replace") if proc.returncode == 0 else ""
 
 
 async def _run_path_info(argv: list[str]) -> bytes:
@@ -247,8 +276,9 @@ async def _run_path_info(argv: list[str]) -> bytes:
 async def query_closure(roots: Sequence[StorePath], store: LocalStore) -> dict[StorePath, PathInfo]:
     """The closure of ``roots`` with every path's metadata; checks that the closure is complete."""
     closure: dict[StorePath, PathInfo] = {}
+    json_format = json_format_args(await _nix_version())
     for start in range(0, len(roots), _ARGV_BATCH):
-        argv = path_info_argv(roots[start : start + _ARGV_BATCH], store)
+        argv = path_info_argv(roots[start : start + _ARGV_BATCH], store, json_format)
         closure.update(parse_path_info_json(await _run_path_info(argv)))
     for root in roots:
         if root not in closure:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import subprocess
 
 import pytest
 
-from niks3d.client.closure import parse_path_info_json, path_info_argv
+from niks3d.client.closure import json_format_args, parse_path_info_json, path_info_argv
 from niks3d.client.store import LocalStore
 from niks3d.errors import ClientError
 from niks3d.nix import nix32
@@ -162,3 +163,37 @@ def test_real_nix_output_matches_nix_store_queries(nix_fixtures):
         ).stdout.split()
         assert "sha256:" + nix32.encode(info.nar_hash) == want_hash
         assert sorted(r.path for r in info.references) == sorted(want_refs)
+
+
+@pytest.mark.parametrize(
+    ("version", "args"),
+    [
+        ("nix (Nix) 2.8.0\n", []),
+        ("nix (Nix) 2.26.3\n", []),
+        ("nix (Nix) 2.34.8\n", ["--json-format", "2"]),
+        ("nix (Nix) 2.35.0pre20260101_abc\n", ["--json-format", "2"]),
+        ("nix (Nix) 3.0.0\n", ["--json-format", "2"]),
+        ("nix (Lix, like Nix) 2.93.0\n", []),
+        ("", []),
+    ],
+)
+def test_json_format_is_asked_for_from_nix_2_34_on(version, args):
+    assert json_format_args(version) == args
+
+
+def test_the_modern_nix_prints_path_info_json_the_client_parses_without_a_warning(modern_nix, tmp_path):
+    """With the chroot's Nix (2.26 in CI, the newest with NIKS3_MODERN_NIX_SUITE=sid): the flags the client
+    picks from ``nix --version`` give no deprecation warning, and the shape parses, structured hashes and all."""
+    (tmp_path / "f").write_text("flat content\n")
+    flat = modern_nix.nix("store", "add-file", str(tmp_path / "f")).strip()
+    args = json_format_args(modern_nix.run(["nix", "--version"]).stdout.decode())
+    assert (args != []) == (modern_nix.version >= (2, 34))
+    argv = path_info_argv([StorePath.parse(flat)], LocalStore.system(), args)
+    proc = modern_nix.run(argv)
+    assert b"deprecated" not in proc.stderr, proc.stderr.decode()
+    (info,) = parse_path_info_json(proc.stdout).values()
+    assert info.path == StorePath.parse(flat)
+    assert info.ca is not None and info.ca.startswith("fixed:sha256:")
+    dumped = modern_nix.run(["nix-store", "--dump", flat]).stdout
+    assert info.nar_size == len(dumped)
+    assert info.nar_hash == hashlib.sha256(dumped).digest()

@@ -1,0 +1,173 @@
+"""The cache with a modern Nix (Debian 13's 2.26 in the ``modern_nix`` chroot; ``NIKS3_MODERN_NIX_SUITE=sid`` for
+the newest): ``niks3 push`` on Debian 13's Python from a store that Nix built, then substitution from the bucket and
+through the read proxy (public, and private with a netrc), ``nix log``, ``nix store verify`` (and its failure on
+an impostor key), and a content-addressed derivation substituted through its realisations.
+
+Every ``nix`` here runs with a fresh store (a second :class:`ModernNix` per reader), no substituter but the one
+named, and ``--max-jobs 0`` where it must substitute: a build that was not substituted fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from niks3d.devenv.modernnix import ModernNix
+from niks3d.errors import ServiceError
+from niks3d.nix.signing import SecretKey
+from tests.server.bucketview import bucket_keys, get_object
+
+pytestmark = [pytest.mark.modern_nix, pytest.mark.postgres, pytest.mark.s3]
+
+# A build with a log and a dependency (input-addressed), salted so every test gets fresh paths.
+IA_EXPR = """\
+{ salt }:
+let
+  dep = derivation {
+    name = "modern-dep";
+    inherit salt;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "echo dependency $salt > $out" ];
+  };
+in derivation {
+  name = "modern-top";
+  inherit salt;
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "echo modern log line 1; echo modern log line 2 >&2; echo ${dep} $salt > $out" ];
+}
+"""
+
+CA_EXPR = """\
+{ salt }:
+let
+  mk = name: script: derivation {
+    inherit name salt;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    __contentAddressed = true;
+    outputHashMode = "recursive";
+    outputHashAlgo = "sha256";
+    args = [ "-c" script ];
+  };
+  dep = mk "modern-cadep" "echo ca dependency $salt > $out";
+in mk "modern-catop" "echo ${dep} $salt > $out"
+"""
+
+
+def _write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _build(nix: ModernNix, expr: str, salt: str, *options: str) -> str:
+    out = nix.nix("build", "--no-link", "--print-out-paths", "-f", expr, "--argstr", "salt", salt, *options)
+    return out.strip()
+
+
+def _push(nix: ModernNix, daemon: Any, tmp_path: Path, *paths: str) -> dict[str, Any]:
+    token = tmp_path / "push-token"
+    token.write_text(daemon.tokens["pusher"] + "\n")
+    token.chmod(0o600)
+    out = nix.niks3("push", "--json", "--no-progress", "--server", daemon.url, "--token-file", str(token), *paths)
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
+def _keys(daemon: Any) -> str:
+    return " ".join(k.public_key().to_text() for k in daemon.signing_keys)
+
+
+def _impostor(daemon: Any) -> str:
+    return SecretKey.generate(daemon.signing_keys[0].name).public_key().to_text()
+
+
+def _reader(tmp_path: Path, modern_nix: ModernNix) -> ModernNix:
+    """A second Nix in the same chroot with a fresh, empty store."""
+    return ModernNix(modern_nix.root, tmp_path / f"reader-{secrets.token_hex(4)}", shared=[tmp_path])
+
+
+def _substitute(reader: ModernNix, expr: str, salt: str, url: str, keys: str, *extra: str) -> str:
+    """``nix build`` that may only substitute (``--max-jobs 0``) from ``url``."""
+    options = ["--max-jobs", "0", "--option", "substituters", url, "--option", "trusted-public-keys", keys, *extra]
+    return _build(reader, expr, salt, *options)
+
+
+def test_push_from_a_modern_store_then_substitute_log_and_verify_from_the_bucket(start_daemon, modern_nix, tmp_path):
+    daemon = start_daemon()
+    salt = secrets.token_hex(6)
+    expr = _write(tmp_path, "ia.nix", IA_EXPR)
+    out = _build(modern_nix, expr, salt)
+    (dep,) = [p for p in modern_nix.nix("path-info", "-r", out).split() if p != out]
+
+    doc = _push(modern_nix, daemon, tmp_path, out)  # the client on Debian 13's Python, against the chroot's store
+    assert set(doc["published"]) == {out, dep}
+    bucket = f"{daemon.s3.endpoint_url}/{daemon.s3.bucket}"
+
+    reader = _reader(tmp_path, modern_nix)
+    assert _substitute(reader, expr, salt, bucket, _keys(daemon)) == out
+    assert reader.host_path(out).read_bytes() == modern_nix.host_path(out).read_bytes()
+    with pytest.raises(ServiceError, match="not signed by any of the keys"):
+        _substitute(_reader(tmp_path, modern_nix), expr, salt, bucket, _impostor(daemon))
+
+    log = reader.nix("log", "--store", bucket, out)
+    assert log == modern_nix.nix("log", out)
+    assert "modern log line 1" in log and "modern log line 2" in log
+
+    verify = ["store", "verify", "--store", bucket, "-r", out, "--option", "trusted-public-keys"]
+    reader.nix(*verify, _keys(daemon))
+    untrusted = reader.run(["nix", *verify, _impostor(daemon)], check=False)
+    assert untrusted.returncode != 0 and f"path '{out}' is untrusted" in untrusted.stderr.decode()
+
+
+@pytest.mark.parametrize("read_proxy", ["public", "private"])
+def test_substitution_through_the_read_proxy(start_daemon, modern_nix, tmp_path, read_proxy):
+    daemon = start_daemon(server={"read_proxy": read_proxy})
+    salt = secrets.token_hex(6)
+    expr = _write(tmp_path, "ia.nix", IA_EXPR)
+    out = _build(modern_nix, expr, salt)
+    _push(modern_nix, daemon, tmp_path, out)
+    host = re.sub(r"^http://([^:/]+).*$", r"\1", daemon.url)
+    netrc = _write(tmp_path, "netrc", f"machine {host}\npassword {daemon.tokens['reader']}\n")
+    Path(netrc).chmod(0o600)
+
+    if read_proxy == "private":
+        with pytest.raises(ServiceError):
+            _substitute(_reader(tmp_path, modern_nix), expr, salt, daemon.url, _keys(daemon))
+    reader = _reader(tmp_path, modern_nix)
+    assert _substitute(reader, expr, salt, daemon.url, _keys(daemon), "--option", "netrc-file", netrc) == out
+    log = reader.nix("log", "--store", daemon.url, "--option", "netrc-file", netrc, out)
+    assert "modern log line 2" in log
+    reader.nix("store", "verify", "--store", daemon.url, "--option", "netrc-file", netrc, "-r", out,
+               "--option", "trusted-public-keys", _keys(daemon))  # fmt: skip
+
+
+@pytest.mark.parametrize("via", ["bucket", "proxy"])
+def test_a_content_addressed_derivation_is_substituted_through_its_realisations(
+    start_daemon, modern_nix, tmp_path, via
+):
+    daemon = start_daemon()
+    salt = secrets.token_hex(6)
+    expr = _write(tmp_path, "ca.nix", CA_EXPR)
+    out = _build(modern_nix, expr, salt)
+    doc = _push(modern_nix, daemon, tmp_path, out)
+    assert len(doc["published"]) == 2
+    keys = [k for k in bucket_keys(daemon.s3) if k.startswith("realisations/")]
+    # One per output of each derivation, and one more for the top's resolved derivation (its CA input replaced
+    # by the dependency's output), which Nix registers too.
+    assert len(keys) >= 2 and all(re.fullmatch(r"realisations/sha256:[0-9a-f]{64}!out\.doi", k) for k in keys)
+    published = {p.removeprefix("/nix/store/") for p in doc["published"]}
+    assert {json.loads(get_object(daemon.s3, k)[0])["outPath"] for k in keys} == published
+
+    url = f"{daemon.s3.endpoint_url}/{daemon.s3.bucket}" if via == "bucket" else daemon.url
+    reader = _reader(tmp_path, modern_nix)
+    # With --max-jobs 0 the CA derivation can only be realised from the cache's realisations.
+    assert _substitute(reader, expr, salt, url, _keys(daemon)) == out
+    assert reader.host_path(out).read_bytes() == modern_nix.host_path(out).read_bytes()
