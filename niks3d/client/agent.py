@@ -227,17 +227,20 @@ class Agent:
             logger,
             logging.INFO,
             "agent_published",
-            "batch %d: %d queued paths pushed (%d paths in the closure, %d uploaded, %d already cached) in %.1f s",
+            "batch %d: %d queued paths pushed (%d paths in the closure, %d uploaded, %d already cached, "
+            "%d upstream) in %.1f s",
             batch,
             done,
             result.paths,
             len(result.uploaded),
             len(result.cached),
+            len(result.upstream),
             result.seconds,
             batch=batch,
             roots=done,
             paths=result.paths,
             uploaded=len(result.uploaded),
+            upstream=len(result.upstream),
             bytes_sent=result.bytes_sent,
         )
         self._status(queue, f"pushed batch {batch}")
