@@ -297,6 +297,9 @@ class SigningSettings(_Section):
     """Secret keys in `nix key generate-secret` format; every key signs every narinfo (rotation)."""
 
     key_files: list[Path] = Field(min_length=1)
+    # Narinfos PUT by stock Nix (`nix copy --to`, docs/api.md): keep the client's own Sig lines next to the
+    # server's signatures (true), or drop them (false: only the server's keys vouch for what this cache serves).
+    keep_client_signatures: bool = False
 
 
 class TokenSettings(_Section):

@@ -98,6 +98,7 @@ async def mark(conn: Connection, cutoffs: Cutoffs) -> tuple[int, int]:
                    SELECT seeds.hash FROM (
                        SELECT hash FROM roots WHERE last_pushed_at > $1
                        UNION SELECT hash FROM pins
+                       UNION SELECT hash FROM root_members
                        UNION SELECT hash FROM store_paths WHERE published_at > $2
                        UNION SELECT s.hash FROM session_claims c
                              JOIN store_paths s ON s.narinfo_key = c.key

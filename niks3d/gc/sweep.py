@@ -104,6 +104,7 @@ async def retire_paths(
                      AND NOT EXISTS (SELECT 1 FROM path_references r WHERE r.reference = p.hash
                                                                       AND r.referrer <> p.hash)
                      AND NOT EXISTS (SELECT 1 FROM pins WHERE pins.hash = p.hash)
+                     AND NOT EXISTS (SELECT 1 FROM root_members m WHERE m.hash = p.hash)
                      AND NOT ($2::timestamptz IS NOT NULL AND EXISTS (
                          SELECT 1 FROM roots WHERE roots.hash = p.hash AND roots.last_pushed_at > $2))
                    ORDER BY p.hash""",

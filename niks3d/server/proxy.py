@@ -15,9 +15,10 @@ with ``Retry-After``. In private mode every request needs a token with the ``rea
 
 from __future__ import annotations
 
-__all__ = ["ReadProxy", "cache_file", "nar", "narinfo", "nix_cache_info", "open_read_proxy"]
+__all__ = ["ROOT_NAME_RE", "ReadProxy", "cache_file", "nar", "narinfo", "nix_cache_info", "open_read_proxy"]
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from niks3d.storage import Bucket, RangeNotSatisfiable
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER = 5
+# A named root in the cache URL, ``<prefix>/roots/<name>/`` (the same names as pins).
+ROOT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # The application_name of the connection that listens for narinfo changes (visible in pg_stat_activity).
 LISTENER_NAME = "niks3d narinfo-cache"
 NARINFO_TYPE = "text/x-nix-narinfo"
@@ -59,15 +62,35 @@ class ReadProxy:
     cache: NarinfoCache
     relay: Relay
 
-    def key_of(self, request: web.Request) -> BucketKey | None:
-        """The bucket key a request names, from its raw path, decoded once; None if it is not a valid key."""
+    def _rest(self, request: web.Request) -> tuple[str | None, str] | None:
+        """(named root or None, the rest of the raw path after the prefix and ``roots/<name>/``)."""
         raw = request.raw_path
         if not raw.startswith(self.prefix + "/"):
             return None
+        rest = raw[len(self.prefix) + 1 :]
+        if rest.startswith("roots/"):
+            name, slash, rest = rest[len("roots/") :].partition("/")
+            if not slash or not ROOT_NAME_RE.fullmatch(name):
+                return None
+            return name, rest
+        return None, rest
+
+    def key_of(self, request: web.Request) -> BucketKey | None:
+        """The bucket key a request names, from its raw path, decoded once; None if it is not a valid key.
+
+        Under ``roots/<name>/`` (a named root's cache URL, docs/api.md) the same keys are served."""
+        split = self._rest(request)
+        if split is None:
+            return None
         try:
-            return parse_bucket_key(unquote(raw[len(self.prefix) + 1 :], errors="strict"))
+            return parse_bucket_key(unquote(split[1], errors="strict"))
         except (NixFormatError, UnicodeDecodeError):
             return None
+
+    def root_of(self, request: web.Request) -> str | None:
+        """The named root of a request under ``roots/<name>/``, or None."""
+        split = self._rest(request)
+        return split[0] if split else None
 
 
 @asynccontextmanager

@@ -32,6 +32,8 @@ TABLES = {
     "session_claims",
     "upstream_paths",
     "upstream_references",
+    "nar_facts",
+    "root_members",
     "gc_runs",
 }
 

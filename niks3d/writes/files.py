@@ -1,0 +1,110 @@
+"""PUTs of the small files Nix writes next to NARs: ``nix-cache-info``, ``<hash>.ls`` and ``log/<drv>``.
+
+- ``nix-cache-info`` is the server's (docs/api.md): a PUT whose ``StoreDir`` is this cache's is answered with
+  success and changes nothing (Nix 2.8 PUTs it when a GET failed); any other store dir is refused.
+- ``<hash>.ls`` (``write-nar-listing=1``) comes before its NAR and narinfo. For a path that is not published yet
+  it is stored as an object no path owns (GC reclaims it unless the narinfo commit takes it); once the path is
+  published it is immutable: the same bytes again are a no-op, other bytes a 409.
+- ``log/<drv>`` (``nix store copy-log``) comes after the outputs: it is accepted only for a derivation that built
+  a published path, compressed with zstd as pushed logs are, and lives with those paths. It is immutable too.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FileOutcome", "put_cache_info", "put_listing", "put_log"]
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import zstandard
+from asyncpg import Connection
+
+from niks3d.db import uploads as db
+from niks3d.db import writes as db_writes
+from niks3d.db.retry import retry_transaction
+from niks3d.errors import ApiError
+from niks3d.nix.hashes import format_sha256
+from niks3d.uploads.context import PushContext
+
+logger = logging.getLogger(__name__)
+LS_TYPE = "application/json"
+LOG_TYPE = "text/plain; charset=utf-8"
+_LOG_LEVEL = 10
+
+
+@dataclass(frozen=True, slots=True)
+class FileOutcome:
+    key: str
+    created: bool
+
+
+def put_cache_info(store_dir: str, body: bytes) -> None:
+    """Accept a ``nix-cache-info`` PUT that agrees with this cache; refuse one for another store dir."""
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_cache_info", "nix-cache-info must be UTF-8 text") from None
+    fields = {k.strip(): v.strip() for k, sep, v in (line.partition(":") for line in text.splitlines()) if sep}
+    theirs = fields.get("StoreDir")
+    if theirs is not None and theirs != store_dir:
+        raise ApiError(409, "store_dir_mismatch", f"this cache is for {store_dir}, not {theirs}")
+
+
+async def _immutable(conn: Connection, key: str, digest: str, what: str) -> bool:
+    """True if ``key`` is already present with these bytes (a no-op); 409 if present with others."""
+    states = await db.object_states(conn, [key])
+    state, _size, stored = states.get(key, ("pending", None, None))
+    if state != "present":
+        return False
+    if stored == digest:
+        return True
+    raise ApiError(409, "file_published", f"{what} {key} is already published with other contents; it is immutable")
+
+
+async def put_listing(ctx: PushContext, hash_part: str, key: str, body: bytes, encoding: str | None) -> FileOutcome:
+    digest = format_sha256(hashlib.sha256(body).digest())
+
+    async def attempt() -> FileOutcome:
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            await db.ensure_objects(conn, [(key, "ls")])
+            await db.lock_objects(conn, [key])
+            if await db_writes.published_narinfo(conn, hash_part) is not None:
+                if await _immutable(conn, key, digest, "the listing"):
+                    return FileOutcome(key, False)
+                raise ApiError(
+                    409, "path_published", f"{key}: the path is already published; its listing cannot be added now"
+                )
+            await ctx.bucket.put(key, body, content_type=LS_TYPE, content_encoding=encoding)
+            await db_writes.record_path_file(conn, [], key, "ls", size=len(body), digest=digest)
+            return FileOutcome(key, True)
+
+    return await retry_transaction(attempt)
+
+
+async def put_log(ctx: PushContext, drv: str, key: str, text: bytes) -> FileOutcome:
+    """Store the build log ``text`` (uncompressed) of derivation ``drv`` (a basename)."""
+    body = zstandard.ZstdCompressor(level=_LOG_LEVEL).compress(text)
+    digest = format_sha256(hashlib.sha256(body).digest())
+
+    async def attempt() -> FileOutcome:
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            await db.ensure_objects(conn, [(key, "log")])
+            await db.lock_objects(conn, [key])
+            owners = await db_writes.paths_built_by(conn, drv)
+            if not owners:
+                raise ApiError(
+                    422,
+                    "no_published_output",
+                    f"{key}: no path built by /nix/store/{drv} is in this cache; copy its outputs first",
+                )
+            if await _immutable(conn, key, digest, "the build log"):
+                await db_writes.record_path_file(conn, owners, key, "log", size=len(body), digest=digest)
+                return FileOutcome(key, False)
+            await ctx.bucket.put(key, body, content_type=LOG_TYPE, content_encoding="zstd")
+            await db_writes.record_path_file(conn, owners, key, "log", size=len(body), digest=digest)
+            return FileOutcome(key, True)
+
+    outcome = await retry_transaction(attempt)
+    logger.info("build log %s stored by PUT (%d bytes)", key, len(text), extra={"event": "write.log"})
+    return outcome
