@@ -18,6 +18,7 @@ ApiError                    its own the HTTP layer's refusals
 StorageThrottled            429     ``Retry-After`` from S3's answer
 StorageError, DatabaseError 503     ``Retry-After: 5``
 OSError, db.pool.UNAVAILABLE        timeouts and lost connections to PostgreSQL: a warning, no traceback
+the client went away        499     nothing is sent; logged at INFO, counted under status 499 (nginx's use)
 aiohttp HTTPException       its own 400/404/405/413/415 with our wording
 anything else               500     "the server failed"
 ==========================  ======  ==============================================================
@@ -76,6 +77,8 @@ _REQUEST_STATUS: tuple[tuple[type[RequestError], int], ...] = (
 API_CHALLENGE = 'Bearer realm="niks3d"'
 NIX_CHALLENGE = 'Basic realm="niks3d", charset="UTF-8"'
 RETRY_AFTER = 5
+# The status a request is counted under when its client went away before the answer was sent (nginx's 499).
+CLIENT_GONE = 499
 
 
 def on_api(request: web.Request) -> bool:
@@ -134,6 +137,11 @@ def unavailable(request: web.Request, exc: BaseException) -> web.Response:
     )
 
 
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -149,6 +157,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(request, status, exc.code, exc.message, headers, **exc.details)
     except NixFormatError as exc:
         return error_response(request, 400, "invalid_request", str(exc))
+    except ConnectionResetError as exc:
+        # Writing to a client that went away (it closed before the headers were sent): not a server error.
+        if _client_gone(request):
+            logger.info("%s %s: the client went away before the answer was sent", request.method, request.path)
+            return web.Response(status=CLIENT_GONE)
+        return unavailable(request, exc)
     except (StorageError, DatabaseError, OSError) as exc:
         return unavailable(request, exc)
     except DATABASE_UNAVAILABLE as exc:

@@ -36,7 +36,16 @@ from niks3d.nix.narinfo import render_nix_cache_info
 from niks3d.server.auth import require
 from niks3d.server.keys import metrics_key, proxy_key
 from niks3d.server.narinfo_cache import NarinfoCache, running_cache
-from niks3d.server.relay import Relay, Upstream, ZstdStream, etag_matches, open_relay, parse_range, send_body
+from niks3d.server.relay import (
+    Relay,
+    Upstream,
+    ZstdStream,
+    etag_matches,
+    open_relay,
+    parse_range,
+    send_body,
+    strong_tags,
+)
 from niks3d.storage import Bucket, RangeNotSatisfiable
 
 logger = logging.getLogger(__name__)
@@ -192,7 +201,10 @@ async def _open(request: web.Request, relay: Relay, key: str, *, nar: bool) -> U
     if not nar:
         return await relay.open(key)
     byte_range = None if "If-Range" in request.headers else parse_range(request.headers.get("Range"))
-    return await relay.open(key, byte_range=byte_range, if_none_match=request.headers.get("If-None-Match"))
+    condition = request.headers.get("If-None-Match")
+    # Weak comparison, as for HEAD above (RFC 9110 section 13.1.2).
+    if_none_match = strong_tags(condition) if condition is not None else None
+    return await relay.open(key, byte_range=byte_range, if_none_match=if_none_match or None)
 
 
 async def _answer(

@@ -24,6 +24,7 @@ __all__ = [
     "open_relay",
     "parse_range",
     "send_body",
+    "strong_tags",
 ]
 
 import asyncio
@@ -58,7 +59,12 @@ RELAY_URL_REUSE = timedelta(minutes=5)
 REDIRECT_TTL = timedelta(minutes=5)
 REDIRECT_REUSE = timedelta(minutes=2)
 URL_CACHE_SIZE = 16384
-_RANGE_RE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+# ASCII digits only (RFC 9110 section 14.1.1: DIGIT is 0-9; ``\d`` would take any script's digits).
+_RANGE_RE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})", re.ASCII)
+# No S3 object is larger (5 TiB); a range end past it means "to the end", which is what RFC 9110 makes of an
+# end past the object (section 14.1.2: clamped to the last byte). Sending it on as written would overflow the
+# S3 server's 64-bit integers (SeaweedFS answers 416 to bytes=0-9999999999999999999).
+MAX_OBJECT_BYTES = 5 << 40
 _XML_CODE_RE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 _ERROR_BODY_LIMIT = 64 * 1024
 # How much of an object the relay buffers from S3 per connection; bigger means fewer, larger writes.
@@ -78,11 +84,24 @@ def parse_range(header: str | None) -> ByteRange | None:
         return None
     first, last = m.group(1), m.group(2)
     if first:
-        start, end = int(first), int(last) if last else None
+        start, end = min(int(first), MAX_OBJECT_BYTES), int(last) if last else None
+        if end is not None and end >= MAX_OBJECT_BYTES:
+            end = None
         return None if end is not None and end < start else (start, end)
     if last and int(last) > 0:
-        return (-int(last), None)
+        return (-min(int(last), MAX_OBJECT_BYTES), None)
     return None
+
+
+def strong_tags(header: str) -> str:
+    """``If-None-Match`` with every entity tag made strong (``W/"x"`` -> ``"x"``), for S3.
+
+    RFC 9110 (section 13.1.2) compares If-None-Match weakly: ``W/"x"`` matches ``"x"``. S3 compares strongly, and
+    the ETags of our objects are strong, so the header S3 gets carries the same tags without their ``W/``.
+    """
+    if header.strip() == "*":
+        return "*"
+    return ", ".join(f'"{normalize_etag(tag)}"' for tag in header.split(",") if tag.strip())
 
 
 @dataclass

@@ -227,3 +227,38 @@ def test_idle_and_half_open_connections_are_closed(make_daemon_config: Any, star
             sock.close()
     # The daemon still serves.
     assert _request(f"{daemon.url}/health")[0] == 200
+
+
+async def test_a_client_that_goes_away_before_the_headers_is_no_server_error(
+    own_s3: SeaweedServer, make_daemon_config: Any, start_daemon: Any, tmp_path: Path
+) -> None:
+    daemon = start_daemon(make_daemon_config(s3=_s3_section(own_s3, tmp_path), server=FAST["server"]))
+    pushed = make_path(tmp_path, random.Random(9), "pushed")
+    await push(daemon, [pushed])
+    text = _request(f"{daemon.url}/{pushed.hash}.narinfo")[2].decode()
+    nar_url = next(line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("URL: "))
+    port = int(daemon.url.rsplit(":", 1)[1])
+
+    # S3 holds the answer back while the reader hangs up; the answer then has nobody to go to.
+    _freeze([own_s3.pid], signal.SIGSTOP)
+    try:
+        reader = socket.create_connection(("127.0.0.1", port))
+        reader.sendall(f"GET /{nar_url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await asyncio.sleep(0.5)
+        reader.close()
+        await asyncio.sleep(0.5)
+    finally:
+        _freeze([own_s3.pid], signal.SIGCONT)
+    deadline = time.monotonic() + 20
+    while "the client went away" not in daemon.log():
+        assert time.monotonic() < deadline, daemon.log()[-3000:]
+        await asyncio.sleep(0.2)
+
+    errors = [line for line in daemon.log().splitlines() if line.startswith(("ERROR", "CRITICAL"))]
+    assert not errors, errors[:5]
+    metrics = _request(f"{daemon.url}/metrics")[2].decode()
+    nar_lines = [
+        line for line in metrics.splitlines() if line.startswith("niks3d_http_requests_total{") and "/nar/" in line
+    ]
+    assert any('status="499"' in line for line in nar_lines), nar_lines
+    assert not any('status="5' in line for line in nar_lines), nar_lines

@@ -69,6 +69,9 @@ async def test_nars_are_streamed_with_ranges_lengths_and_etags(daemon: Any, tmp_
         (f"bytes={size - 10}-", size - 10, size - 1),
         ("bytes=-1000", size - 1000, size - 1),
         (f"bytes=1000-{size + 5000}", 1000, size - 1),
+        # An end past the object is clamped (RFC 9110 section 14.1.2), however large.
+        ("bytes=0-9999999999999999999", 0, size - 1),
+        ("bytes=10-9223372036854775807", 10, size - 1),
     ):
         part = fetch(daemon.url, f"/{key}", headers={"Range": spec})
         assert part.status == 206, spec
@@ -77,13 +80,21 @@ async def test_nars_are_streamed_with_ranges_lengths_and_etags(daemon: Any, tmp_
         assert part.header("Content-Length") == str(end - start + 1), spec
     beyond = fetch(daemon.url, f"/{key}", headers={"Range": f"bytes={size}-"})
     assert beyond.status == 416 and beyond.header("Content-Range") == f"bytes */{size}"
-    for ignored in ("bytes=0-1,5-6", "items=0-5", "bytes=9-3", "bytes=abc"):
+    # Several ranges, other units, nonsense and non-ASCII digits (Arabic-Indic, fullwidth; sent as UTF-8) are
+    # ignored: the whole NAR.
+    arabic, fullwidth = "bytes=\u0660-\u0669".encode(), "bytes=\uff10-\uff19".encode()
+    for ignored in ("bytes=0-1,5-6", "items=0-5", "bytes=9-3", "bytes=abc", arabic, fullwidth):
         reply = fetch(daemon.url, f"/{key}", headers={"Range": ignored})
         assert (reply.status, len(reply.body)) == (200, size), ignored
 
     assert fetch(daemon.url, f"/{key}", headers={"If-None-Match": etag}).status == 304
     assert fetch(daemon.url, f"/{key}", method="HEAD", headers={"If-None-Match": etag}).status == 304
     assert fetch(daemon.url, f"/{key}", headers={"If-None-Match": '"other"'}).status == 200
+    # Weak comparison on GET and HEAD alike (RFC 9110 section 13.1.2).
+    for condition in (f"W/{etag}", f'"other", W/{etag}', "*"):
+        assert fetch(daemon.url, f"/{key}", headers={"If-None-Match": condition}).status == 304, condition
+        assert fetch(daemon.url, f"/{key}", method="HEAD", headers={"If-None-Match": condition}).status == 304
+    assert fetch(daemon.url, f"/{key}", headers={"If-None-Match": 'W/"other"'}).status == 200
     absent = "nar/" + encode(rng.randbytes(32)) + ".nar.zst"
     assert fetch(daemon.url, f"/{absent}").status == 404
     assert fetch(daemon.url, f"/{absent}", method="HEAD").status == 404

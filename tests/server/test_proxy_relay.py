@@ -7,7 +7,7 @@ import pytest
 import zstandard
 
 from niks3d.server.proxy import _accepts
-from niks3d.server.relay import ZstdStream, etag_matches, parse_range
+from niks3d.server.relay import ZstdStream, etag_matches, parse_range, strong_tags
 
 
 @pytest.mark.parametrize(
@@ -25,6 +25,11 @@ from niks3d.server.relay import ZstdStream, etag_matches, parse_range
         ("items=0-5", None),
         ("bytes=a-b", None),
         ("bytes=" + "9" * 20 + "-", None),
+        ("bytes=\u0661-\u0662", None),
+        ("bytes=\uff11-", None),
+        ("bytes=0-9999999999999999999", (0, None)),
+        ("bytes=7-" + str(5 << 40), (7, None)),
+        ("bytes=-9999999999999999999", (-(5 << 40), None)),
     ],
 )
 def test_one_byte_range_is_honoured_and_anything_else_ignored(header: str | None, expected: object) -> None:
@@ -37,6 +42,12 @@ def test_etags_match_weakly_and_in_lists() -> None:
     assert etag_matches('"x", "abc"', '"abc"')
     assert etag_matches("*", '"abc"')
     assert not etag_matches('"abcd"', '"abc"')
+
+
+def test_if_none_match_goes_to_s3_with_strong_tags() -> None:
+    assert strong_tags('W/"abc"') == '"abc"'
+    assert strong_tags(' "x" , W/"abc"') == '"x", "abc"'
+    assert strong_tags(" * ") == "*"
 
 
 @pytest.mark.parametrize(
