@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -272,3 +273,41 @@ def test_niks3_build_with_a_failing_derivation_caches_what_succeeded_and_exits_l
 
     copied = _substitute(daemon, tmp_path, succeeded, _keys(daemon))
     assert copied.returncode == 0, copied.stderr
+
+
+def test_under_systemd_the_agent_is_ready_reports_the_queue_length_and_stops_cleanly(
+    start_daemon, graph, tmp_path
+):
+    """Plays systemd: a NOTIFY_SOCKET datagram socket gets READY=1, then STATUS= lines with the number of waiting
+    entries, down to 0 once the queue is drained; SIGTERM sends STOPPING=1 and exits 0."""
+    daemon = start_daemon()
+    queue = tmp_path / "queue.sqlite"
+    build = _nix_build_with_hook(graph, queue, "lone", "leaf2")
+    assert build.returncode == 0, build.stderr
+    notify = str(tmp_path / "notify")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(notify)
+    receiver.settimeout(120)
+    argv = [*NIKS3, "agent", "--queue", str(queue), "--server", daemon.url]
+    argv += ["--token-file", _token_file(tmp_path, daemon)]
+    messages: list[str] = []
+    with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=_env(NOTIFY_SOCKET=notify)) as agent:
+        try:
+            while not any(m.startswith("STATUS=0 waiting, 0 failed; pushed") for m in messages):
+                messages.append(receiver.recv(4096).decode())
+        finally:
+            agent.terminate()
+            _, err = agent.communicate(timeout=60)
+        while True:
+            try:
+                receiver.settimeout(0.5)
+                messages.append(receiver.recv(4096).decode())
+            except TimeoutError:
+                break
+    receiver.close()
+    assert agent.returncode == 0, err
+    assert messages[0] == "READY=1", messages
+    assert "STATUS=2 waiting, 0 failed; started" in messages, messages
+    assert any(m.startswith("STATUS=2 waiting, 0 failed; pushing batch 1 (2 paths)") for m in messages), messages
+    assert "STOPPING=1" in messages, messages
+    assert Queue(str(queue)).entries() == []
