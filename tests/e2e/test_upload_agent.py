@@ -311,3 +311,28 @@ def test_under_systemd_the_agent_is_ready_reports_the_queue_length_and_stops_cle
     assert any(m.startswith("STATUS=2 waiting, 0 failed; pushing batch 1 (2 paths)") for m in messages), messages
     assert "STOPPING=1" in messages, messages
     assert Queue(str(queue)).entries() == []
+
+
+def test_with_a_modern_nix_the_hook_and_the_agent_publish_every_built_path(start_daemon, modern_nix, tmp_path):
+    """The same as the first test with Debian 13's Nix (2.26), which passes OUT_PATHS, in its chroot: the hook
+    script and the agent run there, on its Python; the host's Nix 2.8 substitutes the result."""
+    daemon = start_daemon()
+    queue = tmp_path / "modern-queue.sqlite"
+    hook = tmp_path / "modern-hook.sh"
+    modern_nix.niks3("hook-script", "--queue", str(queue), "--output", str(hook))
+    expr = tmp_path / "modern.nix"
+    expr.write_text(graph_expr(secrets.token_hex(6)))
+    out = modern_nix.run(
+        ["nix-build", str(expr), "--no-out-link", *NO_SUBSTITUTERS, "--option", "post-build-hook", str(hook)]
+    )
+    built = sorted(out.stdout.decode().split())
+    assert len(built) == 5, out.stderr.decode()
+    with Queue(str(queue)) as q:
+        assert {e.path for e in q.entries()} == set(built)
+    token = _token_file(tmp_path, daemon)
+    modern_nix.niks3("agent", "--once", "--queue", str(queue), "--server", daemon.url, "--token-file", token)
+    assert Queue(str(queue)).entries() == []
+    assert _published(daemon, built) == set(built)
+    assert closure_problems(daemon.s3) == []
+    copied = _substitute(daemon, tmp_path, built, _keys(daemon))
+    assert copied.returncode == 0, copied.stderr
