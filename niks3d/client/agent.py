@@ -288,8 +288,10 @@ class Agent:
         attempts = 1 + max((e.attempts for e in queue.entries() if e.batch == batch), default=0)
         delay = min(self.options.max_backoff * 10, self.options.min_backoff * 2**attempts)
         delay *= 0.5 + random.random() / 2  # noqa: S311 -- jitter, not cryptography
+        if len(roots) > 1:
+            delay = 0.0  # split it at once: each path alone shows which one fails
         queue.release(batch, str(exc), delay=delay, max_attempts=self.options.max_attempts)
-        final = attempts >= self.options.max_attempts
+        final = len(roots) == 1 and attempts >= self.options.max_attempts
         log_event(
             logger,
             logging.ERROR if final else logging.WARNING,
@@ -300,7 +302,7 @@ class Agent:
             exc,
             f"given up after {attempts} tries (niks3 queue retry)"
             if final
-            else f"each path is tried again alone in {delay:.0f} s",
+            else (f"tried again in {delay:.0f} s" if len(roots) == 1 else "each path is tried again alone"),
             batch=batch,
             roots=len(roots),
             attempts=attempts,

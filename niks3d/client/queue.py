@@ -271,12 +271,16 @@ class Queue:
         self._many("DELETE FROM entries WHERE path = ?", [(p,) for p in paths])
 
     def release(self, batch: int, error: str, *, delay: float, max_attempts: int, now: float | None = None) -> None:
-        """The push of ``batch`` failed because of the batch: count an attempt, delay, or mark failed."""
+        """The push of ``batch`` failed because of the batch: count an attempt and delay the next.
+
+        Only a path that failed when pushed alone can become failed (after ``max_attempts``): the failure of a
+        larger batch may be any one path's.
+        """
         moment = time.time() if now is None else now
         self._write(
             "UPDATE entries SET batch = NULL, attempts = attempts + 1, last_error = ?, not_before = ?, "
-            "failed = (attempts + 1 >= ?) WHERE batch = ?",
-            (error, moment + delay, max_attempts, batch),
+            "failed = (attempts + 1 >= ? AND (SELECT count(*) FROM entries WHERE batch = ?) = 1) WHERE batch = ?",
+            (error, moment + delay, max_attempts, batch, batch),
         )
 
     def retry_failed(self) -> int:

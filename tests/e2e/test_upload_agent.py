@@ -20,7 +20,7 @@ import pytest
 from niks3d.client.main import main
 from niks3d.client.queue import Queue
 from niks3d.devenv.nixfixtures import NO_SUBSTITUTERS, build_expr
-from tests.client.storekit import delete
+from tests.client.storekit import corrupt, delete
 from tests.e2e.test_push import _substitute, _token_file
 from tests.e2e.test_push_killed import closure_problems
 from tests.server.bucketview import bucket_keys
@@ -336,3 +336,24 @@ def test_with_a_modern_nix_the_hook_and_the_agent_publish_every_built_path(start
     assert closure_problems(daemon.s3) == []
     copied = _substitute(daemon, tmp_path, built, _keys(daemon))
     assert copied.returncode == 0, copied.stderr
+
+
+def test_a_corrupt_path_fails_alone_and_the_queue_says_why(start_daemon, graph, tmp_path, capsys):
+    daemon = start_daemon()
+    queue = tmp_path / "queue.sqlite"
+    build = _nix_build_with_hook(graph, queue, "lone", "leaf1")
+    assert build.returncode == 0, build.stderr
+    lone, leaf1 = build.stdout.split()
+    corrupt(lone, "f", b"not what the store's database says\n")
+    code, doc, err = _agent(daemon, tmp_path, capsys, "--queue", str(queue), "--once", "--max-attempts", "2")
+    assert code == 1, err
+    assert (doc["published"], doc["failed"], doc["waiting"]) == (1, 1, 0), err
+    assert _published(daemon, [lone, leaf1]) == {leaf1}  # the good path was not held back by the bad one
+    (entry,) = Queue(str(queue)).entries()
+    assert (entry.path, entry.failed, entry.attempts) == (lone, True, 2)
+    assert lone in (entry.last_error or "") and "corrupt" in (entry.last_error or ""), entry.last_error
+    assert main(["queue", "--queue", str(queue)]) == 0
+    listing = capsys.readouterr().out
+    assert f"{lone}  FAILED after 2 tries" in listing and "last error:" in listing, listing
+    assert main(["queue", "--queue", str(queue), "retry"]) == 0
+    assert Queue(str(queue)).counts() == (1, 0)
