@@ -275,9 +275,7 @@ def test_niks3_build_with_a_failing_derivation_caches_what_succeeded_and_exits_l
     assert copied.returncode == 0, copied.stderr
 
 
-def test_under_systemd_the_agent_is_ready_reports_the_queue_length_and_stops_cleanly(
-    start_daemon, graph, tmp_path
-):
+def test_under_systemd_the_agent_is_ready_reports_the_queue_length_and_stops_cleanly(start_daemon, graph, tmp_path):
     """Plays systemd: a NOTIFY_SOCKET datagram socket gets READY=1, then STATUS= lines with the number of waiting
     entries, down to 0 once the queue is drained; SIGTERM sends STOPPING=1 and exits 0."""
     daemon = start_daemon()
