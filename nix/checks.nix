@@ -66,7 +66,9 @@ let
     niks3d.pythonDependencies
     ++ [
       ps.mypy
+      ps.types-aiobotocore
       ps.types-aiobotocore-s3
+      ps.botocore-stubs
       ps.pytest
       ps.hypothesis
     ]

@@ -23,7 +23,9 @@ mkShell {
         pytest-timeout
         hypothesis
         mypy
+        types-aiobotocore
         types-aiobotocore-s3
+        botocore-stubs
       ])
     ))
     postgresql

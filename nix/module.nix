@@ -21,11 +21,20 @@ let
   localDatabaseUrl = "postgresql:///niks3?host=/run/postgresql";
   scopes = import ./scopes.nix;
 
+  # The module uses types.pathWith (lib, 25.11) and postgresql.target (the PostgreSQL module, 25.11). pathWith is
+  # needed while the options are declared, before any assertion can run, so its absence throws the same message.
+  minimumRelease = "25.11";
+  tooOld = "services.niks3 needs NixOS ${minimumRelease} or newer (it uses types.pathWith and postgresql.target), but this nixpkgs is ${lib.trivial.release}.";
+
   # A secret is a path string outside the Nix store, so that it can never be copied into it by accident.
-  secretPath = types.pathWith {
-    absolute = true;
-    inStore = false;
-  };
+  secretPath =
+    if types ? pathWith then
+      types.pathWith {
+        absolute = true;
+        inStore = false;
+      }
+    else
+      throw tooOld;
   duration = types.either types.ints.unsigned (types.strMatching "[0-9]+[smhdw]?");
 
   niks3d = lib.getExe' cfg.package "niks3d";
@@ -416,6 +425,10 @@ in
 
   config = lib.mkIf cfg.enable {
     assertions = [
+      {
+        assertion = lib.versionAtLeast lib.trivial.release minimumRelease;
+        message = tooOld;
+      }
       {
         assertion = cfg.signingKeyFiles != [ ];
         message = ''

@@ -10,6 +10,7 @@ let
 
   dependencies = with python3Packages; [
     aiohttp
+    multidict
     aiobotocore
     asyncpg
     pydantic
@@ -17,7 +18,6 @@ let
     tomli-w
     zstandard
     pynacl
-    sdnotify
     prometheus-client
     uvloop
     # The `systemd` extra: native journal entries with structured fields (NIKS3_EVENT=...).
