@@ -36,6 +36,15 @@ in
 
   examples-nixos-external-s3 = wholeHost ../examples/nixos/external-s3.nix;
 
+  # What examples/nixos/flake.nix puts together (but the flake's nixpkgs and the module, which the harness brings).
+  examples-nixos-flake-host = wholeHost {
+    imports = [
+      { nixpkgs.hostPlatform = "x86_64-linux"; }
+      ../examples/nixos/hardware-configuration.nix
+      ../examples/nixos/configuration.nix
+    ];
+  };
+
   minimal = with' { };
 
   unix-socket-only = with' {

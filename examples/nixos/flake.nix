@@ -1,4 +1,5 @@
-# A NixOS host that serves a niks3d cache: `nixos-rebuild switch --flake .#cache`.
+# A complete NixOS host that serves a niks3d cache: `nixos-rebuild switch --flake .#cache`. Replace
+# ./hardware-configuration.nix (placeholder disks and boot loader) with your machine's, and the platform below.
 {
   inputs = {
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
@@ -12,6 +13,8 @@
     {
       nixosConfigurations.cache = nixpkgs.lib.nixosSystem {
         modules = [
+          { nixpkgs.hostPlatform = "x86_64-linux"; }
+          ./hardware-configuration.nix
           niks3d.nixosModules.default
           ./configuration.nix
           # Or, for a bucket and a database elsewhere:
