@@ -14,6 +14,8 @@
   scenarios ? import ./eval-scenarios.nix,
   # The name of one scenario: evaluate only it, without catching errors, to read the error message.
   inspect ? null,
+  # The VM tests whose node configurations are evaluated too (scenarios `vm-<test>-<node>`), see vmScenarios.
+  vmTests ? ./tests,
 }:
 let
   inherit (lib) mkOption types;
@@ -52,8 +54,14 @@ let
     };
     runCommand = name: env: script: fakeDerivation name (env // { inherit script; });
     writeShellScriptBin = name: text: fakeDerivation name { inherit text; };
-    # Named by the examples.
+    # Named by the examples and the VM tests.
     minio-client = fakeDerivation "minio-client" { };
+    garage_2 = fakeDerivation "garage-2.1.0" { meta.mainProgram = "garage"; };
+    curl = fakeDerivation "curl" { };
+    sqlite = fakeDerivation "sqlite" { meta.mainProgram = "sqlite3"; };
+    writeText = name: text: fakeDerivation name { inherit text; };
+    testers.runNixOSTest = test: test;
+    inherit lib;
     stdenv = {
       buildPlatform.canExecute = _: true;
       hostPlatform = { };
@@ -87,6 +95,8 @@ let
         type = types.listOf types.port;
         default = [ ];
       };
+      # Read by services.niks3-upload (nix/upload.nix).
+      nix.package = mkOption { default = fakeDerivation "nix" { }; };
       services.postgresql = mkOption {
         type = types.attrsOf types.anything;
         default = { };
@@ -100,22 +110,74 @@ let
     };
   };
 
-  niks3Module = lib.modules.importApply ./module.nix { packageFor = _: package; };
+  # With a key, so that a configuration importing it again (the VM tests' nodes do) gets it once.
+  niks3Module = {
+    key = "niks3d/nix/module.nix";
+    imports = [ (lib.modules.importApply ./module.nix { packageFor = _: package; }) ];
+  };
+  uploadModule = {
+    key = "niks3d/nix/upload.nix";
+    imports = [ (lib.modules.importApply ./upload.nix { packageFor = _: package; }) ];
+  };
+
+  # A whole host's configuration goes through a root freeform type (the options of the rest of NixOS are not
+  # declared here), and lib hands every unmatched definition to it, even one under services.niks3. So a
+  # misspelt option of ours would pass unnoticed: these are found by walking the definitions of our own option
+  # trees and naming each that is not a declared option.
+  strayDefinitions =
+    prefix: options: config:
+    lib.concatLists (
+      lib.mapAttrsToList (
+        name: value:
+        let
+          path = prefix ++ [ name ];
+        in
+        if !(options ? ${name}) then
+          [ (lib.showOption path) ]
+        else if lib.isOption options.${name} then
+          [ ]
+        else if lib.isAttrs value then
+          strayDefinitions path options.${name} value
+        else
+          [ ]
+      ) config
+    );
+  ourTrees = [
+    "niks3"
+    "niks3-upload"
+    "garage"
+  ];
+  strayOf =
+    evaluated:
+    lib.concatMap (
+      tree:
+      lib.optionals (evaluated.options.services ? ${tree} && evaluated.config.services ? ${tree}) (
+        strayDefinitions [ "services" tree ] evaluated.options.services.${tree} evaluated.config.services.${tree}
+      )
+    ) ourTrees;
+  noStrays =
+    evaluated:
+    let
+      stray = strayOf evaluated;
+    in
+    if stray == [ ] then
+      evaluated.config
+    else
+      throw "the option(s) ${lib.concatStringsSep ", " stray} do not exist (misspelt, or removed from the module)";
 
   evaluate =
     modules:
     let
-      inherit
-        (lib.evalModules {
+      config = noStrays (
+        lib.evalModules {
           modules = [
             otherModules
             niks3Module
             { _module.args.pkgs = pkgs; }
           ]
           ++ modules;
-        })
-        config
-        ;
+        }
+      );
       cfg = config.services.niks3;
       rendered = import ./render.nix cfg;
     in
@@ -157,9 +219,101 @@ let
     }
     // (if forced.success then forced.value else { });
 
+  # Every node of every VM test in ./tests (each regular *.nix file), evaluated as a whole host (the rest of
+  # NixOS loose, our modules and a stub of services.garage strict, no stray definitions), and the test script
+  # rendered against the evaluated nodes, so that a script naming an option that is not there fails too.
+  self.nixosModules = {
+    default = niks3Module;
+    upload = uploadModule;
+  };
+  vmTestFiles = lib.filterAttrs (name: kind: kind == "regular" && lib.hasSuffix ".nix" name) (
+    builtins.readDir vmTests
+  );
+  evaluateNode =
+    node:
+    noStrays (
+      lib.evalModules {
+        modules = [
+          { _module.freeformType = types.lazyAttrsOf types.anything; }
+          otherModules
+          ./eval-garage-stub.nix
+          {
+            _module.args = {
+              inherit pkgs;
+              nodes = { };
+            };
+          }
+          node
+        ];
+      }
+    );
+  vmTest =
+    file:
+    let
+      test = import (vmTests + "/${file}") {
+        inherit pkgs self;
+      };
+      nodes = lib.mapAttrs (_: evaluateNode) test.nodes;
+      script = if lib.isFunction test.testScript then test.testScript { inherit nodes; } else test.testScript;
+      # What a node's evaluation must get through: our modules' values and everything they define.
+      forced = lib.mapAttrs (_: config: {
+        inherit (config) assertions warnings systemd;
+        etc = config.environment.etc or { };
+        ours = lib.filterAttrs (name: _: name != "garage") (
+          lib.filterAttrs (name: _: lib.elem name ourTrees) config.services
+        );
+        garage = config.services.garage.settings or { };
+      }) nodes;
+    in
+    {
+      inherit nodes;
+      script = builtins.seq (builtins.deepSeq forced forced) script;
+    };
+  vmScenarios = lib.concatMapAttrs (
+    file: _:
+    let
+      name = lib.removeSuffix ".nix" file;
+      test = vmTest file;
+    in
+    lib.mapAttrs' (node: config: {
+      name = "vm-${name}-${node}";
+      value = {
+        expect = "ok";
+        result = {
+          failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+          inherit (config) warnings;
+          scriptLength = lib.stringLength test.script;
+        };
+      };
+    }) test.nodes
+  ) vmTestFiles;
+  attemptVm =
+    scenario:
+    let
+      forced = builtins.tryEval (builtins.deepSeq scenario.result scenario.result);
+      outcome =
+        if !forced.success then
+          "error"
+        else if forced.value.failedAssertions != [ ] then
+          "assertion"
+        else
+          "ok";
+    in
+    {
+      inherit outcome;
+      inherit (scenario) expect;
+      asExpected = outcome == scenario.expect;
+    }
+    // (if forced.success then forced.value else { });
+
   all = scenarios {
     inherit lib;
     example = import ./example.nix;
   };
 in
-if inspect == null then lib.mapAttrs (_: attempt) all else evaluate all.${inspect}.modules
+if inspect == null then
+  lib.mapAttrs (_: attempt) all // lib.mapAttrs (_: attemptVm) vmScenarios
+else if vmScenarios ? ${inspect} then
+  vmScenarios.${inspect}.result
+else
+  evaluate all.${inspect}.modules
