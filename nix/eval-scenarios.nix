@@ -22,6 +22,7 @@ let
     expect = "ok";
     modules = [
       { _module.freeformType = lib.types.lazyAttrsOf lib.types.anything; }
+      ./eval-garage-stub.nix
       file
     ];
   };

@@ -1,14 +1,14 @@
-# One machine with everything: niks3d, its PostgreSQL (services.niks3.database.createLocally), MinIO holding the
-# bucket, and nginx terminating TLS for both the cache (cache.example.org) and the S3 endpoint that pushers
+# One machine with everything: niks3d, its PostgreSQL (services.niks3.database.createLocally), Garage holding the
+# bucket (a one-node cluster), and nginx terminating TLS for both the cache (cache.example.org) and the S3 endpoint that pushers
 # upload to with presigned URLs (s3.example.org).
 #
 # Secrets are files outside the Nix store, deployed by sops-nix, agenix or by hand (mode 0400, owned by root):
 #   /run/secrets/niks3/signing-key            nix key generate-secret --key-name cache.example.org-1
 #   /run/secrets/niks3/token-ci               openssl rand -hex 32
 #   /run/secrets/niks3/token-admin            openssl rand -hex 32
-#   /run/secrets/niks3/s3-access-key-id       the MinIO user niks3d signs requests as
-#   /run/secrets/niks3/s3-secret-access-key   its secret key
-#   /run/secrets/minio-root                   MINIO_ROOT_USER=... and MINIO_ROOT_PASSWORD=... (see services.minio)
+#   /run/secrets/niks3/s3-access-key-id       the Garage key niks3d signs requests as: GK and 24 hex digits
+#   /run/secrets/niks3/s3-secret-access-key   its secret: 64 hex digits (openssl rand -hex 32)
+#   /run/secrets/garage-rpc-secret            Garage's RPC secret: openssl rand -hex 32
 { config, pkgs, ... }:
 let
   bucket = "nix-cache";
@@ -28,7 +28,7 @@ in
       };
       s3 = {
         inherit bucket;
-        # niks3d talks to MinIO on loopback; pushers upload through nginx.
+        # niks3d talks to Garage on loopback; pushers upload through nginx.
         endpoint_url = "http://127.0.0.1:9000";
         public_endpoint_url = "https://s3.example.org";
         addressing_style = "path";
@@ -63,39 +63,51 @@ in
     };
   };
 
-  services.minio = {
+  services.garage = {
     enable = true;
-    listenAddress = "127.0.0.1:9000";
-    consoleAddress = "127.0.0.1:9001";
-    rootCredentialsFile = "/run/secrets/minio-root";
+    package = pkgs.garage_2;
+    settings = {
+      replication_factor = 1;
+      db_engine = "sqlite";
+      rpc_bind_addr = "127.0.0.1:3901";
+      rpc_public_addr = "127.0.0.1:3901";
+      rpc_secret_file = "/run/secrets/garage-rpc-secret";
+      s3_api = {
+        # niks3d signs for its default region unless services.niks3.settings.s3.region says otherwise.
+        s3_region = "us-east-1";
+        api_bind_addr = "127.0.0.1:9000";
+      };
+    };
   };
 
-  # niks3d checks that its bucket exists when it starts: create it once, with the user niks3d signs as.
+  # niks3d checks that its bucket exists when it starts: give the one-node cluster its layout, then create the
+  # bucket and import the key niks3d signs with (each step is skipped when it is done already).
   systemd.services.niks3-bucket = {
-    description = "Create the niks3d bucket and its MinIO user";
+    description = "Create the niks3d bucket and its Garage key";
     wantedBy = [ "multi-user.target" ];
-    requires = [ "minio.service" ];
-    after = [ "minio.service" ];
+    requires = [ "garage.service" ];
+    after = [ "garage.service" ];
     before = [ "niks3.service" ];
-    path = [ pkgs.minio-client ];
+    path = [ config.services.garage.package ];
     serviceConfig = {
       Type = "oneshot";
       RemainAfterExit = true;
-      RuntimeDirectory = "niks3-bucket";
-      EnvironmentFile = config.services.minio.rootCredentialsFile;
       LoadCredential = [
         "access-key-id:/run/secrets/niks3/s3-access-key-id"
         "secret-access-key:/run/secrets/niks3/s3-secret-access-key"
       ];
     };
     script = ''
-      mc() { command mc --config-dir "$RUNTIME_DIRECTORY" "$@"; }
-      export MC_HOST_local="http://$MINIO_ROOT_USER:$MINIO_ROOT_PASSWORD@127.0.0.1:9000"
-      until mc ls local >/dev/null; do sleep 1; done
-      mc mb --ignore-existing local/${bucket}
-      mc admin user add local "$(cat "$CREDENTIALS_DIRECTORY/access-key-id")" \
-        "$(cat "$CREDENTIALS_DIRECTORY/secret-access-key")"
-      mc admin policy attach local readwrite --user "$(cat "$CREDENTIALS_DIRECTORY/access-key-id")" || true
+      until garage status >/dev/null 2>&1; do sleep 1; done
+      if garage layout show | grep -q 'Current cluster layout version: 0'; then
+        garage layout assign -z dc1 -c 100G "$(garage node id | head -n 1 | cut -d@ -f1)"
+        garage layout apply --version 1
+      fi
+      garage bucket info ${bucket} >/dev/null 2>&1 || garage bucket create ${bucket}
+      key_id="$(cat "$CREDENTIALS_DIRECTORY/access-key-id")"
+      garage key info "$key_id" >/dev/null 2>&1 ||
+        garage key import --yes -n niks3 "$key_id" "$(cat "$CREDENTIALS_DIRECTORY/secret-access-key")"
+      garage bucket allow --read --write --owner ${bucket} --key "$key_id"
     '';
   };
 

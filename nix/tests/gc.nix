@@ -61,7 +61,7 @@ pkgs.testers.runNixOSTest {
 
 
       start_all()
-      s3.wait_for_unit("niks3-bucket.service")
+      setup_s3()
       server.wait_for_unit("niks3.socket")
       server.succeed(f"curl --fail --silent --max-time 120 {LOCAL_URL}/health")
       server.wait_for_unit("niks3.service")

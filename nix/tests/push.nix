@@ -35,7 +35,7 @@ pkgs.testers.runNixOSTest {
       PRIORITY = ${toString settings.cache.priority}
 
       start_all()
-      s3.wait_for_unit("niks3-bucket.service")
+      setup_s3()
       server.wait_for_unit("niks3.socket")
 
       with subtest("the first request starts niks3.service, which is active once it sent READY=1"):

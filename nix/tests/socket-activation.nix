@@ -52,7 +52,7 @@ pkgs.testers.runNixOSTest {
 
 
       start_all()
-      s3.wait_for_unit("niks3-bucket.service")
+      setup_s3()
       server.wait_for_unit("niks3.socket")
 
       with subtest("niks3.socket holds every configured address; nothing has started the daemon yet"):
@@ -63,7 +63,7 @@ pkgs.testers.runNixOSTest {
           assert state == "inactive", f"niks3.service is {state} before any request"
 
       with subtest("while the bucket cannot be reached the daemon runs, but the unit never becomes active"):
-          s3.succeed("systemctl stop minio.service")
+          s3.succeed("systemctl stop garage.service")
           server.succeed("systemctl start --no-block niks3.service")
           seen: set[tuple[str, str, bool]] = set()
           deadline = time.monotonic() + 30
@@ -75,7 +75,7 @@ pkgs.testers.runNixOSTest {
           assert ("activating", "start", True) in seen, f"the daemon never ran while the bucket was down: {seen}"
 
       with subtest("once the bucket answers, READY=1 makes the unit active, with the daemon's status line"):
-          s3.succeed("systemctl start minio.service")
+          s3.succeed("systemctl start garage.service")
           server.wait_for_unit("niks3.service")
           props = unit_properties(server, "niks3.service", "Type", "StatusText")
           assert props["Type"] == "notify", props

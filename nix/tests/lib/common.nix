@@ -1,6 +1,7 @@
-# What the VM tests share: the nodes (`s3`: MinIO with the bucket, `server`: niks3 with a local PostgreSQL,
-# `client`: a plain NixOS machine with Nix), the test-only secrets, the store paths that get pushed, and Python
-# helpers for the test scripts.
+# What the VM tests share: the nodes (`s3`: Garage, a one-node cluster whose bucket and key the test script makes
+# with `setup_s3()`, `server`: niks3 with a local PostgreSQL, `client`: a plain NixOS machine with Nix), the
+# test-only secrets, the store paths that get pushed, and Python helpers for the test scripts. (MinIO is marked
+# insecure in nixpkgs, abandoned upstream, so runNixOSTest refuses it; nixpkgs' own tests moved to Garage.)
 #
 # The secrets below are for these tests only. They reach the server as files under /etc/niks3, mode 0400,
 # the way a secrets manager deploys them under /run/secrets; the module never sees a store path.
@@ -10,10 +11,15 @@ let
 in
 rec {
   bucket = "nix-cache";
-  minio = {
-    user = "niks3-minio";
-    password = "niks3-minio-secret";
+  # The key niks3d and the test helpers sign S3 requests with, in Garage's formats ("GK" and 24 hex digits, 64
+  # hex digits); the test script imports it into Garage (`garage key import`).
+  s3Key = {
+    id = "GK5e1a6c0b2f9d4e8a7c3b1d0e";
+    secret = "9c2f7a41d8e06b5c3a1f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b";
+    name = "niks3";
   };
+  # Garage's S3 API on the port the tests have always used; signed for niks3d's default region.
+  s3Port = 9000;
 
   signing = {
     secretKey = "niks3-vmtest-1:wZVyUfup9QtYpFI5NNa9IX1qsNB/0kHChXPYdjQHjAnAVsTIUBrRtFDC2k5Qu2uk53Ggj8LeaGdW5y5bFxTPlw==";
@@ -38,32 +44,26 @@ rec {
   };
 
   s3Node = {
-    services.minio = {
+    services.garage = {
       enable = true;
-      rootCredentialsFile = pkgs.writeText "minio-credentials" ''
-        MINIO_ROOT_USER=${minio.user}
-        MINIO_ROOT_PASSWORD=${minio.password}
-      '';
-    };
-    # niks3d checks that its bucket exists; create it once MinIO answers.
-    systemd.services.niks3-bucket = {
-      wantedBy = [ "multi-user.target" ];
-      requires = [ "minio.service" ];
-      after = [ "minio.service" ];
-      path = [ pkgs.minio-client ];
-      environment.MC_HOST_local = "http://${minio.user}:${minio.password}@localhost:9000";
-      script = ''
-        until mc --config-dir "$RUNTIME_DIRECTORY" ls local >/dev/null; do sleep 1; done
-        mc --config-dir "$RUNTIME_DIRECTORY" mb --ignore-existing local/${bucket}
-      '';
-      serviceConfig = {
-        Type = "oneshot";
-        RemainAfterExit = true;
-        RuntimeDirectory = "niks3-bucket";
+      package = pkgs.garage_2;
+      settings = {
+        replication_factor = 1;
+        db_engine = "sqlite";
+        rpc_bind_addr = "[::]:3901";
+        rpc_public_addr = "127.0.0.1:3901";
+        # Test-only, like every secret here.
+        rpc_secret = "4f0e3d2c1b0a99887766554433221100ffeeddccbbaa00998877665544332211";
+        s3_api = {
+          s3_region = "us-east-1";
+          api_bind_addr = "[::]:${toString s3Port}";
+        };
       };
     };
+    # Garage refuses to start with less than 1 GiB free (nixpkgs' garage tests give it 2 GiB).
+    virtualisation.diskSize = 2 * 1024;
     environment.systemPackages = [ pkgs.minio-client ];
-    networking.firewall.allowedTCPPorts = [ 9000 ];
+    networking.firewall.allowedTCPPorts = [ s3Port ];
   };
 
   serverNode = {
@@ -79,7 +79,7 @@ rec {
         ];
         s3 = {
           inherit bucket;
-          endpoint_url = "http://s3:9000";
+          endpoint_url = "http://s3:${toString s3Port}";
           addressing_style = "path";
         };
         cache.priority = 35;
@@ -112,8 +112,8 @@ rec {
         })
         {
           "niks3/signing-key" = signing.secretKey;
-          "niks3/s3-access-key-id" = minio.user;
-          "niks3/s3-secret-access-key" = minio.password;
+          "niks3/s3-access-key-id" = s3Key.id;
+          "niks3/s3-secret-access-key" = s3Key.secret;
           "niks3/token-ci" = tokens.ci;
           "niks3/token-admin" = tokens.admin;
           # Not a token of the server's: for the negative twin of a push.
@@ -152,8 +152,21 @@ rec {
     BUCKET = "${bucket}"
     PUBLIC_KEY = "${signing.publicKey}"
     IMPOSTOR_KEY = "${signing.impostorKey}"
-    S3_ENV = "AWS_ACCESS_KEY_ID=${minio.user} AWS_SECRET_ACCESS_KEY=${minio.password}"
-    MC = "MC_HOST_local=http://${minio.user}:${minio.password}@localhost:9000 mc"
+    S3_ENV = "AWS_ACCESS_KEY_ID=${s3Key.id} AWS_SECRET_ACCESS_KEY=${s3Key.secret}"
+    MC = "MC_HOST_local=http://${s3Key.id}:${s3Key.secret}@localhost:${toString s3Port} mc"
+
+
+    def setup_s3() -> None:
+        """Garage as a one-node cluster, then the bucket and niks3d's key (made here, not in the configuration)."""
+        s3.wait_for_unit("garage.service")
+        s3.wait_for_open_port(${toString s3Port})
+        node_id = s3.succeed("garage node id").strip().splitlines()[0].split("@")[0]
+        s3.succeed(f"garage layout assign -z vmtest -c 1G {node_id}")
+        s3.succeed("garage layout apply --version 1")
+        s3.succeed(f"garage bucket create {BUCKET}")
+        s3.succeed("garage key import --yes -n ${s3Key.name} ${s3Key.id} ${s3Key.secret}")
+        s3.succeed(f"garage bucket allow --read --write --owner {BUCKET} --key ${s3Key.name}")
+        s3.wait_until_succeeds(f"{MC} ls local/{BUCKET}", timeout=60)
 
 
     def narinfo_key(path: str) -> str:
