@@ -4,6 +4,10 @@ It starts a throwaway PostgreSQL and a SeaweedFS S3 server (the same harness the
 that Nix may read anonymously, generates a signing key and a push token, writes a config, runs the daemon, and
 prints how to push to it and how to point Nix at it. Ctrl-C stops everything; the directory is removed unless
 ``--dir`` or ``--keep`` was given.
+
+It watches its children: if PostgreSQL or SeaweedFS dies, it says which one and how (with the tail of its log),
+reaps it, removes PostgreSQL's stale ``postmaster.pid``, stops the daemon and exits with status 1, rather than
+serving 503s from a cache that cannot recover by itself.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import tomli_w
 
@@ -29,6 +34,7 @@ from niks3d.cli.serve import serve
 from niks3d.config import load_config
 from niks3d.devenv.postgres import async_postgres_server
 from niks3d.devenv.seaweedfs import async_seaweed_server
+from niks3d.errors import ServiceError
 from niks3d.logsetup import setup_logging
 from niks3d.nix.signing import SecretKey
 
@@ -36,6 +42,23 @@ logger = logging.getLogger(__name__)
 
 BUCKET = "nix-cache"
 KEY_NAME = "niks3d-dev-1"
+# How often the children are checked.
+WATCH_PERIOD = 0.5
+
+
+class _Child(Protocol):
+    def check_alive(self) -> None: ...
+
+
+async def _watch(children: dict[str, _Child]) -> None:
+    """Return never; raise ServiceError as soon as one of ``children`` has died (checking reaps it)."""
+    while True:
+        await asyncio.sleep(WATCH_PERIOD)
+        for name, child in children.items():
+            try:
+                child.check_alive()
+            except ServiceError as exc:
+                raise ServiceError(f"{name} died; niks3d dev stops. {exc}") from exc
 
 
 def _write_secret(path: Path, text: str) -> Path:
@@ -130,6 +153,18 @@ async def run_dev(workdir: Path, port: int, *, ready: asyncio.Event | None = Non
         )
         if ready is not None:
             ready.set()
+        watcher = asyncio.create_task(_watch({"PostgreSQL": pg, "SeaweedFS": s3}))
+        try:
+            await asyncio.wait([task, watcher], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in (task, watcher):
+                if not pending.done():
+                    pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pending
+        if not watcher.cancelled() and watcher.exception() is not None:
+            logger.error("%s", watcher.exception())
+            await watcher  # raises the ServiceError
         await task
 
 

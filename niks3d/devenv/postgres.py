@@ -148,6 +148,21 @@ class PostgresServer:
             raise ServiceError("PostgreSQL is not running")
         return self._process.pid
 
+    def check_alive(self) -> None:
+        """Raise a ServiceError with the log's tail if the postmaster has died.
+
+        The dead postmaster is reaped (no zombie is left), and its stale ``postmaster.pid`` removed, so that a
+        later start on this data directory is not refused.
+        """
+        if self._process is None:
+            raise ServiceError("PostgreSQL is not running")
+        try:
+            self._process.check_alive()
+        except ServiceError:
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / "postmaster.pid").unlink()
+            raise
+
     def pids(self) -> list[int]:
         """The postmaster and every process it started, to signal them all (say SIGSTOP to freeze the server).
 

@@ -121,6 +121,12 @@ class SeaweedServer:
             raise ServiceError("SeaweedFS is not running")
         return self._process.pid
 
+    def check_alive(self) -> None:
+        """Raise a ServiceError with the log's tail if ``weed`` has died (it is reaped)."""
+        if self._process is None:
+            raise ServiceError("SeaweedFS is not running")
+        self._process.check_alive()
+
     @property
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['s3']}"

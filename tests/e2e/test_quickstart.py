@@ -4,6 +4,7 @@ and Ctrl-C stops everything and leaves nothing behind."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -54,5 +55,40 @@ def test_niks3d_dev_serves_a_working_cache(tmp_path: Path) -> None:
             process.kill()
             raise
     assert process.returncode == 0, log_path.read_text()[-3000:]
+    leftovers = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True).stdout
+    assert not leftovers.strip(), f"processes left behind: {leftovers}"
+
+
+@pytest.mark.postgres
+@pytest.mark.s3
+def test_niks3d_dev_says_so_and_exits_when_postgresql_dies(tmp_path: Path) -> None:
+    port = free_port()
+    workdir = tmp_path / "dev"
+    log_path = tmp_path / "dev.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            niks3d_argv("dev", "--port", str(port), "--dir", str(workdir)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while "niks3d dev is running" not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        [pid_file] = workdir.glob("postgres/**/postmaster.pid")
+        postmaster = int(pid_file.read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        # It notices, says which child died and how, and exits with 1 (instead of serving 503s forever).
+        assert process.wait(60) == 1, log_path.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = log_path.read_text()
+    assert "PostgreSQL died; niks3d dev stops" in output, output[-3000:]
+    assert "killed by signal 9" in output, output[-3000:]
+    assert not pid_file.exists(), "the stale postmaster.pid was left behind"
     leftovers = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True).stdout
     assert not leftovers.strip(), f"processes left behind: {leftovers}"
