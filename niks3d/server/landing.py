@@ -188,6 +188,21 @@ def render_landing(
             ]
         ),
     ]
+    if not direct:
+        out += [
+            "",
+            "<h2>Pushing with stock Nix</h2>",
+            "<p>With a token that has the <code>push</code> scope in the netrc file (<code>machine",
+            f"{escape(host)} password &lt;token&gt;</code> in <code>/etc/nix/netrc</code>), <code>nix copy</code>",
+            "uploads to this cache; niks3d checks every NAR and signs the narinfos itself. Under",
+            "<code>roots/&lt;name&gt;</code> the paths join a named root that garbage collection keeps:</p>",
+            *_pre(
+                [
+                    f"nix copy --to '{url.rstrip('/')}/?compression=zstd' ./result",
+                    f"nix copy --to '{url.rstrip('/')}/roots/release-1?compression=zstd' ./result",
+                ]
+            ),
+        ]
     if private:
         out += [
             "",

@@ -43,6 +43,10 @@ async def test_the_snippets_hold_the_real_url_and_keys(
         "};",
     ]
     assert "Credentials" not in s.pre  # a public cache needs none
+    assert s.pre["Pushing with stock Nix"] == [
+        f"nix copy --to '{daemon.url}/?compression=zstd' ./result",
+        f"nix copy --to '{daemon.url}/roots/release-1?compression=zstd' ./result",
+    ]
     assert s.pre["Upstream caches"] == ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]
     # Plain text for curl: the snippets appear in the raw HTML exactly as they are to be pasted.
     for line in s.pre["nix.conf"] + s.pre["NixOS"]:
