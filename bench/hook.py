@@ -8,7 +8,9 @@
    ``OUT_PATHS``, next to the interpreter's start-up alone (``python -c pass``, ``python -S -c pass``) and the
    hook script ``niks3 build`` writes (``python -S`` with the package on ``PYTHONPATH``).
 
-    .venv/bin/python bench/hook.py [--derivations 200] [--rounds 2] [--calls 50]
+    .venv/bin/python bench/hook.py [--derivations 200] [--rounds 2] [--calls 50] [--sleep 0.25]
+
+``--sleep S`` makes each derivation's builder sleep S seconds, for builds whose steps do some work.
 
 Targets (issue 13): the hook adds less than 5 % to the build, and under 20 ms per call. A development install
 (``pip install -e``) pays for setuptools' editable-import finder at every interpreter start; the ``-S`` lines show
@@ -37,15 +39,17 @@ from niks3d.devenv.nixfixtures import NO_SUBSTITUTERS
 HOOK = str(Path(sys.executable).parent / "niks3-hook")
 
 
-def graph_expr(salt: str, count: int, width: int = 20) -> str:
-    """``count`` derivations in layers of ``width``; each needs two of the layer below; a list of all of them."""
+def graph_expr(salt: str, count: int, width: int = 20, sleep: float = 0.0) -> str:
+    """``count`` derivations in layers of ``width``; each needs two of the layer below (and sleeps ``sleep`` s)."""
     body = [f'    d{i} = mk "hb-{i}" [ {_deps(i, width)} ];' for i in range(count)]
     return (
         "\n".join(
             [
                 "let",
                 f'  mk = name: deps: derivation {{ inherit name; salt = "{salt}"; system = builtins.currentSystem;',
-                '    builder = "/bin/sh"; args = [ "-c" ("echo " + toString deps + " > $out") ]; };',
+                '    builder = "/bin/sh"; args = [ "-c" ("'
+                + (f"/bin/sleep {sleep}; " if sleep > 0 else "")
+                + 'echo " + toString deps + " > $out") ]; };',
                 "in builtins.attrValues (rec {",
                 *body,
                 "})",
@@ -62,9 +66,11 @@ def _deps(i: int, width: int) -> str:
     return f"d{(layer - 1) * width + pos} d{(layer - 1) * width + (pos + 1) % width}"
 
 
-def build(workdir: Path, count: int, hook: str | None, env: dict[str, str]) -> tuple[float, list[str]]:
+def build(
+    workdir: Path, count: int, hook: str | None, env: dict[str, str], sleep: float = 0.0
+) -> tuple[float, list[str]]:
     expr = workdir / f"graph-{secrets.token_hex(4)}.nix"
-    expr.write_text(graph_expr(secrets.token_hex(6), count))
+    expr.write_text(graph_expr(secrets.token_hex(6), count, sleep=sleep))
     argv = ["nix-build", str(expr), "--no-out-link", *NO_SUBSTITUTERS, "--max-jobs", str(os.cpu_count() or 1)]
     if hook is not None:
         argv += ["--option", "post-build-hook", hook]
@@ -96,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--derivations", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--sleep", type=float, default=0.0, help="seconds each derivation's builder sleeps")
     args = parser.parse_args(argv)
     env = {k: v for k, v in os.environ.items() if not k.startswith("NIKS3_")}
     built: list[str] = []
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for _ in range(args.rounds):
                 for label, hook in hooks.items():
-                    seconds, paths = build(work, args.derivations, hook, hook_env)
+                    seconds, paths = build(work, args.derivations, hook, hook_env, args.sleep)
                     times[label].append(seconds)
                     built += paths
             queued = sum(len(Queue(str(work / f)).entries()) for f in ("queue.sqlite", "shim.sqlite", "slow.sqlite"))
@@ -135,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             if built:
                 subprocess.run(["nix-store", "--delete", *built], capture_output=True, check=False)
     base = min(times["no hook"])
-    print(f"build of {args.derivations} derivations, nix-build --max-jobs {os.cpu_count()}, {args.rounds} rounds:")
+    what = f"build of {args.derivations} derivations" + (f" sleeping {args.sleep} s each" if args.sleep else "")
+    print(f"{what}, nix-build --max-jobs {os.cpu_count()}, {args.rounds} rounds:")
     for label, runs in times.items():
         best = min(runs)
         extra = "" if runs is times["no hook"] else f"  {(best - base) / base * 100:+6.1f} %"
