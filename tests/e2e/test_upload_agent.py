@@ -5,6 +5,7 @@ garbage-collected while queued, a refused token, the server down for a while, th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -21,7 +22,7 @@ from niks3d.client.main import main
 from niks3d.client.queue import Queue
 from niks3d.devenv.nixfixtures import NO_SUBSTITUTERS, build_expr
 from tests.client.storekit import corrupt, delete
-from tests.e2e.test_push import _substitute, _token_file
+from tests.e2e.test_push import _sessions, _substitute, _token_file
 from tests.e2e.test_push_killed import closure_problems
 from tests.server.bucketview import bucket_keys
 
@@ -355,3 +356,48 @@ def test_a_corrupt_path_fails_alone_and_the_queue_says_why(start_daemon, graph, 
     assert f"{lone}  FAILED after 2 tries" in listing and "last error:" in listing, listing
     assert main(["queue", "--queue", str(queue), "retry"]) == 0
     assert Queue(str(queue)).counts() == (1, 0)
+
+
+def test_two_builds_hooking_while_the_agent_drains_lose_and_duplicate_nothing(start_daemon, tmp_path, request):
+    """Two nix-build processes run their hooks into one queue at the same time as a running agent drains it:
+    every built path is published, the queue ends empty, and no push session is left behind."""
+    daemon = start_daemon()
+    queue = tmp_path / "queue.sqlite"
+    hook = tmp_path / "hook.sh"
+    assert main(["hook-script", "--queue", str(queue), "--output", str(hook)]) == 0
+    Queue(str(queue)).close()
+    exprs = []
+    for name in ("a", "b"):
+        expr = tmp_path / f"graph-{name}.nix"
+        expr.write_text(graph_expr(secrets.token_hex(6)))
+        exprs.append(expr)
+    request.addfinalizer(lambda: delete(*(p for e in exprs for p in _env_built(e))))
+    log = tmp_path / "agent.log"
+    argv = [*NIKS3, "agent", "--queue", str(queue), "--server", daemon.url, "--batch", "3"]
+    argv += ["--token-file", _token_file(tmp_path, daemon)]
+    with log.open("w") as sink, subprocess.Popen(argv, stderr=sink, env=_env()) as agent:
+        try:
+            builds = [
+                subprocess.Popen(
+                    ["nix-build", str(e), "--no-out-link", *NO_SUBSTITUTERS, "--option", "post-build-hook", str(hook)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=_env(),
+                )
+                for e in exprs
+            ]
+            outputs = [b.communicate(timeout=600) for b in builds]
+            assert [b.returncode for b in builds] == [0, 0], [err for _, err in outputs]
+            built = sorted(p for out, _ in outputs for p in out.split())
+            assert len(built) == 10
+            deadline = time.monotonic() + 180
+            while Queue(str(queue)).entries() and time.monotonic() < deadline and agent.poll() is None:
+                time.sleep(0.2)
+            assert Queue(str(queue)).entries() == [], log.read_text()
+        finally:
+            agent.terminate()
+            agent.wait(60)
+    assert _published(daemon, built) == set(built), log.read_text()
+    assert closure_problems(daemon.s3) == []
+    assert "open" not in asyncio.run(_sessions(daemon.dsn))
