@@ -134,6 +134,8 @@ in
         NIKS3_SERVER_URL = cfg.serverUrl;
         # The agent asks the daemon for path metadata; the store is read-only to it (ProtectSystem=strict).
         NIX_REMOTE = "daemon";
+        # /root is hidden (ProtectHome): nix's own cache goes to the unit's cache directory.
+        XDG_CACHE_HOME = "%C/niks3-upload";
       };
       serviceConfig = {
         Type = "notify";
@@ -142,6 +144,7 @@ in
         Restart = "on-failure";
         RestartSec = "5s";
         StateDirectory = "niks3-upload";
+        CacheDirectory = "niks3-upload";
         StateDirectoryMode = "0700";
         UMask = "0077";
         ReadWritePaths = lib.optionals cfg.scanStore [ "/nix/var/nix/db" ];
