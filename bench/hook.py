@@ -10,7 +10,9 @@
 
     .venv/bin/python bench/hook.py [--derivations 200] [--rounds 2] [--calls 50] [--sleep 0.25]
 
-``--sleep S`` makes each derivation's builder sleep S seconds, for builds whose steps do some work.
+``--sleep S`` makes each derivation's builder sleep S seconds, for builds whose steps do some work. The queues
+are held open during the run, as the running agent holds its queue (a hook's connection is then never the last
+one, and closing it does not checkpoint and fsync the WAL); ``--cold`` measures without.
 
 Targets (issue 13): the hook adds less than 5 % to the build, and under 20 ms per call. A development install
 (``pip install -e``) pays for setuptools' editable-import finder at every interpreter start; the ``-S`` lines show
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds each derivation's builder sleeps")
+    parser.add_argument("--cold", action="store_true", help="no connection held open, as without a running agent")
     args = parser.parse_args(argv)
     env = {k: v for k, v in os.environ.items() if not k.startswith("NIKS3_")}
     built: list[str] = []
@@ -120,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         times: dict[str, list[float]] = {label: [] for label in hooks}
         hook_env = {**env, "NIKS3_QUEUE": str(work / "queue.sqlite")}
+        # The running agent keeps its connection to the queue open; then a hook's connection is never the last
+        # one, and closing it does not checkpoint the WAL (which would fsync). --cold measures without it.
+        files = ("queue.sqlite", "shim.sqlite", "slow.sqlite", "calls.sqlite")
+        agents = [] if args.cold else [Queue(str(work / f)) for f in files]
         try:
             for _ in range(args.rounds):
                 for label, hook in hooks.items():
@@ -139,11 +146,14 @@ def main(argv: list[str] | None = None) -> int:
                 _summary("niks3 hook-script without sqlite3 (python -S)", per_call([str(slow)], call_env, args.calls)),
             ]
         finally:
+            for agent in agents:
+                agent.close()
             if built:
                 subprocess.run(["nix-store", "--delete", *built], capture_output=True, check=False)
     base = min(times["no hook"])
     what = f"build of {args.derivations} derivations" + (f" sleeping {args.sleep} s each" if args.sleep else "")
-    print(f"{what}, nix-build --max-jobs {os.cpu_count()}, {args.rounds} rounds:")
+    agent = "no agent connected (--cold)" if args.cold else "the queues held open as by a running agent"
+    print(f"{what}, nix-build --max-jobs {os.cpu_count()}, {args.rounds} rounds, {agent}:")
     for label, runs in times.items():
         best = min(runs)
         extra = "" if runs is times["no hook"] else f"  {(best - base) / base * 100:+6.1f} %"
