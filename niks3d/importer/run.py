@@ -13,6 +13,7 @@ __all__ = ["ImportParams", "run_import"]
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -144,14 +145,25 @@ async def run_import(
             raise Niks3Error("a garbage collection, import or check is running; try again when it has finished")
         try:
             run = _Run(conn, bucket, params, report, status)
+            clock = time.monotonic()
+
+            def lap(phase: str) -> None:
+                nonlocal clock
+                now = time.monotonic()
+                report.counts[f"{phase}_ms"] = round((now - clock) * 1000)
+                clock = now
+
             status("import: listing the bucket")
             run.inventory = await list_bucket(bucket)
+            lap("listing")
             report.counts["bucket_objects"] = run.inventory.listed
             report.counts["foreign_objects"] = run.inventory.foreign
             await db.create_staging(conn)
             await _stage_narinfos(run, await db.registered_narinfos(conn))
             owners = await _realisations(run)
+            lap("reading")
             report.counts["unclosed"] = await db.mark_unclosed(conn)
+            lap("closure")
             for hash_part, problem, ref in await db.staged_problems(conn):
                 report.add(problem, f"{hash_part}.narinfo", f"its reference {ref} has no valid narinfo")
             ttl = params.root_ttl
@@ -166,6 +178,7 @@ async def run_import(
                 on_batch=lambda n: status(f"import: {len(registrar.registered)} paths registered"),
             )
             report.counts["levels"] = await registrar.run()
+            lap("registration")
             report.counts["paths_registered"] = len(registrar.registered)
             for hash_part in await db.staged_unregistered(conn):
                 report.add("reference_missing", f"{hash_part}.narinfo", "part of a reference cycle")
@@ -175,6 +188,7 @@ async def run_import(
                 )
             await _pins(run)
             orphans = await _orphans(run)
+            lap("orphans")
             if params.quarantine:
                 report.counts.update(await quarantine(conn, bucket, report.problems, orphans))
         finally:
