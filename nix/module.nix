@@ -416,6 +416,31 @@ in
       };
     };
 
+    # `niks3d fsck`: does the bucket agree with the database (docs/operations.md)? Off by default.
+    fsck = {
+      automatic = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Run `niks3-fsck.service` on a timer. Without it the service still exists:
+          `systemctl start niks3-fsck.service` runs one check. A failed unit means problems were found;
+          the journal's `fsck.finished` entry counts them by kind.
+        '';
+      };
+      dates = mkOption {
+        type = types.either types.singleLineStr (types.listOf types.str);
+        apply = lib.toList;
+        default = [ "weekly" ];
+        example = "Sat 03:00";
+        description = "When to check, as systemd calendar events (see {manpage}`systemd.time(7)`).";
+      };
+      repair = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Pass `--repair`: fix what is always safe to fix (docs/operations.md lists it).";
+      };
+    };
+
     openFirewall = mkOption {
       type = types.bool;
       default = false;
@@ -578,6 +603,30 @@ in
       timerConfig = {
         RandomizedDelaySec = cfg.gc.randomizedDelaySec;
         Persistent = cfg.gc.persistent;
+      };
+    };
+
+    systemd.services.niks3-fsck = {
+      description = "niks3d consistency check of the bucket and the database";
+      requires = databaseUnits;
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ] ++ databaseUnits;
+      startAt = lib.optionals cfg.fsck.automatic cfg.fsck.dates;
+      restartIfChanged = false;
+      serviceConfig = lib.mkMerge [
+        commonServiceConfig
+        {
+          Type = "oneshot";
+          ExecStart = "${niks3d} fsck --config ${configFile}" + lib.optionalString cfg.fsck.repair " --repair";
+          NotifyAccess = "main";
+        }
+      ];
+    };
+
+    systemd.timers.niks3-fsck = lib.mkIf cfg.fsck.automatic {
+      timerConfig = {
+        RandomizedDelaySec = "1h";
+        Persistent = true;
       };
     };
   };
