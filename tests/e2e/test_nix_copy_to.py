@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from niks3d.devenv.modernnix import ModernNix
 from niks3d.devenv.nixfixtures import build_expr
 from niks3d.nix.narinfo import parse_narinfo
 from niks3d.nix.storepath import StorePath
@@ -179,3 +180,37 @@ def test_nix_copy_to_without_a_push_token_is_refused_and_writes_nothing(start_da
     assert f"HTTP error {status}" in done.stderr, done.stderr
     assert rows(daemon, "SELECT key FROM objects") == []
     assert rows(daemon, "SELECT hash FROM store_paths") == []
+
+
+@pytest.mark.modern_nix
+def test_modern_nix_copies_to_niks3d_and_substitutes_back(start_daemon, modern_nix, tmp_path):
+    """The same with Debian 13's Nix (2.26: paths uploaded in parallel, references first)."""
+    daemon = start_daemon()
+    expr = tmp_path / "closure.nix"
+    expr.write_text(CLOSURE.replace("@SALT@", secrets.token_hex(6)).replace("@BIG@", str(9 * 1024 * 1024)))
+    built = modern_nix.nix("build", "--no-link", "--print-out-paths", "-f", str(expr)).split()
+    (top,) = [p for p in built if p.endswith("-copy-top")]
+    (dep,) = [p for p in built if p.endswith("-copy-dep")]
+    url = f"{daemon.url}/?compression=zstd&write-nar-listing=1"
+    modern_nix.nix("copy", "--to", url, top, "--option", "netrc-file", str(netrc(tmp_path, daemon, "pusher")))
+    assert {r["hash"] for r in rows(daemon, "SELECT hash FROM store_paths")} == {
+        StorePath.parse(p).hash for p in (top, dep)
+    }
+    reader = ModernNix(modern_nix.root, tmp_path / "reader", shared=[tmp_path])
+    keys = " ".join(public_keys(daemon))
+    reader.nix("copy", "--from", daemon.url, top, "--option", "trusted-public-keys", keys)
+    reader.nix("store", "verify", "--store", daemon.url, "-r", top, "--option", "trusted-public-keys", keys)
+    assert (
+        reader.host_path(top).joinpath("share/blob").read_bytes()
+        == modern_nix.host_path(top).joinpath("share/blob").read_bytes()
+    )
+    # A read token is refused, and modern Nix prints why.
+    other = tmp_path / "other.nix"
+    other.write_text(CLOSURE.replace("@SALT@", secrets.token_hex(6)).replace("@BIG@", "1000"))
+    fresh = modern_nix.nix("build", "--no-link", "--print-out-paths", "-f", str(other)).split()
+    refused = modern_nix.run(
+        ["nix", "copy", "--to", url, *fresh, "--option", "netrc-file", str(netrc(tmp_path, daemon, "reader"))],
+        check=False,
+    )
+    assert refused.returncode != 0 and b"403" in refused.stderr, refused.stderr.decode()
+    assert len(rows(daemon, "SELECT hash FROM store_paths")) == 2
