@@ -8,10 +8,11 @@ loop works as well: ``NIKS3_EVENT_LOOP=asyncio`` selects it, for a comparison or
 
 from __future__ import annotations
 
-__all__ = ["ENV_VAR", "loop_factory", "run"]
+__all__ = ["ENV_VAR", "SLICE_SECONDS", "Pauser", "loop_factory", "run"]
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -22,6 +23,25 @@ from niks3d.errors import ConfigError, ConfigProblem
 T = TypeVar("T")
 
 ENV_VAR = "NIKS3_EVENT_LOOP"
+# The longest a loop over a large request's items runs before it lets other tasks in.
+SLICE_SECONDS = 0.002
+
+
+class Pauser:
+    """``await pause()`` in a long loop of CPU work: yields to the event loop once ``SLICE_SECONDS`` have passed
+    since the last yield, so that other requests are answered in between (one large push session must not stall
+    the daemon). Costs one clock read per call otherwise."""
+
+    __slots__ = ("_since",)
+
+    def __init__(self) -> None:
+        self._since = time.perf_counter()
+
+    async def __call__(self) -> None:
+        now = time.perf_counter()
+        if now - self._since >= SLICE_SECONDS:
+            await asyncio.sleep(0)
+            self._since = time.perf_counter()
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:

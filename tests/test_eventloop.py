@@ -33,3 +33,20 @@ def test_an_unknown_loop_is_a_config_error_naming_the_variable(monkeypatch):
     with pytest.raises(ConfigError, match=r"NIKS3_EVENT_LOOP: 'trio' is not 'uvloop' or 'asyncio'"):
         eventloop.run(coro)
     assert coro.cr_frame is None  # closed, not left to warn "never awaited"
+
+
+async def test_a_pauser_lets_other_tasks_run_once_its_slice_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[int] = []
+
+    async def other() -> None:
+        ran.append(1)
+
+    pause = eventloop.Pauser()
+    task = asyncio.create_task(other())
+    monkeypatch.setattr(eventloop, "SLICE_SECONDS", 3600.0)
+    await pause()  # within its slice: no yield, the other task has not run
+    assert ran == []
+    monkeypatch.setattr(eventloop, "SLICE_SECONDS", 0.0)
+    await pause()  # slice used up: it yields, and the other task runs
+    assert ran == [1]
+    await task

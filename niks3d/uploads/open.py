@@ -19,6 +19,7 @@ from niks3d.db import paths as db_paths
 from niks3d.db import uploads as db
 from niks3d.db.retry import Conflict, retry_transaction
 from niks3d.errors import ApiError
+from niks3d.eventloop import Pauser
 from niks3d.nix.bucketkeys import narinfo_key
 from niks3d.nix.storepath import StorePath
 from niks3d.uploads.context import SESSION_STALE_AFTER, PushContext
@@ -174,7 +175,9 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID) -> dict[str, A
         published = await db_paths.published_hashes(conn, [p.path.hash for p in req.paths])
         states = await db.object_states(conn, list(claims))
     paths: list[dict[str, Any]] = []
+    pause = Pauser()
     for p in req.paths:
+        await pause()  # presigning 100,000 objects takes seconds: let other requests in between (issue 20)
         if p.path.hash in published:
             paths.append({"path": p.path.path, "status": "cached"})
             continue

@@ -1,0 +1,138 @@
+"""Benchmark: what opening one large upload session costs the daemon (issue 20: one large session must not stall it).
+
+Starts ``niks3d dev`` (its daemon runs in the dev process, PostgreSQL and SeaweedFS in their own), then opens one
+session of ``--paths`` synthetic store paths (none cached, so every path gets presigned uploads) while a probe
+thread asks for a missing narinfo every few milliseconds on one keep-alive connection. Prints the time to
+open the session, the request and answer sizes, the daemon's RSS before, at its peak and after, and the longest
+a probe waited (how long the event loop was blocked, plus one request).
+
+    .venv/bin/python bench/session.py [--paths 100000] [--port 5799]
+"""
+
+from __future__ import annotations
+
+__all__ = ["main"]
+
+import argparse
+import http.client
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from niks3d.nix.nix32 import encode
+
+
+def _rss(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) in KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def _body(n: int) -> bytes:
+    rng = random.Random(20)
+    paths = []
+    for i in range(n):
+        paths.append(
+            {
+                "path": f"/nix/store/{encode(rng.randbytes(20))}-bench-{i}",
+                "nar_hash": "sha256:" + encode(rng.randbytes(32)),
+                "nar_size": 1000 + i,
+                "references": [],
+                "deriver": None,
+                "ca": None,
+                "listing": False,
+                "log": False,
+            }
+        )
+    return json.dumps({"roots": [paths[-1]["path"]], "paths": paths}).encode()
+
+
+class Probe(threading.Thread):
+    """Asks for a missing narinfo every ``period`` seconds; records the longest answer."""
+
+    def __init__(self, port: int, period: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.port, self.period = port, period
+        self.longest = 0.0
+        self.count = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        while not self.stop.is_set():
+            start = time.perf_counter()
+            conn.request("GET", "/" + "0" * 32 + ".narinfo")
+            conn.getresponse().read()
+            self.longest = max(self.longest, time.perf_counter() - start)
+            self.count += 1
+            time.sleep(self.period)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paths", type=int, default=100_000)
+    parser.add_argument("--port", type=int, default=5799)
+    args = parser.parse_args()
+    body = _body(args.paths)
+    with tempfile.TemporaryDirectory(prefix="niks3d-bench-session-") as tmp:
+        workdir = Path(tmp) / "dev"
+        log_path = Path(tmp) / "dev.log"
+        entry = "from niks3d.cli.main import main; raise SystemExit(main())"
+        argv = [sys.executable, "-c", entry, "dev", "--port", str(args.port), "--dir", str(workdir)]
+        with log_path.open("wb") as log:
+            dev = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            while "niks3d dev is running" not in log_path.read_text():
+                if dev.poll() is not None:
+                    print(log_path.read_text()[-3000:])
+                    return 1
+                time.sleep(0.2)
+            token = (workdir / "secrets" / "push-token").read_text().strip()
+            before, _ = _rss(dev.pid)
+            probe = Probe(args.port)
+            probe.start()
+            time.sleep(0.5)
+            idle_longest, probe.longest = probe.longest, 0.0
+            conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=3600)
+            start = time.perf_counter()
+            conn.request(
+                "POST",
+                "/api/v1/sessions",
+                body=body,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            response = conn.getresponse()
+            answer = response.read()
+            elapsed = time.perf_counter() - start
+            probe.stop.set()
+            probe.join()
+            time.sleep(2)
+            after, peak = _rss(dev.pid)
+            print(f"paths: {args.paths}; status {response.status}")
+            sizes = f"request {len(body) / 2**20:.1f} MiB, answer {len(answer) / 2**20:.1f} MiB"
+            print(f"{sizes}, open took {elapsed:.1f} s")
+            rss = f"{before / 1024:.0f} MiB before, {peak / 1024:.0f} MiB peak, {after / 1024:.0f} MiB after"
+            print(f"daemon RSS: {rss}")
+            print(
+                f"narinfo probe: longest {probe.longest * 1000:.0f} ms during the open "
+                f"({probe.count} probes; {idle_longest * 1000:.1f} ms when idle)"
+            )
+            if response.status >= 300:
+                print(answer[:500].decode(errors="replace"))
+        finally:
+            dev.terminate()
+            dev.wait(60)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
