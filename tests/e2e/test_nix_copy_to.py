@@ -214,3 +214,26 @@ def test_modern_nix_copies_to_niks3d_and_substitutes_back(start_daemon, modern_n
     )
     assert refused.returncode != 0 and b"403" in refused.stderr, refused.stderr.decode()
     assert len(rows(daemon, "SELECT hash FROM store_paths")) == 2
+
+
+def test_nix_store_copy_log_uploads_a_log_that_nix_log_reads_back(start_daemon, tmp_path, request):
+    daemon = start_daemon()
+    top, dep = build_closure(tmp_path / "build", big=1000)
+    request.addfinalizer(lambda: delete(top, dep))
+    url = f"{daemon.url}/?compression=zstd"
+    pusher = netrc(tmp_path, daemon, "pusher")
+    # The log of a derivation with no published output is refused, naming the reason.
+    early = nix(tmp_path, "store", "copy-log", "--to", url, top, netrc_file=pusher)
+    assert early.returncode != 0 and "HTTP error 422" in early.stderr, early.stderr
+    assert copy_to(tmp_path, daemon, url, top).returncode == 0
+    done = nix(tmp_path, "store", "copy-log", "--to", url, top, netrc_file=pusher)
+    assert done.returncode == 0, done.stderr
+    got = nix(tmp_path, "log", "--store", daemon.url, top)
+    assert got.returncode == 0, got.stderr
+    assert "building the top" in got.stdout
+    kinds = {(r["hash"], r["kind"]) for r in rows(daemon, "SELECT hash, kind FROM path_files")}
+    assert (StorePath.parse(top).hash, "log") in kinds
+    # Immutable: the same log again is fine, and a read token may not upload one.
+    assert nix(tmp_path, "store", "copy-log", "--to", url, top, netrc_file=pusher).returncode == 0
+    reader = nix(tmp_path, "store", "copy-log", "--to", url, top, netrc_file=netrc(tmp_path, daemon, "reader"))
+    assert reader.returncode != 0 and "HTTP error 403" in reader.stderr, reader.stderr
