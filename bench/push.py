@@ -24,7 +24,13 @@ Each is pushed again when everything is cached (the cost of a no-op push). The s
 fresh data.
 
     .venv/bin/python bench/push.py --dev [--paths 300] [--closure-mib 700] [--big-mib 1024]
-        [--workloads closure,big,upstream] [--upstream-paths 60] [--upstream-mib 150] [-- PUSH OPTIONS]
+        [--workloads closure,big,upstream] [--upstream-paths 60] [--upstream-mib 150] [--trusted-token]
+        [-- PUSH OPTIONS]
+
+The cost of verification (docs/security.md, rule 1): with ``--dev`` every NAR of the first pushes is verified
+before it is shared (the dev token is an ordinary one); ``--trusted-token`` marks the dev token trusted, so its
+NARs are only size-checked, as every push was before. Run ``--workloads closure,big`` both ways and compare the
+first pushes' wall and CPU figures.
 """
 
 from __future__ import annotations
@@ -86,7 +92,7 @@ def tree_cpu(root: int) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def dev_server(workdir: Path, upstream_key: str) -> Iterator[Server]:
+def dev_server(workdir: Path, upstream_key: str, *, trusted: bool = False) -> Iterator[Server]:
     """``niks3d dev`` (the daemon, SeaweedFS and PostgreSQL) on a free port, trusting ``upstream_key`` (a public
     key) as its upstream."""
     port = free_port()
@@ -94,7 +100,10 @@ def dev_server(workdir: Path, upstream_key: str) -> Iterator[Server]:
     env = {**os.environ, "NIKS3_CACHE__UPSTREAM_KEYS": json.dumps([upstream_key])}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [*NIKS3D, "dev", "--port", str(port), "--dir", str(workdir / "dev")], stdout=log, stderr=log, env=env
+            [*NIKS3D, "dev", "--port", str(port), "--dir", str(workdir / "dev"), *(["--trusted-token"] * trusted)],
+            stdout=log,
+            stderr=log,
+            env=env,
         )
     try:
         deadline = time.monotonic() + 120
@@ -363,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="closure,big,upstream", help="comma-separated: closure,big,upstream")
     parser.add_argument("--upstream-paths", type=int, default=60)
     parser.add_argument("--upstream-mib", type=int, default=150)
+    parser.add_argument(
+        "--trusted-token",
+        action="store_true",
+        help="with --dev: mark the dev token trusted (NARs size-checked, not verified: docs/security.md)",
+    )
     parser.add_argument("push_options", nargs="*", help="extra options for niks3 push (after --)")
     args = parser.parse_args(argv)
     workloads = set(args.workloads.split(","))
@@ -383,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         key_file.write_text(upstream_key.to_text())
         server_cm: contextlib.AbstractContextManager[Server]
         if args.dev:
-            server_cm = dev_server(workdir, upstream_key.public_key().to_text())
+            server_cm = dev_server(workdir, upstream_key.public_key().to_text(), trusted=args.trusted_token)
         else:
             server_cm = contextlib.nullcontext(Server(args.server, args.token_file))
         try:

@@ -270,8 +270,12 @@ class S3Settings(_Section):
     # NARs at least this large (uncompressed) are uploaded as multipart.
     multipart_threshold: int = Field(default=64 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**4)
     multipart_part_size: int = Field(default=32 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
-    # "size": check existence and size at complete; "full": also download, hash and unpack every NAR.
+    # What niks3d checks of an uploaded NAR before it is present for everyone. "size": existence and size for
+    # tokens marked trusted, everything below for the others; "full": for every token, download, hash and unpack
+    # the NAR (NarHash, NarSize, Nix's NAR rules), once, when it is first published (docs/security.md, rule 1).
     verify: Literal["size", "full"] = "size"
+    # At most this many NARs are verified at once by one daemon (each streams the object through zstd and SHA-256).
+    verify_concurrency: int = Field(default=4, ge=1, le=64)
     max_attempts: int = Field(default=8, ge=1, le=100)
     connect_timeout: float = Field(default=5.0, gt=0, le=300)
     # The longest wait for the next bytes of an answer.
@@ -308,6 +312,9 @@ class TokenSettings(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     file: Path
     scopes: list[Scope] = Field(min_length=1)
+    # A trusted writer's NARs are shared after the size check alone when s3.verify = "size"; every other
+    # writer's are verified in full before anyone else may rely on them (docs/security.md, rule 1).
+    trusted: bool = False
 
 
 # cache.nixos.org's key, Nix's default `trusted-public-keys`.

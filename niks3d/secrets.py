@@ -51,6 +51,8 @@ class Token:
     name: str
     secret: bytes = field(repr=False)
     scopes: frozenset[str]
+    # Its uploads count as present after the size check alone, when s3.verify = "size" (docs/security.md).
+    trusted: bool = False
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ class SecretFiles:
             raise RuntimeError("secrets() called although reading them found problems")
         return Secrets(
             tokens=tuple(
-                Token(name=t.name, secret=self._tokens[i], scopes=frozenset(t.scopes))
+                Token(name=t.name, secret=self._tokens[i], scopes=frozenset(t.scopes), trusted=t.trusted)
                 for i, t in enumerate(settings.tokens)
             ),
             signing_keys=tuple(self._keys[i] for i in range(len(settings.signing.key_files))),

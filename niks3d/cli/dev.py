@@ -106,7 +106,7 @@ Press Ctrl-C to stop.
 """
 
 
-async def run_dev(workdir: Path, port: int, *, ready: asyncio.Event | None = None) -> None:
+async def run_dev(workdir: Path, port: int, *, ready: asyncio.Event | None = None, trusted_token: bool = False) -> None:
     async with (
         async_postgres_server(workdir / "postgres") as pg,
         async_seaweed_server(workdir / "s3", anonymous_read=True) as s3,
@@ -132,7 +132,7 @@ async def run_dev(workdir: Path, port: int, *, ready: asyncio.Event | None = Non
                 "secret_access_key_file": str(secret_file),
             },
             "signing": {"key_files": [str(key_file)]},
-            "tokens": [{"name": "dev", "file": str(token_file), "scopes": ["admin"]}],
+            "tokens": [{"name": "dev", "file": str(token_file), "scopes": ["admin"], "trusted": trusted_token}],
         }
         config_file = workdir / "niks3d.toml"
         config_file.write_text(tomli_w.dumps(settings))
@@ -174,7 +174,7 @@ def dev_command(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         with _workdir(args.dir, args.keep) as workdir:
-            await run_dev(workdir, port)
+            await run_dev(workdir, port, trusted_token=getattr(args, "trusted_token", False))
 
     try:
         eventloop.run(main())

@@ -146,6 +146,11 @@ def _dev_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=_port, metavar="N", help="the daemon's HTTP port (default: 5751)")
     parser.add_argument("--keep", action="store_true", help="do not delete the directory on exit")
+    parser.add_argument(
+        "--trusted-token",
+        action="store_true",
+        help="mark the dev token trusted: its NARs are shared after the size check alone (docs/security.md)",
+    )
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ with bzip2 (``.bz2``, the default) or plain when ``compress-build-log = false``.
 
 from __future__ import annotations
 
-__all__ = ["compress_log", "find_build_log"]
+__all__ = ["compress_log", "find_build_log", "read_derivation"]
 
 import bz2
 from collections.abc import Callable
@@ -31,6 +31,16 @@ def find_build_log(deriver: StorePath, store: LocalStore) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def read_derivation(deriver: StorePath, store: LocalStore, *, limit: int = 1024 * 1024) -> bytes | None:
+    """The contents of the ``.drv`` file ``deriver`` (the proof a log needs), or None if the store lacks it."""
+    try:
+        with open(store.real_path(deriver), "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError:
+        return None
+    return data if len(data) <= limit else None
 
 
 def compress_log(source: Path, sink: Callable[[bytes], object], *, level: int = 3) -> int:

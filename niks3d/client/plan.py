@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = ["PathWork", "SessionPlan", "idempotency_key", "plan_work", "session_body", "specs_to_work"]
 
+import base64
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -34,8 +35,13 @@ def session_body(
     realisations: Mapping[StorePath, Sequence[LocalRealisation]],
     *,
     listing: bool = True,
+    derivations: Mapping[StorePath, bytes] | None = None,
 ) -> dict[str, Any]:
-    """The body of ``POST /sessions`` without its idempotency key, in a canonical order."""
+    """The body of ``POST /sessions`` without its idempotency key, in a canonical order.
+
+    ``derivations`` holds the ``.drv`` file of each path whose log is pushed: the server accepts a log only
+    with the derivation that proves it built the path (docs/security.md, rule 3).
+    """
     paths = []
     for store_path in sorted(closure, key=lambda p: p.path):
         info = closure[store_path]
@@ -52,6 +58,8 @@ def session_body(
                 "realisations": [r.to_json() for r in sorted(realisations.get(store_path, ()), key=lambda r: r.id)],
             }
         )
+        if derivations and store_path in logs and store_path in derivations:
+            paths[-1]["derivation"] = base64.b64encode(derivations[store_path]).decode()
     return {"roots": sorted({r.path for r in roots}), "paths": paths}
 
 

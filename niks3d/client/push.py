@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 
 from niks3d.client.api import ApiClient, ObjectsMissing, ObjectsPending, SessionClosed
-from niks3d.client.buildlogs import find_build_log
+from niks3d.client.buildlogs import find_build_log, read_derivation
 from niks3d.client.closure import PathInfo, query_closure
 from niks3d.client.models import CompleteAnswer, ServerInfo
 from niks3d.client.narstream import NarMismatch
@@ -145,14 +145,22 @@ async def _gather_inputs(api: ApiClient, options: PushOptions) -> _Inputs:
             "the server takes in one session; push fewer roots at a time"
         )
     logs: dict[StorePath, Path] = {}
+    derivations: dict[StorePath, bytes] = {}
     if options.logs and "logs" in info.capabilities:
+        proof = "log-proof" in info.capabilities
         for path, path_info in closure.items():
             if path_info.deriver is not None and (found := find_build_log(path_info.deriver, options.store)):
+                if proof:
+                    # the server takes a log only with the .drv that built the path (docs/security.md)
+                    drv = read_derivation(path_info.deriver, options.store)
+                    if drv is None:
+                        continue
+                    derivations[path] = drv
                 logs[path] = found
     realisations: dict[StorePath, list[LocalRealisation]] = {}
     if options.realisations and "realisations" in info.capabilities:
         realisations = await asyncio.to_thread(query_realisations, options.store.db_path, list(closure))
-    body = session_body(split.roots, closure, logs, realisations)
+    body = session_body(split.roots, closure, logs, realisations, derivations=derivations)
     if split.referenced:
         body["upstream"] = upstream_entries(split, everything)
     body["idempotency_key"] = idempotency_key(body)

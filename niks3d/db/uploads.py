@@ -22,6 +22,7 @@ __all__ = [
     "lock_objects",
     "mark_present",
     "object_states",
+    "open_session_ids",
     "set_upload_id",
     "take_over",
     "touch_session",
@@ -178,12 +179,12 @@ async def insert_claims(conn: Connection, session_id: uuid.UUID, claims: Iterabl
     )
 
 
-async def take_over(conn: Connection, session_id: uuid.UUID, keys: Sequence[str]) -> list[tuple[str, str]]:
+async def take_over(conn: Connection, session_id: uuid.UUID, keys: Sequence[str]) -> list[tuple[uuid.UUID, str, str]]:
     """Make ``session_id`` the uploader of ``keys`` whose uploader went away; returns the dropped
-    ``(key, upload_id)`` multipart uploads of the previous uploaders, which the caller aborts."""
+    ``(session_id, key, upload_id)`` multipart uploads of the previous uploaders, which the caller aborts."""
     dropped = await conn.fetch(
         """DELETE FROM session_claims WHERE key = ANY($1::text[]) AND uploader AND session_id <> $2
-           RETURNING key, upload_id""",
+           RETURNING session_id, key, upload_id""",
         list(keys),
         session_id,
     )
@@ -192,7 +193,7 @@ async def take_over(conn: Connection, session_id: uuid.UUID, keys: Sequence[str]
         session_id,
         list(keys),
     )
-    return [(r["key"], r["upload_id"]) for r in dropped if r["upload_id"]]
+    return [(r["session_id"], r["key"], r["upload_id"]) for r in dropped if r["upload_id"]]
 
 
 async def claims_of_session(conn: Connection, session_id: uuid.UUID) -> dict[str, Claim]:
@@ -221,3 +222,11 @@ async def mark_present(conn: Connection, entries: Iterable[tuple[str, int, str |
         [s for _, s, _ in rows],
         [h for _, _, h in rows],
     )
+
+
+async def open_session_ids(conn: Connection, session_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """The sessions among ``session_ids`` that are open (their staging objects are still needed)."""
+    rows = await conn.fetch(
+        "SELECT id FROM upload_sessions WHERE id = ANY($1::uuid[]) AND state = 'open'", list(session_ids)
+    )
+    return {r["id"] for r in rows}

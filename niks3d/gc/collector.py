@@ -53,6 +53,7 @@ from niks3d.gc.runs import (
     try_lock,
     unlock,
 )
+from niks3d.gc.staging import sweep_staging
 from niks3d.storage.s3 import Bucket
 from niks3d.systemd import Notifier
 
@@ -154,6 +155,7 @@ class _Run:
         dry = self.params.dry_run
         self.progress.add(await adopt_orphans(self.pool, self.bucket, grace=self.grace, dry_run=dry))
         self.progress.add(await abort_stale_uploads(self.pool, self.bucket, grace=self.grace, dry_run=dry))
+        self.progress.add(await sweep_staging(self.pool, self.bucket, grace=self.grace, dry_run=dry))
 
     async def mark(self) -> int:
         await self.progress.set_phase("mark")

@@ -17,6 +17,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 
 from niks3d.db.pool import DbPool
+from niks3d.nix.bucketkeys import staging_key
 from niks3d.storage.s3 import Bucket
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ async def expire_sessions(pool: DbPool, bucket: Bucket, *, now: datetime, keep_c
         )
         ids = [r["id"] for r in expired]
         uploads = await conn.fetch(
-            "DELETE FROM session_claims WHERE session_id = ANY($1::uuid[]) RETURNING key, upload_id", ids
+            "DELETE FROM session_claims WHERE session_id = ANY($1::uuid[]) RETURNING session_id, key, upload_id", ids
         )
         forgotten = await conn.execute(
             """DELETE FROM upload_sessions
@@ -47,7 +48,8 @@ async def expire_sessions(pool: DbPool, bucket: Bucket, *, now: datetime, keep_c
         logger.info("upload session %s expired", session_id)
     for row in uploads:
         if row["upload_id"]:
-            await bucket.abort_multipart(row["key"], row["upload_id"])
+            # a session's multipart uploads live under its staging keys (docs/security.md, rule 2)
+            await bucket.abort_multipart(staging_key(str(row["session_id"]), row["key"]), row["upload_id"])
             counts["uploads_aborted"] += 1
     return counts
 

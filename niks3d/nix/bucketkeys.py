@@ -19,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "COMPRESSION_EXTENSIONS",
+    "STAGING_PREFIX",
     "BucketKey",
     "BucketKind",
     "build_trace_key",
@@ -28,6 +29,8 @@ __all__ = [
     "narinfo_key",
     "parse_bucket_key",
     "realisation_key",
+    "staging_key",
+    "staging_session",
 ]
 
 import re
@@ -221,3 +224,23 @@ def build_trace_key(drv_basename: str, output_name: str) -> str:
     """``build-trace-v2/<drv basename>/<output>.doi`` (the Nix 2.35+ realisation layout)."""
     drv = _derivation(drv_basename).basename
     return parse_bucket_key(f"build-trace-v2/{drv}/{validate_name(output_name, 'output name')}.doi").key
+
+
+# Uploads land under a per-session staging key, never under the key they are published as; niks3d copies them
+# into place after its checks (docs/security.md, rule 2). Staging keys are no cache keys: Nix never reads them.
+STAGING_PREFIX = "staging/"
+_STAGING_RE = re.compile(r"staging/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/(.+)")
+
+
+def staging_key(session_id: str, key: str) -> str:
+    """Where session ``session_id`` (a UUID string) uploads the object to be published as ``key``."""
+    parse_bucket_key(key)
+    if not _STAGING_RE.fullmatch(f"{STAGING_PREFIX}{session_id}/x"):
+        raise InvalidBucketKey(f"{quote(session_id)} is not a session id")
+    return f"{STAGING_PREFIX}{session_id}/{key}"
+
+
+def staging_session(key: str) -> str | None:
+    """The session id of a staging key, or None if ``key`` is not one."""
+    match = _STAGING_RE.fullmatch(key)
+    return match.group(1) if match else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = ["create_app"]
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -76,6 +77,7 @@ def create_app(config: Config, *, run_migrations: bool = True) -> web.Applicatio
                 settings=settings,
                 signing_keys=config.secrets.signing_keys,
                 upstream_keys=settings.cache.upstream_public_keys(),
+                verify_slots=asyncio.Semaphore(settings.s3.verify_concurrency),
             )
             yield
 

@@ -52,6 +52,8 @@ class Identity:
     kind: IdentityKind
     name: str
     scopes: frozenset[str]
+    # A trusted writer's NARs are shared after the size check alone when s3.verify = "size" (docs/security.md).
+    trusted: bool = False
 
     def allows(self, *scopes: str) -> bool:
         """Whether this identity has one of ``scopes`` (``admin`` has them all)."""
@@ -70,7 +72,11 @@ class TokenTable:
             # compare_digest against every token, so timing says nothing about which one matched
             if hmac.compare_digest(token.secret, presented):
                 found = token
-        return None if found is None else Identity(kind="token", name=found.name, scopes=found.scopes)
+        return (
+            None
+            if found is None
+            else Identity(kind="token", name=found.name, scopes=found.scopes, trusted=found.trusted)
+        )
 
 
 tokens_key: web.AppKey[TokenTable] = web.AppKey("tokens_key")

@@ -21,7 +21,7 @@ async def info(request: web.Request) -> web.Response:
             "service": "niks3d",
             "version": __version__,
             "api_versions": list(API_VERSIONS),
-            "capabilities": ["sessions", "multipart", "logs", "realisations", "pins", "upstream"],
+            "capabilities": ["sessions", "multipart", "logs", "realisations", "pins", "upstream", "log-proof"],
             "store_dir": s.cache.store_dir,
             "compression": "zstd",
             "limits": {

@@ -65,7 +65,7 @@ async def report(request: web.Request) -> web.Response:
     identity = require(request, "push")
     session = _still_open(await _owned(request, identity))
     reports = parse_object_reports(await read_json(request), optional=False)
-    accepted, missing = await uploads.report_objects(request.app[push_key], session, reports)
+    accepted, missing = await uploads.report_objects(request.app[push_key], session, reports, trusted=identity.trusted)
     return web.json_response({"accepted": accepted, "missing": missing})
 
 
@@ -73,7 +73,7 @@ async def complete(request: web.Request) -> web.Response:
     identity = require(request, "push")
     session_id: uuid.UUID = (await _owned(request, identity)).id
     reports = parse_object_reports(await read_json(request, allow_empty=True), optional=True)
-    result = await uploads.complete_session(request.app[push_key], session_id, reports)
+    result = await uploads.complete_session(request.app[push_key], session_id, reports, trusted=identity.trusted)
     return web.json_response(result)
 
 

@@ -32,6 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from niks3d.config import S3Settings
 from niks3d.errors import StorageError
+from niks3d.storage.copy import CopyOps
 from niks3d.storage.deadline import DeadlineClient
 from niks3d.storage.errors import error_status, storage_errors
 from niks3d.storage.models import (
@@ -42,7 +43,6 @@ from niks3d.storage.models import (
     normalize_etag,
     size_from_content_range,
 )
-from niks3d.storage.multipart import MultipartOps
 from niks3d.storage.stream import ObjectStream
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
@@ -64,7 +64,7 @@ def range_header(byte_range: tuple[int, int | None]) -> str:
     return f"bytes={start}-" if end is None else f"bytes={start}-{end}"
 
 
-class Bucket(MultipartOps):
+class Bucket(CopyOps):
     """The bucket niks3d publishes to. Build it with :func:`open_bucket`; every method raises only
     :class:`~niks3d.errors.StorageError` and its subclasses, with the key in the message."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __all__ = ["SESSION_STALE_AFTER", "PushContext", "RequestCache"]
 
+import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -63,5 +64,7 @@ class PushContext:
     settings: Settings
     signing_keys: tuple[SecretKey, ...]
     requests: RequestCache = field(default_factory=RequestCache)
+    # Bounds the full verifications running at once in this daemon (s3.verify_concurrency).
+    verify_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
     # cache.upstream_keys, parsed: the keys that prove a push's upstream references (uploads/upstream.py)
     upstream_keys: tuple[PublicKey, ...] = ()

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from niks3d.db import paths as db_paths
 from niks3d.db import uploads as db
 from niks3d.errors import ApiError
-from niks3d.nix.bucketkeys import narinfo_key
+from niks3d.nix.bucketkeys import narinfo_key, staging_key
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.multipart import abort_uploads
-from niks3d.uploads.publish import reference_levels
+from niks3d.uploads.request import reference_levels
 
 if TYPE_CHECKING:
     import asyncpg
@@ -59,12 +59,13 @@ async def abort_session(ctx: PushContext, session_id: uuid.UUID) -> dict[str, An
         if session.state == "completed":
             raise ApiError(409, "session_closed", f"session {session_id} is completed and cannot be aborted")
         uploads = await conn.fetch(
-            "DELETE FROM session_claims WHERE session_id = $1 RETURNING key, upload_id", session_id
+            "DELETE FROM session_claims WHERE session_id = $1 RETURNING key, upload_id, uploader", session_id
         )
         withdrawn = await _withdraw_narinfos(ctx, conn, session)
         if session.state == "open":
             await conn.execute("UPDATE upload_sessions SET state = 'aborted' WHERE id = $1", session_id)
-    await abort_uploads(ctx, [(r["key"], r["upload_id"]) for r in uploads if r["upload_id"]])
+    await abort_uploads(ctx, [(session_id, r["key"], r["upload_id"]) for r in uploads if r["upload_id"]])
+    await ctx.bucket.delete_many([staging_key(str(session_id), r["key"]) for r in uploads if r["uploader"]])
     logger.info(
         "session %s aborted",
         session_id,

@@ -1,4 +1,5 @@
-"""The multipart uploads a session owns: created for large NARs it uploads, aborted when it gives them up."""
+"""The multipart uploads a session owns: created for large NARs it uploads (under its staging key), aborted when
+it gives them up."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import logging
 import uuid
 
 from niks3d.db import uploads as db
+from niks3d.nix.bucketkeys import staging_key
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.objects import CONTENT_TYPES, wanted_objects
 
 logger = logging.getLogger(__name__)
 
 
-async def abort_uploads(ctx: PushContext, uploads: list[tuple[str, str]]) -> None:
-    for key, upload_id in uploads:
+async def abort_uploads(ctx: PushContext, uploads: list[tuple[uuid.UUID, str, str]]) -> None:
+    """Abort ``(session_id, key, upload_id)`` multipart uploads (they live under the session's staging key)."""
+    for session_id, key, upload_id in uploads:
         try:
-            await ctx.bucket.abort_multipart(key, upload_id)
+            await ctx.bucket.abort_multipart(staging_key(str(session_id), key), upload_id)
         except Exception:
             logger.warning("could not abort multipart upload %s of %s", upload_id, key, exc_info=True)
 
@@ -39,6 +42,7 @@ async def start_multipart_uploads(ctx: PushContext, session_id: uuid.UUID) -> No
             and sizes.get(key, 0) >= s3.multipart_threshold
             and states.get(key, ("pending",))[0] == "pending"
         ):
-            upload_id = await ctx.bucket.create_multipart(key, content_type=CONTENT_TYPES["nar"][0])
+            staged = staging_key(str(session_id), key)
+            upload_id = await ctx.bucket.create_multipart(staged, content_type=CONTENT_TYPES["nar"][0])
             async with ctx.pool.acquire() as conn:
                 await db.set_upload_id(conn, session_id, key, upload_id)

@@ -10,10 +10,11 @@ __all__ = [
     "wanted_objects",
 ]
 
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from niks3d.nix.bucketkeys import log_key, ls_key, nar_key, narinfo_key, realisation_key
+from niks3d.nix.bucketkeys import log_key, ls_key, nar_key, narinfo_key, realisation_key, staging_key
 
 if TYPE_CHECKING:
     from niks3d.config import S3Settings
@@ -52,7 +53,7 @@ def wanted_objects(path: PathRequest, *, published: bool) -> list[WantedObject]:
     objects.append(WantedObject(nar_key(path.nar_hash, "zstd"), "nar", path.nar_size))
     if path.listing:
         objects.append(WantedObject(ls_key(path.path.hash), "ls", 0))
-    if path.log and path.deriver is not None:
+    if path.log_proven and path.deriver is not None:
         objects.append(WantedObject(log_key(path.deriver.basename), "log", 0))
     objects.extend(WantedObject(realisation_key(r.id), "realisation", 0) for r in path.realisations)
     return objects
@@ -73,12 +74,17 @@ async def object_spec(
     s3: S3Settings,
     obj: WantedObject,
     *,
+    session_id: uuid.UUID,
     state: str,
     uploader: bool,
     upload_id: str | None,
     parts: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
-    """The JSON an upload client gets for one object (docs/api.md, "action")."""
+    """The JSON an upload client gets for one object (docs/api.md, "action").
+
+    ``key`` is the key the object is published under; the presigned requests write the session's staging key
+    for it, from which niks3d copies it into place after its checks (docs/security.md, rule 2).
+    """
     spec: dict[str, Any] = {"kind": obj.kind, "key": obj.key}
     if state == "present":
         return {**spec, "action": "none", "reason": "present"}
@@ -86,8 +92,10 @@ async def object_spec(
         return {**spec, "action": "none", "reason": "in_progress"}
     content_type, content_encoding = CONTENT_TYPES[obj.kind]
     if upload_id is None:
-        req = await bucket.presign_put(obj.key, content_type=content_type, content_encoding=content_encoding)
+        staged = staging_key(str(session_id), obj.key)
+        req = await bucket.presign_put(staged, content_type=content_type, content_encoding=content_encoding)
         return {**spec, "action": "put", **_request_json(req)}
+    staged = staging_key(str(session_id), obj.key)
     numbers = parts if parts is not None else range(1, initial_part_count(obj.nar_size, s3.multipart_part_size) + 1)
     return {
         **spec,
@@ -95,6 +103,6 @@ async def object_spec(
         "upload_id": upload_id,
         "part_size": s3.multipart_part_size,
         "parts": [
-            {"part_number": n, **_request_json(await bucket.presign_part(obj.key, upload_id, n))} for n in numbers
+            {"part_number": n, **_request_json(await bucket.presign_part(staged, upload_id, n))} for n in numbers
         ],
     }

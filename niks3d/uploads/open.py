@@ -191,12 +191,16 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID) -> dict[str, A
                     ctx.bucket,
                     ctx.settings.s3,
                     obj,
+                    session_id=session.id,
                     state=states.get(obj.key, ("pending", None, None))[0],
                     uploader=claim.uploader,
                     upload_id=claim.upload_id,
                 )
             )
-        paths.append({"path": p.path.path, "status": "upload", "objects": objects})
+        entry: dict[str, Any] = {"path": p.path.path, "status": "upload", "objects": objects}
+        if p.log and p.log_refused:
+            entry["log_refused"] = p.log_refused  # the log is not uploaded (docs/security.md, rule 3)
+        paths.append(entry)
     return {"session_id": str(session.id), "expires_at": session.expires_at.isoformat(), "paths": paths}
 
 
@@ -220,6 +224,7 @@ async def refresh_urls(ctx: PushContext, session: db.SessionRow, wanted: dict[st
                 ctx.bucket,
                 ctx.settings.s3,
                 by_key[key],
+                session_id=session.id,
                 state=states.get(key, ("pending", None, None))[0],
                 uploader=claim.uploader,
                 upload_id=claim.upload_id,

@@ -35,7 +35,7 @@ from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
 from niks3d.uploads.objects import CONTENT_TYPES, object_spec, wanted_objects
 from niks3d.uploads.open import check_names
 from niks3d.uploads.report import report_objects
-from niks3d.uploads.request import ObjectReport, PathRequest, SessionRequest
+from niks3d.uploads.request import ObjectReport, PathRequest, SessionRequest, reference_levels
 from niks3d.uploads.upstream import prove_upstream_async
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,9 @@ def closed_error(session: db.SessionRow) -> ApiError:
     return ApiError(409, "session_closed", f"session {session.id} is {state}; open a new one")
 
 
-async def complete_session(ctx: PushContext, session_id: uuid.UUID, reports: dict[str, ObjectReport]) -> dict[str, Any]:
+async def complete_session(
+    ctx: PushContext, session_id: uuid.UUID, reports: dict[str, ObjectReport], *, trusted: bool = False
+) -> dict[str, Any]:
     async with ctx.pool.acquire() as conn:
         session = await db.load_session(conn, session_id)
     if session is None:
@@ -57,7 +59,7 @@ async def complete_session(ctx: PushContext, session_id: uuid.UUID, reports: dic
         return session.result
     if session.state != "open" or session.is_expired(datetime.now(UTC)):
         raise closed_error(session)
-    _, failed = await report_objects(ctx, session, reports)
+    _, failed = await report_objects(ctx, session, reports, trusted=trusted)
     req = ctx.requests.get(session.id, session.request)
     await _check_objects(ctx, session, req, {m["key"]: m["reason"] for m in failed})
     result = await retry_transaction(lambda: _publish(ctx, session_id, req))
@@ -97,7 +99,7 @@ async def _check_objects(
     orphaned = [k for k in absent if k not in busy and k not in mine]
     if orphaned:
         # Their uploader went away: this session uploads them now.
-        async def take() -> list[tuple[str, str]]:
+        async def take() -> list[tuple[uuid.UUID, str, str]]:
             async with ctx.pool.acquire() as conn, conn.transaction():
                 await db.ensure_objects(conn, [(k, needed[k].kind) for k in orphaned])
                 await db.lock_objects(conn, orphaned)
@@ -118,6 +120,7 @@ async def _check_objects(
                 ctx.bucket,
                 ctx.settings.s3,
                 needed[k],
+                session_id=session.id,
                 state="pending",
                 uploader=True,
                 upload_id=claims[k].upload_id,
@@ -142,28 +145,6 @@ async def _check_objects(
             pending=pending,
             retry_after=PENDING_RETRY_AFTER,
         )
-
-
-def reference_levels(paths: list[PathRequest]) -> list[list[PathRequest]]:
-    """Group paths so that each path comes after every referenced path of the same group (references first)."""
-    by_hash = {p.path.hash: p for p in paths}
-    depth: dict[str, int] = {}
-
-    def level(h: str, trail: frozenset[str]) -> int:
-        if h in depth:
-            return depth[h]
-        refs = [r.hash for r in by_hash[h].references if r.hash in by_hash and r.hash != h]
-        if any(r in trail for r in refs):
-            raise ApiError(400, "invalid_request", f"reference cycle through {by_hash[h].path.path}")
-        depth[h] = 1 + max((level(r, trail | {h}) for r in refs), default=-1)
-        return depth[h]
-
-    for h in sorted(by_hash):
-        level(h, frozenset())
-    groups: list[list[PathRequest]] = [[] for _ in range(1 + max(depth.values(), default=-1))]
-    for h in sorted(by_hash):
-        groups[depth[h]].append(by_hash[h])
-    return groups
 
 
 async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest) -> dict[str, Any]:

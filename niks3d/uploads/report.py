@@ -1,8 +1,13 @@
-"""Object reports: the client says what it uploaded; niks3d checks the bucket and records what is really there.
+"""Object reports: the client says what it uploaded; niks3d checks it and puts it in place.
 
-For every reported key this session uploads, a multipart upload is finished first, then the object must exist
-with exactly the reported size (and, with ``s3.verify = "full"``, a NAR must decompress to the declared NarHash
-and NarSize under Nix's parser rules). Only then is the object recorded as present, with its FileHash.
+Clients upload to the session's staging key (``staging/<session>/<key>``), never to the key the object is
+published under (docs/security.md, rule 2). For every reported key this session uploads: a multipart upload
+is finished first, the staged object must exist with exactly the reported size, then niks3d copies it into
+place server-side and checks the copy (which nobody but niks3d can write): a NAR must decompress to the
+declared NarHash and NarSize under Nix's parser rules, unless the session's token is trusted and
+``s3.verify = "size"`` (rule 1). Only then is the object recorded as present, with its FileHash, and the
+staged object deleted. A NAR that fails its check is deleted from its published key again, and its session is
+aborted (422 ``objects_invalid``): a writer that lied about one object is trusted with none.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from typing import Any
 
 from niks3d.db import uploads as db
 from niks3d.errors import ApiError, StorageError, StorageThrottled
-from niks3d.nix.bucketkeys import nar_key
+from niks3d.nix.bucketkeys import nar_key, parse_bucket_key, staging_key
 from niks3d.nix.hashes import format_sha256
 from niks3d.nix.storepath import StorePath
 from niks3d.storage.errors import UploadNotFound
 from niks3d.uploads.context import PushContext
+from niks3d.uploads.lifecycle import abort_session
 from niks3d.uploads.multipart import start_multipart_uploads
+from niks3d.uploads.objects import CONTENT_TYPES
 from niks3d.uploads.request import ObjectReport, SessionRequest
 from niks3d.uploads.verify import verify_nar_object
 
@@ -33,7 +40,7 @@ def _nar_expectations(req: SessionRequest) -> dict[str, tuple[bytes, int, StoreP
 
 
 async def report_objects(
-    ctx: PushContext, session: db.SessionRow, reports: dict[str, ObjectReport]
+    ctx: PushContext, session: db.SessionRow, reports: dict[str, ObjectReport], *, trusted: bool = False
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Check and record reported objects; returns (accepted keys, missing [{key, reason}])."""
     if not reports:
@@ -62,11 +69,25 @@ async def report_objects(
 
     async def check(report: ObjectReport, claim: db.Claim) -> tuple[str, int, str | None] | dict[str, Any]:
         async with semaphore:
-            return await _check_one(ctx, report, claim, expected_nars.get(report.key))
+            return await _check_one(ctx, session, report, claim, expected_nars.get(report.key), full=full)
+
+    full = ctx.settings.s3.verify == "full" or not trusted
 
     results = await asyncio.gather(*(check(r, c) for r, c in to_check))
     good = [r for r in results if isinstance(r, tuple)]
     failed = [r for r in results if isinstance(r, dict)]
+    invalid = [r for r in failed if r.pop("invalid", False)]
+    if invalid:
+        # The upload is not what the session declared: a hostile or broken writer. Its session ends here, so
+        # its claims stop holding up other sessions that need the same objects (docs/security.md, rule 1).
+        await abort_session(ctx, session.id)
+        shown = "; ".join(f"{r['key']}: {r['reason']}" for r in invalid[:3])
+        raise ApiError(
+            422,
+            "objects_invalid",
+            f"{len(invalid)} uploaded object(s) are not what this session declared, so it was aborted: {shown}",
+            invalid=[{"key": r["key"], "reason": r["reason"]} for r in invalid],
+        )
     reset = [r["key"] for r in failed if r.pop("reset", False)]
     missing.extend(failed)
     if reset:
@@ -80,6 +101,7 @@ async def report_objects(
             for key, _, _ in good:
                 await db.set_upload_id(conn, session.id, key, None)
         accepted.extend(k for k, _, _ in good)
+        await ctx.bucket.delete_many([staging_key(str(session.id), k) for k, _, _ in good])
     for item in missing:
         logger.info("session %s: object %s not accepted: %s", session.id, item["key"], item["reason"])
     return sorted(accepted), missing
@@ -87,33 +109,50 @@ async def report_objects(
 
 async def _check_one(
     ctx: PushContext,
+    session: db.SessionRow,
     report: ObjectReport,
     claim: db.Claim,
     nar: tuple[bytes, int, StorePath] | None,
+    *,
+    full: bool,
 ) -> tuple[str, int, str | None] | dict[str, Any]:
     key = report.key
+    staged = staging_key(str(session.id), key)
     if claim.upload_id is not None:
         try:
-            await ctx.bucket.complete_multipart(key, claim.upload_id)
+            await ctx.bucket.complete_multipart(staged, claim.upload_id)
         except UploadNotFound:
             return {"key": key, "reason": "the multipart upload is gone; upload the object again", "reset": True}
         except StorageThrottled:
             raise
         except StorageError as exc:
             return {"key": key, "reason": f"the multipart upload cannot be completed: {exc}"}
-    info = await ctx.bucket.head(key)
+    # a completed multipart upload is consumed: a new one is needed for the next attempt
+    reset = claim.upload_id is not None
+    info = await ctx.bucket.head(staged)
     if info is None:
-        return {"key": key, "reason": "not found in the bucket", "reset": claim.upload_id is not None}
+        return {"key": key, "reason": "not found in the bucket", "reset": reset}
     if info.size != report.file_size:
         return {
             "key": key,
             "reason": f"size mismatch: reported {report.file_size} bytes, the bucket has {info.size}",
-            # a completed multipart upload is consumed: a new one is needed for the next attempt
-            "reset": claim.upload_id is not None,
+            "reset": reset,
         }
+    kind = parse_bucket_key(key).kind
+    content_type, content_encoding = CONTENT_TYPES[kind]
+    await ctx.bucket.copy(
+        staged,
+        key,
+        size=info.size,
+        content_type=content_type,
+        content_encoding=content_encoding,
+        part_size=ctx.settings.s3.multipart_part_size,
+    )
     file_hash = format_sha256(report.file_hash) if report.file_hash is not None else None
-    if nar is not None and ctx.settings.s3.verify == "full":
-        problem = await verify_nar_object(ctx.bucket, key, report, nar_hash=nar[0], nar_size=nar[1])
+    if nar is not None and full:
+        async with ctx.verify_slots:
+            problem = await verify_nar_object(ctx.bucket, key, report, nar_hash=nar[0], nar_size=nar[1])
         if problem:
-            return {"key": key, "reason": problem, "reset": claim.upload_id is not None}
+            await ctx.bucket.delete_many([key])
+            return {"key": key, "reason": problem, "reset": reset, "invalid": True}
     return key, info.size, file_hash

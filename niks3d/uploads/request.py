@@ -15,8 +15,11 @@ __all__ = [
     "parse_object_reports",
     "parse_session_request",
     "parse_url_request",
+    "reference_levels",
 ]
 
+import base64
+import binascii
 import hashlib
 import json
 import re
@@ -26,6 +29,7 @@ from typing import Any
 
 from niks3d.errors import ApiError
 from niks3d.nix.bucketkeys import parse_bucket_key
+from niks3d.nix.derivation import MAX_DERIVATION_BYTES, parse_derivation, text_store_path
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.realisation import parse_realisation_id
@@ -116,9 +120,18 @@ class PathRequest:
     listing: bool
     log: bool
     realisations: tuple[RealisationRequest, ...]
+    derivation: bytes | None = None  # the deriver's .drv file, sent as the proof for a build log
+    # Why the build log is refused, or None when the derivation proves it (docs/security.md, rule 3).
+    log_refused: str | None = None
+
+    @property
+    def log_proven(self) -> bool:
+        return self.log and self.log_refused is None
 
     def to_json(self) -> dict[str, Any]:
+        extra = {"derivation": base64.b64encode(self.derivation).decode()} if self.derivation is not None else {}
         return {
+            **extra,
             "path": self.path.path,
             "nar_hash": format_sha256(self.nar_hash),
             "nar_size": self.nar_size,
@@ -220,6 +233,7 @@ def _parse_path(value: object, where: str) -> PathRequest:
             "listing": False,
             "log": False,
             "realisations": False,
+            "derivation": False,
         },
     )
     path = _store_path(obj["path"], f"{where}.path")
@@ -246,6 +260,9 @@ def _parse_path(value: object, where: str) -> PathRequest:
     for r in realisations:
         if r.out_path != path:
             raise _bad(f"{where}.realisations", f"realisation {r.id} points to {r.out_path.path}, not to {path.path}")
+    derivation = None
+    if obj.get("derivation") is not None:
+        derivation = _base64(obj["derivation"], f"{where}.derivation", MAX_DERIVATION_BYTES)
     return PathRequest(
         path=path,
         nar_hash=_hash(obj["nar_hash"], f"{where}.nar_hash"),
@@ -256,7 +273,36 @@ def _parse_path(value: object, where: str) -> PathRequest:
         listing=_bool(obj.get("listing", True), f"{where}.listing"),
         log=log,
         realisations=realisations,
+        derivation=derivation,
+        log_refused=_log_refusal(path, deriver, derivation) if log else None,
     )
+
+
+def _base64(value: object, where: str, limit: int) -> bytes:
+    if not isinstance(value, str) or len(value) > 4 * (limit // 3 + 1):
+        raise _bad(where, f"must be a base64 string of at most {limit} bytes")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise _bad(where, "is not valid base64") from None
+
+
+def _log_refusal(path: StorePath, deriver: StorePath | None, derivation: bytes | None) -> str | None:
+    """None when ``derivation`` is the file of ``deriver`` and names ``path`` as an output; else why not."""
+    if deriver is None:
+        return "a build log needs the path's deriver"
+    if derivation is None:
+        return f"no proof: the log of {deriver.path} is accepted only with that .drv file (send 'derivation')"
+    try:
+        parsed = parse_derivation(derivation)
+    except NixFormatError as exc:
+        return f"the derivation sent is not a .drv file: {exc}"
+    actual = text_store_path(deriver.name, derivation, parsed.references())
+    if actual != deriver:
+        return f"the derivation sent is not {deriver.path}: its contents hash to {actual.path}"
+    if path.path not in parsed.outputs.values():
+        return f"{deriver.path} does not build {path.path} (not one of its outputs)"
+    return None
 
 
 def _references(value: object, where: str) -> tuple[StorePath, ...]:
@@ -384,3 +430,25 @@ def parse_url_request(body: object) -> dict[str, tuple[int, ...]]:
             raise _bad(f"objects[{i}].parts", f"part numbers go from 1 to {MAX_PARTS}")
         wanted[key] = numbers
     return wanted
+
+
+def reference_levels(paths: list[PathRequest]) -> list[list[PathRequest]]:
+    """Group paths so that each path comes after every referenced path of the same group (references first)."""
+    by_hash = {p.path.hash: p for p in paths}
+    depth: dict[str, int] = {}
+
+    def level(h: str, trail: frozenset[str]) -> int:
+        if h in depth:
+            return depth[h]
+        refs = [r.hash for r in by_hash[h].references if r.hash in by_hash and r.hash != h]
+        if any(r in trail for r in refs):
+            raise ApiError(400, "invalid_request", f"reference cycle through {by_hash[h].path.path}")
+        depth[h] = 1 + max((level(r, trail | {h}) for r in refs), default=-1)
+        return depth[h]
+
+    for h in sorted(by_hash):
+        level(h, frozenset())
+    groups: list[list[PathRequest]] = [[] for _ in range(1 + max(depth.values(), default=-1))]
+    for h in sorted(by_hash):
+        groups[depth[h]].append(by_hash[h])
+    return groups

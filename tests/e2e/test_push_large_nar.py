@@ -55,7 +55,9 @@ def test_a_nar_of_more_than_150_mib_round_trips_through_a_multipart_upload(start
     assert uploaded["nar_size"] == want[1]
     assert uploaded["file_size"] < want[1] - (40 << 20)  # the zeros were compressed
     parts = -(-uploaded["file_size"] // PART_SIZE)
-    completed = re.findall(r"completed multipart upload \S+ of (nar/\S+) \((\d+) parts\)", daemon.log())
+    completed = re.findall(
+        r"completed multipart upload \S+ of (?:staging/[^/]+/)?(nar/\S+) \((\d+) parts\)", daemon.log()
+    )
     assert [int(n) for _, n in completed] == [parts] and parts >= 5, daemon.log()[-3000:]
 
     keys = [k.public_key().to_text() for k in daemon.signing_keys]

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from niks3d.gc import GcContext, GcParams, GcRunning, claim_run
+from niks3d.nix.bucketkeys import staging_key
 from niks3d.storage import Bucket
 from tests.gc.gckit import Cache, run_gc
 
@@ -135,12 +136,13 @@ async def test_stale_sessions_expire_and_their_multipart_uploads_are_aborted(
     cache: Cache, ctx: GcContext, pool: asyncpg.Pool, bucket: Bucket
 ) -> None:
     big = "nar/" + "3" * 52 + ".nar.zst"
-    upload_id = await bucket.create_multipart(big, content_type="application/x-nix-nar")
     stale = await _session(pool, expires_in=timedelta(seconds=-1))
+    # a session's multipart uploads live under its staging keys (docs/security.md, rule 2)
+    upload_id = await bucket.create_multipart(staging_key(str(stale), big), content_type="application/x-nix-nar")
     await _claim(pool, stale, big, "nar", upload_id=upload_id)
     live = await _session(pool)
     live_key = "nar/" + "4" * 52 + ".nar.zst"
-    live_upload = await bucket.create_multipart(live_key, content_type="application/x-nix-nar")
+    live_upload = await bucket.create_multipart(staging_key(str(live), live_key), content_type="application/x-nix-nar")
     await _claim(pool, live, live_key, "nar", upload_id=live_upload)
     row = await run_gc(ctx, force=True)
     assert row.counts["sessions_expired"] == 1 and row.counts["uploads_aborted"] == 1

@@ -6,7 +6,9 @@ docs/security.md names the rule each test guards."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -41,7 +43,6 @@ def _objects(session: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {o["kind"]: o for e in session["paths"] for o in e.get("objects", [])}
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: attack 1: NARs are shared before niks3d verified them")
 @pytest.mark.parametrize("attacker", ATTACKERS)
 def test_junk_claiming_another_paths_nar_hash_never_reaches_the_victim(
     start_daemon, nix_fixtures, tmp_path, capsys, attacker
@@ -69,7 +70,6 @@ def test_junk_claiming_another_paths_nar_hash_never_reaches_the_victim(
     assert_substitutable(daemon, tmp_path, victim.path)
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: attack 2: presigned URLs can overwrite published objects")
 @pytest.mark.parametrize("attacker", ATTACKERS)
 def test_no_presigned_url_changes_a_published_object(start_daemon, nix_fixtures, tmp_path, capsys, attacker):
     """Attack 2: after `complete`, the same presigned PUT URLs are used again, with garbage of the same size."""
@@ -99,9 +99,12 @@ def test_no_presigned_url_changes_a_published_object(start_daemon, nix_fixtures,
     assert get_object(daemon.s3, ls_key)[0] != b"{" * 40
     victim_pushes(daemon, tmp_path, capsys, victim.path)  # its NAR is already there: dedup
     assert_substitutable(daemon, tmp_path, victim.path)
+    # What the late PUTs wrote sits under the closed session's staging keys, which GC deletes.
+    assert any(k.startswith("staging/") for k in bucket_keys(daemon.s3))
+    asyncio.run(_collect(daemon, grace_period=0))
+    assert not any(k.startswith("staging/") for k in bucket_keys(daemon.s3))
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: attack 3: build logs are not bound to their derivation")
 @pytest.mark.parametrize("attacker", ATTACKERS)
 def test_a_planted_build_log_is_refused_and_the_genuine_one_published(
     start_daemon, nix_fixtures, tmp_path, capsys, attacker
@@ -110,20 +113,24 @@ def test_a_planted_build_log_is_refused_and_the_genuine_one_published(
     daemon = start_daemon()
     drv = StorePath.parse(nix_fixtures.with_log_drv)
     log_key = f"log/{drv.basename}"
+    genuine_drv = Path(drv.path).read_bytes()
 
     async def attack() -> int:
         fake = made_up("evil", nar=real_path(nix_fixtures.protodep).nar, deriver=drv.path)
         fake.log = b"EVIL LOG\n"
         async with aiohttp.ClientSession() as http:
             kit = PushKit(http, daemon.url, daemon.tokens[attacker])
+            # The strongest version: the victim's genuine .drv file as "proof" (it hashes to the deriver).
+            meta = {**fake.meta(), "derivation": base64.b64encode(genuine_drv).decode()}
             async with http.post(
-                daemon.url + "/api/v1/sessions",
-                json={"roots": [fake.path], "paths": [fake.meta()]},
-                headers=kit.auth,
+                daemon.url + "/api/v1/sessions", json={"roots": [fake.path], "paths": [meta]}, headers=kit.auth
             ) as r:
                 if r.status >= 400:
                     return r.status  # refused outright
                 session = await r.json()
+            (entry,) = session["paths"]
+            assert "does not build" in entry.get("log_refused", ""), entry
+            assert not any(o["kind"] == "log" for o in entry["objects"]), entry
             reports = await kit.upload(session, [fake])
             await kit.complete(session["session_id"], reports, expect=(200, 422))
             return 200
@@ -201,6 +208,20 @@ def test_a_hash_part_taken_by_another_name_is_a_conflict(start_daemon, nix_fixtu
     assert_substitutable(daemon, tmp_path, nix_fixtures.tricky)
 
 
+async def _collect(daemon: Any, **params: Any) -> dict[str, Any]:
+    """One GC run through the API, followed to its end."""
+    async with aiohttp.ClientSession() as http:
+        collector = PushKit(http, daemon.url, daemon.tokens["collector"])
+        run = await collector.call("POST", "/api/v1/gc", params, expect=202)
+        for _ in range(600):
+            got: dict[str, Any] = await collector.call("GET", f"/api/v1/gc/{run['run_id']}")
+            if got["state"] != "running":
+                assert got["state"] == "finished", got
+                return got
+            await asyncio.sleep(0.1)
+    raise AssertionError("gc did not finish")
+
+
 async def _interrupted_complete(daemon: Any, token: str, paths: list[Any]) -> str:
     """A session whose `complete` wrote the narinfos and then died before the database commit: the daemon
     writes every narinfo of the push references first and commits afterwards (uploads/publish.py), so a
@@ -249,16 +270,7 @@ def test_gc_of_an_expired_interrupted_session_removes_its_narinfos(start_daemon,
             await conn.execute("UPDATE upload_sessions SET expires_at = now() - interval '1 second'")
         finally:
             await conn.close()
-        async with aiohttp.ClientSession() as http:
-            collector = PushKit(http, daemon.url, daemon.tokens["collector"])
-            run = await collector.call("POST", "/api/v1/gc", {}, expect=202)
-            for _ in range(600):
-                got = await collector.call("GET", f"/api/v1/gc/{run['run_id']}")
-                if got["state"] != "running":
-                    assert got["state"] == "finished", got
-                    return
-                await asyncio.sleep(0.1)
-            raise AssertionError("gc did not finish")
+        await _collect(daemon)
 
     asyncio.run(expire_and_collect())
     assert "expired" in asyncio.run(_sessions(daemon.dsn))

@@ -6,6 +6,7 @@ repeat steps, skip them, or upload the wrong bytes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import random
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 import zstandard
 
+from niks3d.nix.derivation import text_store_path
 from niks3d.nix.hashes import format_sha256
 from niks3d.nix.listing import render_listing
 from niks3d.nix.nar_dump import dump_path
@@ -39,6 +41,7 @@ class FakePath:
     references: list[str] = field(default_factory=list)
     deriver: str | None = None
     log: bytes | None = None
+    derivation: bytes | None = None  # the deriver's .drv file: the proof a log needs (docs/security.md)
 
     @property
     def hash(self) -> str:
@@ -49,7 +52,9 @@ class FakePath:
         return ZSTD.compress(self.nar)
 
     def meta(self) -> dict[str, Any]:
+        proof = {"derivation": base64.b64encode(self.derivation).decode()} if self.log and self.derivation else {}
         return {
+            **proof,
             "path": self.path,
             "nar_hash": format_sha256(self.nar_hash),
             "nar_size": len(self.nar),
@@ -81,7 +86,8 @@ def make_path(
     chunks: list[bytes] = []
     result = dump_path(root, chunks.append)
     store_path = f"/nix/store/{random_hash(rng)}-{name}"
-    deriver = f"/nix/store/{random_hash(rng)}-{name}.drv"
+    derivation = derivation_of(store_path)
+    deriver = text_store_path(f"{name}.drv", derivation, []).path
     return FakePath(
         path=store_path,
         nar=b"".join(chunks),
@@ -90,7 +96,13 @@ def make_path(
         references=sorted(references or []),
         deriver=deriver,
         log=f"building {name}\n".encode() * 10 if log else None,
+        derivation=derivation,
     )
+
+
+def derivation_of(out: str) -> bytes:
+    """A .drv file (no inputs) whose one output is ``out``."""
+    return f'Derive([("out","{out}","","")],[],[],"x86_64-linux","/bin/sh",[],[("out","{out}")])'.encode()
 
 
 def make_closure(tmp: Path, seed: int, n: int = 4, **kwargs: Any) -> list[FakePath]:

@@ -99,6 +99,11 @@ async def test_every_step_retried_gives_the_same_result_and_no_duplicates(start_
     assert Counter(kit.uploads).most_common(1)[0][1] == 1
 
 
+def _unstaged(keys: set[str]) -> set[str]:
+    """Bucket keys with each staging key (``staging/<session>/<key>``) replaced by the key it is staged for."""
+    return {k.split("/", 2)[2] if k.startswith("staging/") else k for k in keys}
+
+
 async def test_missing_or_short_uploads_fail_complete_and_publish_nothing(start_daemon, tmp_path: Path) -> None:
     daemon = start_daemon()
     paths = make_closure(tmp_path, seed=3, n=3)
@@ -118,7 +123,9 @@ async def test_missing_or_short_uploads_fail_complete_and_publish_nothing(start_
         assert {m["key"] for m in answer["missing"]} >= {short}
         assert {o["key"] for o in answer["objects"]} >= {short}
         assert not any(k.endswith(".narinfo") for k in bucket_keys(daemon.s3))
-        assert missing_before == bucket_keys(daemon.s3)
+        # Accepted objects moved from the session's staging keys into place; nothing else was written.
+        assert _unstaged(missing_before) == _unstaged(bucket_keys(daemon.s3))
+        assert not any(k.startswith("staging/") and k.endswith(".ls") for k in bucket_keys(daemon.s3))
         counts = await table_counts(daemon.dsn)
         assert counts["store_paths"] == 0 and counts["roots"] == 0
         # Uploading what was asked for, then completing, publishes everything.

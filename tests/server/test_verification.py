@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from niks3d.nix.hashes import format_sha256
 from tests.server.bucketview import bucket_keys, table_counts
@@ -41,13 +42,12 @@ async def test_full_verification_refuses_a_nar_that_does_not_match_its_metadata(
             await kit.put(specs[ls_key], p.listing)
             reports[ls_key] = {"file_size": len(p.listing)}
         sid = session["session_id"]
-        answer = await kit.call("POST", f"/api/v1/sessions/{sid}/objects", {"objects": reports})
-        missing = {m["key"]: m["reason"] for m in answer["missing"]}
-        assert len(missing) == 1
-        (reason,) = missing.values()
-        assert "NarHash mismatch" in reason or "NarSize mismatch" in reason, reason
-        body = await kit.complete(sid, expect=422)
-        assert body["error"] == "objects_missing"
+        answer = await kit.call("POST", f"/api/v1/sessions/{sid}/objects", {"objects": reports}, expect=422)
+        assert answer["error"] == "objects_invalid" and "so it was aborted" in answer["message"]
+        (invalid,) = answer["invalid"]
+        assert "NarHash mismatch" in invalid["reason"] or "NarSize mismatch" in invalid["reason"], invalid
+        body = await kit.complete(sid, expect=409)
+        assert body["error"] == "session_closed"
     assert not any(k.endswith(".narinfo") for k in bucket_keys(daemon.s3))
     assert (await table_counts(daemon.dsn))["store_paths"] == 0
 
@@ -80,3 +80,36 @@ async def test_a_short_multipart_upload_gets_a_fresh_upload(start_daemon: Any, t
         await kit.multipart(sid, fresh, body)
         done = await kit.complete(sid, {nar_spec["key"]: reports[nar_spec["key"]]})
         assert done["published"] == [big.path]
+
+
+@pytest.mark.parametrize("verify", ["size", "full"])
+async def test_only_a_trusted_token_is_spared_verification(start_daemon: Any, tmp_path: Path, verify: str) -> None:
+    """docs/security.md, rule 1: with s3.verify = "size" a trusted token's NAR is checked for its size only;
+    with "full", and for every ordinary token, it is verified (a junk NAR is refused and the session aborted)."""
+    daemon = start_daemon(s3={"verify": verify})
+    (path,) = make_closure(tmp_path, seed=50, n=1)
+    junk = b"not zstd at all " * 8
+    async with aiohttp.ClientSession() as http:
+        outcomes = {}
+        for token in ("trusted", "pusher"):
+            kit = PushKit(http, daemon.url, daemon.tokens[token])
+            session = await kit.open([path], [path], expect=(200, 201))
+            specs = {o["kind"]: o for o in session["paths"][0].get("objects", [])}
+            if not specs:
+                outcomes[token] = "cached"
+                continue
+            await kit.put(specs["nar"], junk)
+            await kit.put(specs["ls"], path.listing)
+            reports = {
+                specs["nar"]["key"]: {
+                    "file_size": len(junk),
+                    "file_hash": format_sha256(hashlib.sha256(junk).digest()),
+                },
+                specs["ls"]["key"]: {"file_size": len(path.listing)},
+            }
+            body = await kit.complete(session["session_id"], reports, expect=(200, 422))
+            outcomes[token] = body.get("state") or body["error"]
+    if verify == "size":
+        assert outcomes == {"trusted": "completed", "pusher": "cached"}
+    else:
+        assert outcomes == {"trusted": "objects_invalid", "pusher": "objects_invalid"}
