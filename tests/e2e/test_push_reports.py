@@ -48,7 +48,8 @@ def test_each_multipart_upload_is_completed_once(start_daemon, tmp_path, capsys,
         assert doc["published"] == [path]
         assert "did not find" not in err, err
     log = daemon.log()
-    completed = re.findall(r"completed multipart upload \S+ of (nar/\S+)", log)
+    # uploads land under the session's staging key (docs/security.md, rule 2)
+    completed = re.findall(r"completed multipart upload \S+ of (?:staging/[0-9a-f-]+/)?(nar/\S+)", log)
     assert len(completed) == len(set(completed)) == PUSHES, completed
     assert "completed before" not in log  # a second completion of the same upload found it gone
     assert "no parts to complete" not in log
