@@ -14,34 +14,21 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 
+from niks3d.cli.oneshot import open_stores, until_sigterm
 from niks3d.cli.progress import StatusLine
 from niks3d.config import Config, load_config
-from niks3d.db.pool import open_pool
 from niks3d.fsck import FsckParams, run_fsck
 from niks3d.fsck.check import REPAIRABLE
 from niks3d.importer.problems import Report
 from niks3d.logsetup import setup_logging
-from niks3d.storage.s3 import open_bucket
 
 logger = logging.getLogger(__name__)
 
 
 async def _run(config: Config, params: FsckParams, status: StatusLine) -> Report:
-    settings = config.settings
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        async with (
-            open_pool(settings.database, config.secrets.database_password) as pool,
-            open_bucket(settings.s3, config.secrets.s3_access_key_id, config.secrets.s3_secret_access_key) as bucket,
-        ):
-            return await run_fsck(pool, bucket, params, status)
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+    async with open_stores(config) as (pool, bucket):
+        return await run_fsck(pool, bucket, params, status)
 
 
 def fsck_command(args: argparse.Namespace) -> int:
@@ -51,7 +38,7 @@ def fsck_command(args: argparse.Namespace) -> int:
     params = FsckParams(repair=args.repair)
     status = StatusLine()
     try:
-        report = asyncio.run(_run(config, params, status))
+        report = asyncio.run(until_sigterm(_run(config, params, status)))
     except asyncio.CancelledError:
         status.done()
         print("niks3d: fsck stopped by SIGTERM")

@@ -13,15 +13,13 @@ __all__ = ["format_summary", "gc_command", "run_once"]
 import argparse
 import asyncio
 import json
-import signal
 from typing import Any
 
+from niks3d.cli.oneshot import open_stores, until_sigterm
 from niks3d.config import Config, load_config
-from niks3d.db.pool import open_pool
 from niks3d.gc import GcContext, GcParams, RunRow, claim_run, collect
 from niks3d.gc.collector import SWEEP_CONCURRENCY
 from niks3d.logsetup import setup_logging
-from niks3d.storage.s3 import open_bucket
 from niks3d.systemd import Notifier
 
 
@@ -58,24 +56,9 @@ async def run_once(config: Config, params: GcParams, notifier: Notifier | None =
     database = settings.database.model_copy(
         update={"pool_min_size": 1, "pool_max_size": max(settings.database.pool_max_size, SWEEP_CONCURRENCY + 3)}
     )
-    async with (
-        open_pool(database, config.secrets.database_password) as pool,
-        open_bucket(settings.s3, config.secrets.s3_access_key_id, config.secrets.s3_secret_access_key) as bucket,
-        claim_run(pool, params) as held,
-    ):
+    async with open_stores(config, database) as (pool, bucket), claim_run(pool, params) as held:
         ctx = GcContext(pool=pool, bucket=bucket, settings=settings.gc, notifier=notifier)
         return await collect(ctx, params, held)
-
-
-async def _main(config: Config, params: GcParams) -> RunRow:
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        return await run_once(config, params, Notifier())
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def gc_command(args: argparse.Namespace) -> int:
@@ -91,7 +74,7 @@ def gc_command(args: argparse.Namespace) -> int:
         batch_size=gc.batch_size,
     )
     try:
-        row = asyncio.run(_main(config, params))
+        row = asyncio.run(until_sigterm(run_once(config, params, Notifier())))
     except asyncio.CancelledError:
         print("niks3d: gc stopped by SIGTERM; the run is recorded as interrupted")
         return 143

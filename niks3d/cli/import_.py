@@ -14,19 +14,17 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 from pathlib import Path
 
+from niks3d.cli.oneshot import open_stores, until_sigterm
 from niks3d.cli.progress import StatusLine
 from niks3d.config import Config, load_config
 from niks3d.db.migrate import migrate
-from niks3d.db.pool import open_pool
 from niks3d.errors import Niks3Error
 from niks3d.importer import ImportParams, Report, run_import
 from niks3d.logsetup import setup_logging
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.storepath import StorePath
-from niks3d.storage.s3 import open_bucket
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +48,9 @@ def read_pin_file(path: Path) -> list[StorePath]:
 
 
 async def _run(config: Config, params: ImportParams, status: StatusLine) -> Report:
-    settings = config.settings
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        async with (
-            open_pool(settings.database, config.secrets.database_password) as pool,
-            open_bucket(settings.s3, config.secrets.s3_access_key_id, config.secrets.s3_secret_access_key) as bucket,
-        ):
-            await migrate(pool)
-            return await run_import(pool, bucket, params, status)
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+    async with open_stores(config) as (pool, bucket):
+        await migrate(pool)
+        return await run_import(pool, bucket, params, status)
 
 
 def import_command(args: argparse.Namespace) -> int:
@@ -83,7 +70,7 @@ def import_command(args: argparse.Namespace) -> int:
     )
     status = StatusLine()
     try:
-        report = asyncio.run(_run(config, params, status))
+        report = asyncio.run(until_sigterm(_run(config, params, status)))
     except asyncio.CancelledError:
         status.done()
         print("niks3d: import stopped by SIGTERM; run it again to continue")
