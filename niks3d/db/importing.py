@@ -29,7 +29,6 @@ __all__ = [
     "staged_refs",
     "staged_unregistered",
     "touch_import_roots",
-    "try_gc_lock",
     "upsert_pins",
 ]
 
@@ -39,9 +38,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from asyncpg import Connection
-
-# The collector's advisory lock (docs/database.md lists the keys): held for the whole import or check.
-GC_LOCK_KEY = 0x6E696B7333646763
 
 _STAGING = """CREATE TEMP TABLE IF NOT EXISTS import_paths (
     hash          text PRIMARY KEY,
@@ -94,11 +90,6 @@ class StagedPath:
 
     def record(self) -> tuple[Any, ...]:
         return tuple(list(self.refs) if c == "refs" else getattr(self, c) for c in _COLUMNS)
-
-
-async def try_gc_lock(conn: Connection) -> bool:
-    """Take the collector's session-level lock on ``conn`` unless a GC run (or another import) holds it."""
-    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", GC_LOCK_KEY))
 
 
 async def create_staging(conn: Connection) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 __all__ = ["REPAIRABLE", "FsckParams", "run_fsck"]
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +31,7 @@ from niks3d.db import fsck as db
 from niks3d.db import importing as db_importing
 from niks3d.db.notify import notify_store_paths
 from niks3d.db.pool import DbPool
-from niks3d.errors import Niks3Error, ObjectNotFound
+from niks3d.gc.runs import collector_lock_held
 from niks3d.importer.inventory import Inventory, list_bucket
 from niks3d.importer.problems import Report
 from niks3d.nix.errors import NixFormatError
@@ -42,25 +41,11 @@ from niks3d.uploads.objects import CONTENT_TYPES
 
 _BATCH = 1000
 REPAIRABLE = frozenset({"narinfo_missing", "narinfo_differs", "file_missing", "untracked", "object_missing"})
-_GET_CONCURRENCY = 32
 
 
 @dataclass(frozen=True)
 class FsckParams:
     repair: bool = False
-
-
-async def _narinfo_bytes(bucket: Bucket, keys: list[str]) -> dict[str, bytes | None]:
-    slots = asyncio.Semaphore(_GET_CONCURRENCY)
-
-    async def get(key: str) -> tuple[str, bytes | None]:
-        async with slots:
-            try:
-                return key, await bucket.get(key)
-            except ObjectNotFound:
-                return key, None
-
-    return dict(await asyncio.gather(*(get(k) for k in keys)))
 
 
 @dataclass
@@ -78,7 +63,7 @@ class _Check:
             after = batch[-1].hash
             self.report.counts["paths_checked"] += len(batch)
             present = [p.narinfo_key for p in batch if self.inventory.size(p.narinfo_key) == len(p.narinfo.encode())]
-            bodies = await _narinfo_bytes(self.bucket, present)
+            bodies = await self.bucket.get_many(present)
             rewrite: list[tuple[str, str, str]] = []
             forget: list[tuple[str, str]] = []
             for p in batch:
@@ -166,21 +151,16 @@ async def run_fsck(
 ) -> Report:
     """One check; raises Niks3Error if a GC run (or an import) holds the collector's lock."""
     report = Report("fsck")
-    async with pool.acquire() as conn:
-        if not await db_importing.try_gc_lock(conn):
-            raise Niks3Error("a garbage collection, import or check is running; try again when it has finished")
-        try:
-            before = await db.db_now(conn)
-            status("fsck: listing the bucket")
-            inventory = await list_bucket(bucket)
-            report.counts["bucket_objects"] = inventory.listed
-            check = _Check(conn, bucket, inventory, report, params.repair, status)
-            await check.paths(before)
-            for referrer, reference in await db.unpublished_references(conn):
-                report.add("reference_unpublished", f"{referrer}.narinfo", f"references {reference}, not published")
-            await check.objects(before)
-            await check.untracked()
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", db_importing.GC_LOCK_KEY)
+    async with pool.acquire() as conn, collector_lock_held(conn):
+        before = await db.db_now(conn)
+        status("fsck: listing the bucket")
+        inventory = await list_bucket(bucket)
+        report.counts["bucket_objects"] = inventory.listed
+        check = _Check(conn, bucket, inventory, report, params.repair, status)
+        await check.paths(before)
+        for referrer, reference in await db.unpublished_references(conn):
+            report.add("reference_unpublished", f"{referrer}.narinfo", f"references {reference}, not published")
+        await check.objects(before)
+        await check.untracked()
     report.counts["problems"] = len(report.problems)
     return report

@@ -13,6 +13,7 @@ __all__ = [
     "GcParams",
     "GcRunning",
     "RunRow",
+    "collector_lock_held",
     "finish_run",
     "get_run",
     "insert_run",
@@ -27,6 +28,8 @@ __all__ = [
 
 import os
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -137,6 +140,18 @@ async def try_lock(conn: Connection) -> bool:
 
 async def unlock(conn: Connection) -> None:
     await conn.execute("SELECT pg_advisory_unlock($1)", GC_LOCK_KEY)
+
+
+@asynccontextmanager
+async def collector_lock_held(conn: Connection) -> AsyncIterator[None]:
+    """Hold the collector's lock on ``conn`` for a whole import or check (``niks3d import``, ``niks3d fsck``);
+    raises Niks3Error at once if a GC run, an import or a check holds it."""
+    if not await try_lock(conn):
+        raise Niks3Error("a garbage collection, import or check is running; try again when it has finished")
+    try:
+        yield
+    finally:
+        await unlock(conn)
 
 
 async def running_run(conn: Connection) -> RunRow | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 __all__ = ["ImportParams", "run_import"]
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ from asyncpg import Connection
 
 from niks3d.db import importing as db
 from niks3d.db.pool import DbPool
-from niks3d.errors import Niks3Error, ObjectNotFound
+from niks3d.gc.runs import collector_lock_held
 from niks3d.importer.inventory import Inventory, list_bucket
 from niks3d.importer.problems import Report
 from niks3d.importer.quarantine import quarantine
@@ -35,7 +34,6 @@ from niks3d.nix.storepath import StorePath
 from niks3d.storage.s3 import Bucket
 
 logger = logging.getLogger(__name__)
-_GET_CONCURRENCY = 32
 _STAGE_CHUNK = 2000
 
 
@@ -59,26 +57,13 @@ class _Run:
     inventory: Inventory = field(default_factory=Inventory)
 
 
-async def _get_all(bucket: Bucket, keys: Sequence[str]) -> list[tuple[str, bytes | None]]:
-    slots = asyncio.Semaphore(_GET_CONCURRENCY)
-
-    async def get(key: str) -> tuple[str, bytes | None]:
-        async with slots:
-            try:
-                return key, await bucket.get(key)
-            except ObjectNotFound:
-                return key, None
-
-    return list(await asyncio.gather(*(get(k) for k in keys)))
-
-
 async def _stage_narinfos(run: _Run, registered: set[str]) -> None:
     todo = [k for k in run.inventory.keys_of("narinfo") if k[:32] not in registered]
     run.report.counts["narinfos_already_registered"] = len(run.inventory.keys_of("narinfo")) - len(todo)
     keys = run.params.resign
     for start in range(0, len(todo), _STAGE_CHUNK):
         staged = []
-        for key, body in await _get_all(run.bucket, todo[start : start + _STAGE_CHUNK]):
+        for key, body in (await run.bucket.get_many(todo[start : start + _STAGE_CHUNK])).items():
             if body is None:
                 continue  # deleted since the listing: nothing to register
             path, problem = check_narinfo(key, body, run.inventory, keys)
@@ -96,7 +81,7 @@ async def _realisations(run: _Run) -> dict[str, list[str]]:
     keys = run.inventory.keys_of("realisation")
     known = await db.known_object_keys(run.conn, keys)
     owners: dict[str, list[str]] = {}
-    for key, body in await _get_all(run.bucket, [k for k in keys if k not in known]):
+    for key, body in (await run.bucket.get_many([k for k in keys if k not in known])).items():
         if body is None:
             continue
         try:
@@ -140,57 +125,50 @@ async def run_import(
 ) -> Report:
     """One import; raises Niks3Error if a GC run (or another import or check) holds the collector's lock."""
     report = Report("import")
-    async with pool.acquire() as conn:
-        if not await db.try_gc_lock(conn):
-            raise Niks3Error("a garbage collection, import or check is running; try again when it has finished")
-        try:
-            run = _Run(conn, bucket, params, report, status)
-            clock = time.monotonic()
+    async with pool.acquire() as conn, collector_lock_held(conn):
+        run = _Run(conn, bucket, params, report, status)
+        clock = time.monotonic()
 
-            def lap(phase: str) -> None:
-                nonlocal clock
-                now = time.monotonic()
-                report.counts[f"{phase}_ms"] = round((now - clock) * 1000)
-                clock = now
+        def lap(phase: str) -> None:
+            nonlocal clock
+            now = time.monotonic()
+            report.counts[f"{phase}_ms"] = round((now - clock) * 1000)
+            clock = now
 
-            status("import: listing the bucket")
-            run.inventory = await list_bucket(bucket)
-            lap("listing")
-            report.counts["bucket_objects"] = run.inventory.listed
-            report.counts["foreign_objects"] = run.inventory.foreign
-            await db.create_staging(conn)
-            await _stage_narinfos(run, await db.registered_narinfos(conn))
-            owners = await _realisations(run)
-            lap("reading")
-            report.counts["unclosed"] = await db.mark_unclosed(conn)
-            lap("closure")
-            for hash_part, problem, ref in await db.staged_problems(conn):
-                report.add(problem, f"{hash_part}.narinfo", f"its reference {ref} has no valid narinfo")
-            ttl = params.root_ttl
-            registrar = Registrar(
-                conn=conn,
-                bucket=bucket,
-                inventory=run.inventory,
-                realisations=owners,
-                root_time=db.root_time(datetime.now(UTC), ttl, params.older_than) if ttl is not None else None,
-                batch_size=params.batch_size,
-                write_narinfos=bool(params.resign),
-                on_batch=lambda n: status(f"import: {len(registrar.registered)} paths registered"),
-            )
-            report.counts["levels"] = await registrar.run()
-            lap("registration")
-            report.counts["paths_registered"] = len(registrar.registered)
-            for hash_part in await db.staged_unregistered(conn):
-                report.add("reference_missing", f"{hash_part}.narinfo", "part of a reference cycle")
-            if params.resign:
-                report.counts["paths_resigned"] = await resign_registered(
-                    conn, bucket, params.resign, params.batch_size
-                )
-            await _pins(run)
-            orphans = await _orphans(run)
-            lap("orphans")
-            if params.quarantine:
-                report.counts.update(await quarantine(conn, bucket, report.problems, orphans))
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", db.GC_LOCK_KEY)
+        status("import: listing the bucket")
+        run.inventory = await list_bucket(bucket)
+        lap("listing")
+        report.counts["bucket_objects"] = run.inventory.listed
+        report.counts["foreign_objects"] = run.inventory.foreign
+        await db.create_staging(conn)
+        await _stage_narinfos(run, await db.registered_narinfos(conn))
+        owners = await _realisations(run)
+        lap("reading")
+        report.counts["unclosed"] = await db.mark_unclosed(conn)
+        lap("closure")
+        for hash_part, problem, ref in await db.staged_problems(conn):
+            report.add(problem, f"{hash_part}.narinfo", f"its reference {ref} has no valid narinfo")
+        ttl = params.root_ttl
+        registrar = Registrar(
+            conn=conn,
+            bucket=bucket,
+            inventory=run.inventory,
+            realisations=owners,
+            root_time=db.root_time(datetime.now(UTC), ttl, params.older_than) if ttl is not None else None,
+            batch_size=params.batch_size,
+            write_narinfos=bool(params.resign),
+            on_batch=lambda n: status(f"import: {len(registrar.registered)} paths registered"),
+        )
+        report.counts["levels"] = await registrar.run()
+        lap("registration")
+        report.counts["paths_registered"] = len(registrar.registered)
+        for hash_part in await db.staged_unregistered(conn):
+            report.add("reference_missing", f"{hash_part}.narinfo", "part of a reference cycle")
+        if params.resign:
+            report.counts["paths_resigned"] = await resign_registered(conn, bucket, params.resign, params.batch_size)
+        await _pins(run)
+        orphans = await _orphans(run)
+        lap("orphans")
+        if params.quarantine:
+            report.counts.update(await quarantine(conn, bucket, report.problems, orphans))
     return report

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 __all__ = ["Bucket", "open_bucket", "range_header"]
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -31,7 +32,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from niks3d.config import S3Settings
-from niks3d.errors import StorageError
+from niks3d.errors import ObjectNotFound, StorageError
 from niks3d.storage.copy import CopyOps
 from niks3d.storage.deadline import DeadlineClient
 from niks3d.storage.errors import error_status, storage_errors
@@ -111,6 +112,19 @@ class Bucket(CopyOps):
         """The whole object (for small ones: narinfos, nix-cache-info); ObjectNotFound when absent."""
         async with await self.open_stream(key) as stream:
             return await stream.read()
+
+    async def get_many(self, keys: Sequence[str], *, concurrency: int = 32) -> dict[str, bytes | None]:
+        """Each of ``keys`` (small objects), at most ``concurrency`` at once, in the order given; None where absent."""
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(key: str) -> tuple[str, bytes | None]:
+            async with slots:
+                try:
+                    return key, await self.get(key)
+                except ObjectNotFound:
+                    return key, None
+
+        return dict(await asyncio.gather(*(one(k) for k in keys)))
 
     async def open_stream(self, key: str, *, byte_range: tuple[int, int | None] | None = None) -> ObjectStream:
         """GET ``key`` (or a range of it, see :func:`range_header`) and return once S3 has answered.
