@@ -18,9 +18,9 @@ from niks3d.devenv.process import free_port
 from tests.fixtures.daemon import niks3d_argv
 
 
-@pytest.mark.postgres
-@pytest.mark.s3
-def test_niks3d_dev_serves_a_working_cache(tmp_path: Path) -> None:
+def _start_dev(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path, Path]:
+    """``niks3d dev`` on a free port in ``tmp_path/dev``, once it says it is running: (process, port, its
+    directory, its log)."""
     port = free_port()
     workdir = tmp_path / "dev"
     log_path = tmp_path / "dev.log"
@@ -36,6 +36,18 @@ def test_niks3d_dev_serves_a_working_cache(tmp_path: Path) -> None:
             assert process.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.2)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, port, workdir, log_path
+
+
+@pytest.mark.postgres
+@pytest.mark.s3
+def test_niks3d_dev_serves_a_working_cache(tmp_path: Path) -> None:
+    process, port, workdir, log_path = _start_dev(tmp_path)
+    try:
         output = log_path.read_text()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=10) as r:
             assert r.status == 200 and json.load(r)["status"] == "ready"
@@ -62,21 +74,8 @@ def test_niks3d_dev_serves_a_working_cache(tmp_path: Path) -> None:
 @pytest.mark.postgres
 @pytest.mark.s3
 def test_niks3d_dev_says_so_and_exits_when_postgresql_dies(tmp_path: Path) -> None:
-    port = free_port()
-    workdir = tmp_path / "dev"
-    log_path = tmp_path / "dev.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            niks3d_argv("dev", "--port", str(port), "--dir", str(workdir)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process, _port, workdir, log_path = _start_dev(tmp_path)
     try:
-        deadline = time.monotonic() + 90
-        while "niks3d dev is running" not in log_path.read_text():
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.2)
         [pid_file] = workdir.glob("postgres/**/postmaster.pid")
         postmaster = int(pid_file.read_text().split()[0])
         os.kill(postmaster, signal.SIGKILL)
