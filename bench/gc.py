@@ -23,10 +23,8 @@ __all__ = ["main"]
 import argparse
 import asyncio
 import hashlib
-import json
 import random
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import tomli_w
+from benchkit import run_niks3d, write_config
 
 from niks3d.config import DatabaseSettings
 from niks3d.db.migrate import migrate
@@ -45,7 +43,6 @@ from niks3d.db.pool import open_pool
 from niks3d.devenv.postgres import postgres_server
 from niks3d.devenv.seaweedfs import seaweed_server
 from niks3d.nix.nix32 import encode
-from niks3d.nix.signing import SecretKey
 
 BUCKET = "bench-cache"
 CHUNK = 20_000
@@ -227,58 +224,6 @@ def upload_sample(weed: Any, graph: Graph, sample: int, seed: int) -> int:
     return len(keys)
 
 
-def write_config(workdir: Path, dsn: str, weed: Any) -> Path:
-    secret_dir = workdir / "secrets"
-    secret_dir.mkdir(mode=0o700, exist_ok=True)
-
-    def secret(name: str, text: str) -> str:
-        path = secret_dir / name
-        path.write_text(text)
-        path.chmod(0o600)
-        return str(path)
-
-    settings = {
-        "database": {"url": dsn, "pool_max_size": 8},
-        "s3": {
-            "bucket": BUCKET,
-            "endpoint_url": weed.endpoint_url,
-            "region": weed.region,
-            "addressing_style": "path",
-            "access_key_id_file": secret("access", weed.access_key_id),
-            "secret_access_key_file": secret("secret", weed.secret_access_key),
-        },
-        "signing": {"key_files": [secret("key", SecretKey.generate("bench-1").to_text())]},
-        "logging": {"level": "warning", "format": "text"},
-    }
-    path = workdir / "niks3d.toml"
-    path.write_text(tomli_w.dumps(settings))
-    return path
-
-
-# The child reports its own high-water mark: VmHWM belongs to the process image after exec, whereas ru_maxrss
-# would also count the pages of this (large) process that the fork shared with it.
-_CHILD = (
-    "import re, sys\n"
-    "from niks3d.cli.main import main\n"
-    "code = main()\n"
-    "status = open('/proc/self/status').read()\n"
-    "print('maxrss', re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
-    "raise SystemExit(code)\n"
-)
-
-
-def run_gc(config: Path, *extra: str) -> tuple[dict[str, Any], float, int]:
-    """``niks3d gc --json`` as a child; returns its run record, wall seconds and its peak RSS in KiB."""
-    argv = [sys.executable, "-c", _CHILD, "gc", "-c", str(config), "--json", *extra]
-    started = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    seconds = time.monotonic() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"niks3d gc failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    rss = int(proc.stderr.strip().splitlines()[-1].split()[1])
-    return json.loads(proc.stdout), seconds, rss
-
-
 def report(label: str, row: dict[str, Any], seconds: float, rss_kib: int) -> None:
     c = row["counts"]
     phases = ("sessions", "orphans", "mark", "plan", "narinfos", "paths", "objects")
@@ -333,12 +278,12 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
         t0 = time.monotonic()
         print(f"bucket: {upload_sample(weed, graph, args.sample, args.seed)} objects ({time.monotonic() - t0:.0f}s)")
         del graph
-        config = write_config(workdir, dsn, weed)
+        config = write_config(workdir, dsn, weed, BUCKET, pool_max_size=8)
         # The sample objects were just written: no grace period, or the orphans would be too young to collect.
-        report("dry run", *run_gc(config, "--dry-run", "--grace-period", "0"))
-        report("full run", *run_gc(config, "--grace-period", "0"))
+        report("dry run", *run_niks3d(config, "gc", "--dry-run", "--grace-period", "0"))
+        report("full run", *run_niks3d(config, "gc", "--grace-period", "0"))
         print(f"after: {asyncio.run(table_sizes(dsn))}")
-        report("second run (nothing to do)", *run_gc(config, "--grace-period", "0"))
+        report("second run (nothing to do)", *run_niks3d(config, "gc", "--grace-period", "0"))
     return 0
 
 
