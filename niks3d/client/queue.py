@@ -45,7 +45,10 @@ import time
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the hook milliseconds
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 DEFAULT_SYSTEM_QUEUE = "/var/lib/niks3-upload/queue.sqlite"
 _STORE_PREFIX = "/nix/store/"
@@ -169,8 +172,8 @@ class Queue:
         # WAL persists in the file; NORMAL is durable against any process crash (docs/client.md).
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("BEGIN IMMEDIATE")
-        try:
+
+        def create() -> None:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 for statement in _SCHEMA.split(";"):
@@ -179,10 +182,26 @@ class Queue:
                 db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             elif version != _SCHEMA_VERSION:
                 raise QueueError(f"the queue {self.path} has schema version {version}; this niks3 knows only 1")
-            db.execute("COMMIT")
+
+        self._in_transaction(create)
+
+    def _in_transaction(self, work: Callable[[], T]) -> T:
+        """``work`` in one BEGIN IMMEDIATE transaction: the write lock at once, so concurrent writers wait their
+        turn (busy_timeout) instead of failing on an upgrade; rolled back if ``work`` raises."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            result = work()
+            self._db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._db.execute("ROLLBACK")
             raise
+        return result
+
+    def _write_all(self, work: Callable[[], T]) -> T:
+        try:
+            return self._in_transaction(work)
+        except sqlite3.Error as exc:
+            raise QueueError(f"cannot write the queue {self.path}: {exc}") from None
 
     def close(self) -> None:
         """Close the database connection."""
@@ -201,16 +220,7 @@ class Queue:
             raise QueueError(f"cannot write the queue {self.path}: {exc}") from None
 
     def _many(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(sql, rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise QueueError(f"cannot write the queue {self.path}: {exc}") from None
+        self._write_all(lambda: self._db.executemany(sql, rows))
 
     # -- writers: the hook, `niks3 queue add`, the store scan -----------------------------------------------
 
@@ -231,17 +241,7 @@ class Queue:
         longest ago, alone.
         """
         moment = time.time() if now is None else now
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                claimed = self._claim(limit, moment)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise QueueError(f"cannot write the queue {self.path}: {exc}") from None
-        return claimed
+        return self._write_all(lambda: self._claim(limit, moment))
 
     def _claim(self, limit: int, now: float) -> tuple[int, list[str]] | None:
         db = self._db
