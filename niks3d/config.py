@@ -38,6 +38,7 @@ from niks3d.errors import ConfigError, ConfigProblem
 from niks3d.nix.errors import InvalidSigningKey
 from niks3d.nix.signing import PublicKey
 from niks3d.secrets import Loc, SecretFiles, Secrets, Token, format_loc
+from niks3d.tls import parse_name
 
 __all__ = [
     "MAX_DURATION",
@@ -53,6 +54,8 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "SigningSettings",
+    "TlsClientRule",
+    "TlsSettings",
     "Token",
     "TokenSettings",
     "default_config_path",
@@ -317,6 +320,74 @@ class TokenSettings(_Section):
     trusted: bool = False
 
 
+_CERT_FIELDS = ("subject", "dns", "uri", "email")
+
+
+class TlsClientRule(_Section):
+    """Which client certificates get which scopes: one field of the certificate matched against a glob pattern.
+
+    ``subject`` matches the subject as an RFC 4514 string (``CN=ci-1,O=Example``, most specific part first, as
+    ``openssl x509 -noout -subject -nameopt RFC2253`` prints it); ``dns``, ``uri`` and ``email`` match each
+    subjectAltName entry of that kind. Patterns are shell globs (``*``, ``?``, ``[...]``), matched case-sensitively
+    against the whole value (docs/auth.md, "Client certificates").
+    """
+
+    subject: str | None = Field(default=None, min_length=1)
+    dns: str | None = Field(default=None, min_length=1)
+    uri: str | None = Field(default=None, min_length=1)
+    email: str | None = Field(default=None, min_length=1)
+    scopes: list[Scope] = Field(min_length=1)
+    # As for a token: its NARs are shared after the size check alone when s3.verify = "size" (docs/security.md).
+    trusted: bool = False
+
+    @model_validator(mode="after")
+    def _one_field(self) -> TlsClientRule:
+        given = [name for name in _CERT_FIELDS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"a rule matches exactly one of {', '.join(_CERT_FIELDS)}; this one sets "
+                + (", ".join(given) if given else "none")
+            )
+        if self.subject is not None:
+            parse_name(self.subject)  # ValueError says what is wrong with the pattern
+        return self
+
+    @property
+    def field(self) -> str:
+        """The certificate field this rule matches."""
+        return next(name for name in _CERT_FIELDS if getattr(self, name) is not None)
+
+    @property
+    def pattern(self) -> str:
+        value = getattr(self, self.field)
+        assert isinstance(value, str)
+        return value
+
+
+class TlsSettings(_Section):
+    """HTTPS on the TCP listeners (Unix sockets stay plain HTTP), and optionally client certificates.
+
+    The files are read at start and again on SIGHUP (docs/auth.md, "Client certificates"); relative names are
+    resolved like secrets, against ``$CREDENTIALS_DIRECTORY`` or the configuration file's directory.
+    """
+
+    certificate_file: Path  # PEM: the server certificate, then any intermediates
+    key_file: Path  # PEM, unencrypted
+    # PEM CA certificates that sign client certificates; unset, niks3d asks for none.
+    client_ca_file: Path | None = None
+    # "optional": a client may connect without a certificate (and use a token); "required": the handshake fails
+    # without one signed by client_ca_file.
+    client_certificates: Literal["optional", "required"] = "optional"
+    clients: list[TlsClientRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _clients_need_a_ca(self) -> TlsSettings:
+        if self.client_ca_file is None and (self.clients or self.client_certificates == "required"):
+            what = 'client_certificates = "required"' if not self.clients else "[[tls.clients]] rules"
+            raise ValueError(f"{what} need client_ca_file, the CA that signs the client certificates")
+        return self
+
+
 # cache.nixos.org's key, Nix's default `trusted-public-keys`.
 NIXOS_CACHE_KEY = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
 
@@ -380,6 +451,7 @@ class Settings(_Section):
     cache: CacheSettings = CacheSettings()
     gc: GcSettings = GcSettings()
     logging: LoggingSettings = LoggingSettings()
+    tls: TlsSettings | None = None
 
     @field_validator("tokens")
     @classmethod

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from niks3d.nix.errors import InvalidSigningKey
 from niks3d.nix.signing import SecretKey
+from niks3d.tls import TlsFiles, check_tls_files
 
 if TYPE_CHECKING:
     from niks3d.config import Settings
@@ -64,6 +65,8 @@ class Secrets:
     s3_access_key_id: str | None
     s3_secret_access_key: str | None = field(repr=False)
     database_password: str | None = field(repr=False)
+    # The [tls] files, resolved and checked (niks3d.tls); None without [tls].
+    tls: TlsFiles | None = None
 
     @classmethod
     def empty(cls) -> Secrets:
@@ -128,6 +131,7 @@ class SecretFiles:
         self._lines: dict[Loc, str] = {}
         self._tokens: dict[int, bytes] = {}
         self._keys: dict[int, SecretKey] = {}
+        self.tls_files: TlsFiles | None = None
 
     def _under_credentials(self, path: Path) -> bool:
         if self.credentials_dir is None:
@@ -229,6 +233,38 @@ class SecretFiles:
             first_by_secret[secret] = index
             self._tokens[index] = secret
 
+    def _read_tls(self, tls: Mapping[str, object]) -> None:
+        """Resolve the ``[tls]`` files and load them as the server will (niks3d.tls names what is wrong)."""
+        paths: dict[str, Path] = {}
+        for key in ("certificate_file", "key_file", "client_ca_file"):
+            name = tls.get(key)
+            if isinstance(name, str) and name:
+                paths[key] = resolve_secret_path(name, config_dir=self.config_dir, credentials_dir=self.credentials_dir)
+        if "certificate_file" not in paths or "key_file" not in paths:
+            return  # the validation problem is reported elsewhere
+        key_path = paths["key_file"]
+        try:
+            mode = key_path.stat().st_mode
+        except OSError:
+            mode = 0
+        if mode & (stat.S_IRGRP | stat.S_IROTH) and not self._under_credentials(key_path):
+            logger.warning(
+                "tls.key_file: %s is readable by group or others (mode %04o); make it 0600 or pass it "
+                "with systemd LoadCredential=",
+                key_path,
+                stat.S_IMODE(mode),
+            )
+        files = TlsFiles(
+            certificate=paths["certificate_file"],
+            key=key_path,
+            client_ca=paths.get("client_ca_file"),
+            require_client_certificate=tls.get("client_certificates") == "required",
+        )
+        problems = check_tls_files(files)
+        self.problems.extend((("tls", key), reason) for key, reason in problems)
+        if not problems:
+            self.tls_files = files
+
     def read_all(self, raw: Mapping[str, object]) -> None:
         """Read every secret file named in ``raw`` (the merged, not yet validated configuration data)."""
         s3 = raw.get("s3")
@@ -246,6 +282,9 @@ class SecretFiles:
         tokens = raw.get("tokens")
         if isinstance(tokens, Sequence) and not isinstance(tokens, str):
             self._read_tokens(tokens)
+        tls = raw.get("tls")
+        if isinstance(tls, Mapping):
+            self._read_tls(tls)
 
     def secrets(self, settings: Settings) -> Secrets:
         """The secrets of ``settings``, which must be the validation of the data given to :meth:`read_all`."""
@@ -260,4 +299,5 @@ class SecretFiles:
             s3_access_key_id=self._lines.get(("s3", "access_key_id_file")),
             s3_secret_access_key=self._lines.get(("s3", "secret_access_key_file")),
             database_password=self._lines.get(("database", "password_file")),
+            tls=self.tls_files,
         )

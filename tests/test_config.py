@@ -23,6 +23,7 @@ from niks3d.config import (
 )
 from niks3d.errors import ConfigError, ConfigProblem
 from niks3d.nix.signing import SecretKey
+from tests.server.certkit import CA
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "niks3d.toml"
@@ -513,22 +514,44 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     secret(tmp_path, "s3-secret-access-key", "example-secret")
     secret(tmp_path, "token-ci", CI_TOKEN)
     secret(tmp_path, "token-admin", ADMIN_TOKEN)
+    ca = CA("example CA")
+    server = ca.server_cert()
+    secret(tmp_path, "tls-certificate", server.cert_pem.decode())
+    secret(tmp_path, "tls-key", server.key_pem.decode())
+    secret(tmp_path, "tls-client-ca", ca.cert_pem.decode())
     config = load_config(EXAMPLE, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert [t.name for t in config.secrets.tokens] == ["ci", "admin"]
+    assert config.secrets.tls is not None and config.secrets.tls.key == tmp_path / "tls-key"
+
+
+def _model_of(annotation: object) -> tuple[type[BaseModel] | None, bool]:
+    """The model a field holds (unwrapping ``X | None``), and whether it is a list of them (``[[table]]``)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is list:
+        model, is_list = args[0], True
+    elif args and typing.get_origin(annotation) is not None and len(args) == 1:
+        model, is_list = args[0], False
+    else:
+        model, is_list = annotation, False
+    return (model if isinstance(model, type) and issubclass(model, BaseModel) else None), is_list
+
+
+def _assert_shows(text: str, name: str, model: type[BaseModel], is_list: bool) -> None:
+    assert (f"\n[[{name}]]\n" if is_list else f"\n[{name}]\n") in text, name
+    for field, info in model.model_fields.items():
+        nested, nested_list = _model_of(info.annotation)
+        if nested is not None:  # [[tls.clients]]
+            _assert_shows(text, f"{name}.{field}", nested, nested_list)
+        else:
+            assert f"\n{field} = " in text or f"\n# {field} = " in text, f"{name}.{field}"
 
 
 def test_example_config_shows_every_key() -> None:
     text = EXAMPLE.read_text()
     for section_name, info in Settings.model_fields.items():
-        model = info.annotation
-        if typing.get_origin(model) is list:  # [[tokens]]
-            [model] = typing.get_args(model)
-            assert f"\n[[{section_name}]]\n" in text
-        else:
-            assert f"\n[{section_name}]\n" in text
-        assert isinstance(model, type) and issubclass(model, BaseModel)
-        for field in model.model_fields:
-            assert f"\n{field} = " in text or f"\n# {field} = " in text, f"{section_name}.{field}"
+        model, is_list = _model_of(info.annotation)
+        assert model is not None, section_name
+        _assert_shows(text, section_name, model, is_list)
 
 
 @pytest.mark.parametrize(

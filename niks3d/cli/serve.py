@@ -2,6 +2,11 @@
 
 READY=1 is sent only after migrations ran, the bucket answered and the sites listen. SIGTERM (or SIGINT)
 sends STOPPING=1, stops accepting, lets requests in flight finish within ``server.drain_seconds``, then exits.
+
+With ``[tls]`` the TCP listeners speak HTTPS (Unix sockets stay plain HTTP). SIGHUP reloads the TLS files
+(:class:`niks3d.tls.ServerTls`) without closing a listener, between ``RELOADING=1`` and ``READY=1`` as sd_notify(3)
+asks; a reload that fails is logged and keeps the files in use. Without ``[tls]`` SIGHUP has nothing to reload
+and is only logged (it no longer ends the process).
 """
 
 from __future__ import annotations
@@ -14,16 +19,19 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 
 from aiohttp import web
 
 from niks3d import eventloop
 from niks3d.config import Config, load_config
 from niks3d.db.pool import ping
-from niks3d.logsetup import setup_logging
+from niks3d.errors import ConfigError
+from niks3d.logsetup import log_event, setup_logging
 from niks3d.server.app import create_app
 from niks3d.server.keys import pool_key
 from niks3d.systemd import Notifier, listen_fds, run_watchdog, watchdog_interval
+from niks3d.tls import ServerTls
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +50,21 @@ def _tcp_socket(address: str) -> socket.socket:
     return sock
 
 
-async def bind_sites(runner: web.AppRunner, listen: list[str]) -> list[str]:
-    """Start sites on the inherited sockets if socket-activated, else on the configured addresses."""
+def _is_tcp(sock: socket.socket) -> bool:
+    return sock.family in (socket.AF_INET, socket.AF_INET6)
+
+
+async def bind_sites(runner: web.AppRunner, listen: list[str], tls: ssl.SSLContext | None = None) -> list[str]:
+    """Start sites on the inherited sockets if socket-activated, else on the configured addresses.
+
+    With ``tls`` the TCP sites serve HTTPS; Unix sockets stay plain HTTP.
+    """
     inherited = listen_fds()
     names: list[str] = []
     if inherited:
         for sock in inherited:
             sock.setblocking(False)
-            inherited_site = web.SockSite(runner, sock)
+            inherited_site = web.SockSite(runner, sock, ssl_context=tls if _is_tcp(sock) else None)
             await inherited_site.start()
             names.append(inherited_site.name)
         logger.info("socket-activated: listening on %s", ", ".join(names))
@@ -58,7 +73,7 @@ async def bind_sites(runner: web.AppRunner, listen: list[str]) -> list[str]:
         if address.startswith("unix:"):
             site: web.BaseSite = web.UnixSite(runner, address[5:])
         else:
-            site = web.SockSite(runner, _tcp_socket(address))
+            site = web.SockSite(runner, _tcp_socket(address), ssl_context=tls)
         await site.start()
         names.append(site.name)
     logger.info("listening on %s", ", ".join(names))
@@ -81,9 +96,23 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tls = ServerTls(config.secrets.tls, source=str(config.source)) if config.secrets.tls is not None else None
+    names: list[str] = []
+
+    def reload() -> None:
+        # Before READY=1 there is nothing to tell systemd; the reload itself is the same.
+        if names:
+            notifier.reloading()
+            notifier.status("reloading the TLS files")
+        _reload_tls(tls)
+        if names:
+            notifier.ready()
+            notifier.status(f"serving on {', '.join(names)}")
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     watchdog: asyncio.Task[None] | None = None
     try:
-        names = await bind_sites(runner, config.settings.server.listen)
+        names = await bind_sites(runner, config.settings.server.listen, tls.context if tls is not None else None)
         interval = watchdog_interval()
         if interval is not None:
             pool = app[pool_key]
@@ -102,10 +131,38 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
     logger.info("stopped", extra={"event": "server.stopped", "fields": {}})
+
+
+def _reload_tls(tls: ServerTls | None) -> None:
+    if tls is None:
+        log_event(logger, logging.INFO, "server.reload", "SIGHUP: nothing to reload (no [tls] section)", tls=False)
+        return
+    try:
+        tls.reload()
+    except ConfigError as exc:
+        log_event(
+            logger,
+            logging.ERROR,
+            "tls.reload_failed",
+            "SIGHUP: the TLS files did not load; new connections keep the previous ones: %s",
+            exc,
+            problems=len(exc.problems),
+        )
+        return
+    log_event(
+        logger,
+        logging.INFO,
+        "tls.reloaded",
+        "SIGHUP: reloaded %s and %s%s for new connections",
+        tls.files.certificate,
+        tls.files.key,
+        f" and {tls.files.client_ca}" if tls.files.client_ca else "",
+        reloads=tls.reloads,
+    )
 
 
 def serve_command(args: argparse.Namespace) -> int:

@@ -95,6 +95,16 @@ class ApiClient:
 
     # -- plumbing ---------------------------------------------------------------------------------------
 
+    @property
+    def _refusal_hint(self) -> str | None:
+        tls = self.config.tls_source
+        if tls is None or "client certificate" not in tls:
+            return None
+        return (
+            f"the server closed the connection without an answer, as it does when it refuses the {tls}: "
+            "is the certificate signed by the server's tls.client_ca_file, and still valid?"
+        )
+
     def _headers(self, has_body: bool) -> dict[str, str]:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if has_body:
@@ -124,6 +134,8 @@ class ApiClient:
             headers=self._headers(payload is not None),
             body=(lambda: payload) if payload is not None else None,
             limits=limits,
+            ssl_context=self.config.ssl_context,
+            refusal_hint=self._refusal_hint,
         )
         if resp.status in ok:
             return resp
@@ -136,9 +148,17 @@ class ApiClient:
         token = self.config.token
         if resp.status == 401:
             if token is None:
-                return AuthError(f"{self.config.server_url} needs an API token (401): pass --token-file")
+                return AuthError(
+                    f"{self.config.server_url} needs an API token (401): pass --token-file: {message}"
+                    if self.config.tls_source is None
+                    else f"{self.config.server_url} refused the request with {self.config.tls_source} (401): {message}"
+                )
             return AuthError(f"{self.config.server_url} refused the token from {token.source} (401): {message}")
         if resp.status == 403:
+            if token is None and self.config.tls_source is not None:
+                return AuthError(
+                    f"the {self.config.tls_source} lack the {scope!r} scope for {method} {url} (403): {message}"
+                )
             return AuthError(
                 f"the token from {token.source if token else '(none)'} lacks the {scope!r} scope "
                 f"for {method} {url} (403): {message}"
@@ -180,6 +200,8 @@ class ApiClient:
             policy=self.policy,
             headers=self._headers(False),
             limits=_DEFAULT_TIMEOUT,
+            ssl_context=self.config.ssl_context,
+            refusal_hint=self._refusal_hint,
         )
         if resp.status != 200:
             raise ClientError(

@@ -1,9 +1,13 @@
-"""Where the ``niks3`` client finds its server URL and API token.
+"""Where the ``niks3`` client finds its server URL, API token and TLS files.
 
 The token is a secret, so it only ever comes from a file: ``--token-file``, then ``$NIKS3_TOKEN_FILE``, then
 ``$XDG_CONFIG_HOME/niks3/token`` (``~/.config/niks3/token``). The server URL comes from ``--server``, then
-``$NIKS3_SERVER_URL``, then the first line of ``$XDG_CONFIG_HOME/niks3/server``. This is the one module of the
-client that reads the environment or configuration files; everything else receives a :class:`ClientConfig`.
+``$NIKS3_SERVER_URL``, then the first line of ``$XDG_CONFIG_HOME/niks3/server``. For an ``https://`` server, a
+client certificate and its key (``--client-cert``/``--client-key``, ``$NIKS3_CLIENT_CERT``/``$NIKS3_CLIENT_KEY``,
+``client.crt``/``client.key`` in the same directory) and the CA file to trust instead of the system's
+(``--ca-file``, ``$NIKS3_CA_FILE``, ``ca.crt``) are used for the niks3d API only, never for S3
+(docs/auth.md, "Client certificates"). This is the one module of the client that reads the environment or
+configuration files; everything else receives a :class:`ClientConfig`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ __all__ = ["ClientConfig", "Token", "config_dir", "load_client_config", "normali
 
 import logging
 import os
+import ssl
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +47,10 @@ class ClientConfig:
 
     server_url: str
     token: Token | None
+    # For an https:// server: what the API requests verify the server with and present as client certificate.
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    # Where the TLS files came from, for messages (no secrets: file names only).
+    tls_source: str | None = None
 
     @property
     def api_url(self) -> str:
@@ -87,7 +96,7 @@ def _read_small_file(path: Path, what: str) -> str:
         raise ClientError(f"{what} {path} is not UTF-8 text") from None
 
 
-def _warn_if_exposed(path: Path, environ: Mapping[str, str]) -> None:
+def _warn_if_exposed(path: Path, environ: Mapping[str, str], what: str = "token file") -> None:
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials and path.resolve().is_relative_to(Path(credentials).resolve()):
         return
@@ -96,7 +105,7 @@ def _warn_if_exposed(path: Path, environ: Mapping[str, str]) -> None:
     except OSError:
         return
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        logger.warning("token file %s is accessible by group or others (mode %o); chmod 600 it", path, mode & 0o777)
+        logger.warning("%s %s is accessible by group or others (mode %o); chmod 600 it", what, path, mode & 0o777)
 
 
 def _load_token(path: Path, environ: Mapping[str, str]) -> Token:
@@ -139,16 +148,87 @@ def _resolve_server(server: str | None, environ: Mapping[str, str]) -> str:
     raise ClientError(f"no server URL: pass --server, set NIKS3_SERVER_URL, or write the URL to {default}")
 
 
+def _resolve_file(option: str | None, variable: str, default: Path, environ: Mapping[str, str]) -> Path | None:
+    if option:
+        return Path(option)
+    from_env = environ.get(variable)
+    if from_env:
+        return Path(from_env)
+    return default if default.exists() else None
+
+
+class _EncryptedKeyError(Exception):
+    pass
+
+
+def _no_passphrase() -> str:
+    raise _EncryptedKeyError
+
+
+def _tls_context(
+    server_url: str,
+    client_cert: str | None,
+    client_key: str | None,
+    ca_file: str | None,
+    environ: Mapping[str, str],
+) -> tuple[ssl.SSLContext | None, str | None, bool]:
+    """The context for the API requests, where its files came from, and whether it presents a certificate.
+
+    ``(None, None, False)`` when no TLS file is named: the system's trust store applies, as for any URL.
+    """
+    directory = config_dir(environ)
+    cert = _resolve_file(client_cert, "NIKS3_CLIENT_CERT", directory / "client.crt", environ)
+    key = _resolve_file(client_key, "NIKS3_CLIENT_KEY", directory / "client.key", environ)
+    ca = _resolve_file(ca_file, "NIKS3_CA_FILE", directory / "ca.crt", environ)
+    if cert is None and key is None and ca is None:
+        return None, None, False
+    if not server_url.startswith("https://"):
+        named = ", ".join(str(p) for p in (cert, key, ca) if p is not None)
+        raise ClientError(
+            f"TLS files are set ({named}) but the server URL {server_url} is not https://; use an https:// URL"
+        )
+    if key is not None and cert is None:
+        raise ClientError(f"a client key ({key}) needs its certificate: pass --client-cert or set NIKS3_CLIENT_CERT")
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    except FileNotFoundError:
+        raise ClientError(f"CA file {ca} does not exist") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ClientError(f"CA file {ca} holds no usable PEM certificate: {exc}") from None
+    if cert is not None:
+        if key is not None:
+            _warn_if_exposed(key, environ, "client key")
+        try:
+            context.load_cert_chain(cert, key, password=_no_passphrase)
+        except _EncryptedKeyError:
+            raise ClientError(f"the client key {key or cert} is encrypted; niks3 needs it unencrypted") from None
+        except FileNotFoundError as exc:
+            raise ClientError(f"client certificate or key {exc.filename or cert} does not exist") from None
+        except (ssl.SSLError, OSError) as exc:
+            raise ClientError(f"cannot use the client certificate {cert} with the key {key or cert}: {exc}") from None
+    source = ", ".join(
+        f"{what} {path}" for what, path in (("client certificate", cert), ("CA file", ca)) if path is not None
+    )
+    return context, source, cert is not None
+
+
 def load_client_config(
     *,
     server: str | None = None,
     token_file: str | None = None,
     environ: Mapping[str, str] | None = None,
     token_required: bool = True,
+    client_cert: str | None = None,
+    client_key: str | None = None,
+    ca_file: str | None = None,
 ) -> ClientConfig:
-    """Resolve the server URL and token from the options, the environment and the config directory.
+    """Resolve the server URL, token and TLS files from the options, the environment and the config directory.
 
-    Raises :class:`ClientError` naming the option, variable or file to fix.
+    With a client certificate the token is optional: the certificate may be all the server needs. Raises
+    :class:`ClientError` naming the option, variable or file to fix.
     """
     env = os.environ if environ is None else environ
-    return ClientConfig(_resolve_server(server, env), _resolve_token(token_file, env, token_required))
+    server_url = _resolve_server(server, env)
+    context, tls_source, with_certificate = _tls_context(server_url, client_cert, client_key, ca_file, env)
+    token = _resolve_token(token_file, env, token_required and not with_certificate)
+    return ClientConfig(server_url, token, context, tls_source)

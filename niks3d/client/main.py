@@ -47,6 +47,21 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     parser.add_argument("--server", metavar="URL", default=default, help="niks3d URL (else $NIKS3_SERVER_URL)")
     parser.add_argument("--token-file", metavar="FILE", default=default, help="API token file (else $NIKS3_TOKEN_FILE)")
     parser.add_argument(
+        "--client-cert",
+        metavar="FILE",
+        default=default,
+        help="PEM client certificate for an https:// server (else $NIKS3_CLIENT_CERT); docs/auth.md",
+    )
+    parser.add_argument(
+        "--client-key", metavar="FILE", default=default, help="its PEM private key (else $NIKS3_CLIENT_KEY)"
+    )
+    parser.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        default=default,
+        help="PEM CA certificates to trust for the server instead of the system's (else $NIKS3_CA_FILE)",
+    )
+    parser.add_argument(
         "--tries",
         type=int,
         metavar="N",
@@ -166,7 +181,14 @@ def _push_roots(args: argparse.Namespace, store: LocalStore, stdin: TextIO) -> t
 
 
 async def _with_api(args: argparse.Namespace, run: _Command, *, token_required: bool = True) -> int:
-    config = load_client_config(server=args.server, token_file=args.token_file, token_required=token_required)
+    config = load_client_config(
+        server=args.server,
+        token_file=args.token_file,
+        token_required=token_required,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        ca_file=args.ca_file,
+    )
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector, trust_env=True) as http:
         return await run(http, ApiClient(http, config, RetryPolicy(attempts=max(1, args.tries))))

@@ -12,6 +12,7 @@ __all__ = ["Body", "BodyFactory", "Response", "memory_body", "send"]
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
@@ -73,21 +74,35 @@ async def send(
     body: BodyFactory | None = None,
     limits: aiohttp.ClientTimeout | None = None,
     retry_statuses: Callable[[int], bool] = is_retryable_status,
+    ssl_context: ssl.SSLContext | None = None,
+    refusal_hint: str | None = None,
 ) -> Response:
     """Send a request, retrying transient failures; return the last response, whatever its status.
 
     ``what`` names the request in log lines and errors (never the URL itself, which may be presigned). Raises
-    :class:`ClientError` when every try failed to get any answer.
+    :class:`ClientError` when every try failed to get any answer, and at once when the TLS handshake fails
+    (an untrusted server certificate, a client certificate the server refused): trying again cannot help.
+    ``ssl_context`` (the niks3d API's, docs/auth.md) replaces the default verification for this request.
+
+    A server that refuses a client certificate under TLS 1.3 (another CA, expired) closes the connection without
+    an answer, and the client sees only the disconnect. With ``refusal_hint`` (a client certificate is in use)
+    such a disconnect is tried once more, not ``policy.attempts`` times, and the error ends with the hint.
     """
     attempt = 0
     while True:
         try:
             data = body() if body is not None else None
-            async with http.request(method, url, headers=headers, data=data, timeout=limits) as resp:
+            async with http.request(
+                method, url, headers=headers, data=data, timeout=limits, ssl=ssl_context or True
+            ) as resp:
                 answer = Response(resp.status, resp.headers, await resp.read())
+        except aiohttp.ClientSSLError as exc:
+            raise ClientError(f"{what} failed: the TLS handshake failed: {_describe(exc)}") from exc
         except _TRANSIENT as exc:
-            if not policy.should_retry(attempt):
-                raise ClientError(f"{what} failed after {attempt + 1} tries: {_describe(exc)}") from exc
+            refused = refusal_hint is not None and isinstance(exc, aiohttp.ServerDisconnectedError)
+            if not policy.should_retry(attempt) or (refused and attempt >= 1):
+                hint = f"; {refusal_hint}" if refused else ""
+                raise ClientError(f"{what} failed after {attempt + 1} tries: {_describe(exc)}{hint}") from exc
             delay = policy.delay(attempt)
             logger.info("%s failed (%s); retrying in %.1f s", what, _describe(exc), delay)
         else:

@@ -188,7 +188,13 @@ def _journal_logging(args: argparse.Namespace) -> Iterator[None]:
 
 
 async def _with_api(args: argparse.Namespace, run: Any) -> int:
-    config = load_client_config(server=args.server, token_file=args.token_file)
+    config = load_client_config(
+        server=args.server,
+        token_file=args.token_file,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        ca_file=args.ca_file,
+    )
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector, trust_env=True) as http:
         code: int = await run(http, ApiClient(http, config, RetryPolicy(attempts=max(1, args.tries))))

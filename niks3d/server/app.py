@@ -19,6 +19,7 @@ from niks3d.db.migrate import migrate
 from niks3d.db.pool import open_pool
 from niks3d.nix.narinfo import render_nix_cache_info
 from niks3d.server.auth import TokenTable, tokens_key
+from niks3d.server.clientcerts import CertificateRules, certificate_rules_key
 from niks3d.server.errors import error_middleware
 from niks3d.server.figures import FiguresReader
 from niks3d.server.gc import gc_context
@@ -50,6 +51,7 @@ def create_app(config: Config, *, run_migrations: bool = True) -> web.Applicatio
     app[config_key] = config
     app[metrics_key] = metrics
     app[tokens_key] = TokenTable(config.secrets.tokens)
+    app[certificate_rules_key] = CertificateRules(settings.tls.clients if settings.tls is not None else ())
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         async with open_pool(settings.database, config.secrets.database_password) as pool:

@@ -11,10 +11,15 @@ on every surface:
 An :class:`Identity` is who the credentials name; it is small on purpose so that other ways of proving who one
 is (an OIDC subject, a client certificate) can fill the same three fields:
 
-- ``kind``: how the identity was proven; ``"token"`` for a configured token, the only kind so far;
+- ``kind``: how the identity was proven; ``"token"`` for a configured token, ``"cert"`` for a client certificate
+  that a ``[[tls.clients]]`` rule matched (:mod:`niks3d.server.clientcerts`);
 - ``name``: who it is, for the logs and for what it owns (sessions, pins, GC runs record it); for a token, its
-  configured name. It is never a secret;
+  configured name; for a certificate ``cert:<the subject or subjectAltName the rule matched>``. It is never a
+  secret;
 - ``scopes``: what it may do (``push``, ``read``, ``pin``, ``gc``, ``metrics``; ``admin`` may do them all).
+
+The ``Authorization`` header wins: a client certificate is looked at only when a request carries no header, so
+a reader can connect with a certificate and still act with a token (docs/auth.md, "Client certificates").
 
 A refusal raises :class:`~niks3d.errors.Unauthenticated` (401: no, unusable or unknown credentials) or
 :class:`~niks3d.errors.Forbidden` (403: a known identity without the scope). :mod:`niks3d.server.errors` turns
@@ -39,10 +44,11 @@ from aiohttp import web
 
 from niks3d.errors import AccessDenied, Forbidden, Unauthenticated
 from niks3d.secrets import Token
+from niks3d.server.clientcerts import PeerCertificate, certificate_rules_key
 
 logger = logging.getLogger(__name__)
 
-IdentityKind = Literal["token"]
+IdentityKind = Literal["token", "cert"]
 
 
 @dataclass(frozen=True)
@@ -114,17 +120,42 @@ def _presented(request: web.Request) -> bytes | None:
     raise Unauthenticated(_MALFORMED)
 
 
+def _certificate_identity(request: web.Request) -> Identity | None:
+    """The identity of the request's verified client certificate, or None without one (or without rules).
+
+    Raises Forbidden for a certificate that no ``[[tls.clients]]`` rule matches.
+    """
+    rules = request.app.get(certificate_rules_key)
+    transport = request.transport
+    if not rules or transport is None:
+        return None
+    peercert = transport.get_extra_info("peercert")
+    if not peercert:
+        return None
+    cert = PeerCertificate.from_peercert(peercert)
+    found = rules.match(cert)
+    if not found.scopes:
+        logger.info("refused %s %s to certificate %r: it matches no rule", request.method, request.path, cert.subject)
+        raise Forbidden(f"the client certificate {cert.subject!r} matches no [[tls.clients]] rule of this server")
+    return Identity(kind="cert", name=found.name, scopes=found.scopes, trusted=found.trusted)
+
+
 def _identify(request: web.Request, scopes: tuple[str, ...]) -> Identity:
     presented = _presented(request)
     needs = " or ".join(scopes)
     if presented is None:
-        raise Unauthenticated(
-            f"this endpoint needs a token with the {needs} scope: send 'Authorization: Bearer <token>' "
-            "or the token as HTTP Basic password"
-        )
-    identity = request.app[tokens_key].find(presented)
-    if identity is None:
-        raise Unauthenticated("the token is not known to this server")
+        identity = _certificate_identity(request)
+        if identity is None:
+            with_cert = " (or a client certificate)" if request.app.get(certificate_rules_key) else ""
+            raise Unauthenticated(
+                f"this endpoint needs a token{with_cert} with the {needs} scope: send 'Authorization: Bearer <token>' "
+                "or the token as HTTP Basic password"
+            )
+    else:
+        found = request.app[tokens_key].find(presented)
+        if found is None:
+            raise Unauthenticated("the token is not known to this server")
+        identity = found
     if not identity.allows(*scopes):
         logger.info(
             "refused %s %s to %s %r: needs %s", request.method, request.path, identity.kind, identity.name, needs
