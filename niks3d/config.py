@@ -121,6 +121,12 @@ def _presign_limit(value: timedelta) -> timedelta:
     return value
 
 
+def _lease_limit(value: timedelta) -> timedelta:
+    if not timedelta(seconds=1) <= value <= timedelta(hours=1):
+        raise ValueError("a claim lease is between 1 second and 1 hour ('1h')")
+    return value
+
+
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 
 
@@ -431,6 +437,9 @@ class GcSettings(_Section):
     grace_period: Duration = timedelta(hours=1)
     # Upload sessions are open this long; GC aborts older ones.
     session_expiry: PositiveDuration = timedelta(hours=6)
+    # How long other sessions wait for an uploader that shows no upload progress before they take the upload
+    # over (docs/api.md, "Waiting for another session's upload"); calls without progress do not renew it.
+    claim_lease: Annotated[PositiveDuration, AfterValidator(_lease_limit)] = timedelta(seconds=30)
     batch_size: int = Field(default=1000, ge=1, le=1000)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "Claim",
     "SessionRow",
+    "StalledUpload",
     "claims_of_session",
     "clear_idempotency_key",
     "ensure_objects",
@@ -23,7 +24,10 @@ __all__ = [
     "mark_present",
     "object_states",
     "open_session_ids",
+    "record_progress",
+    "renew_leases",
     "set_upload_id",
+    "stalled_multipart",
     "take_over",
     "touch_session",
 ]
@@ -151,19 +155,67 @@ async def object_states(conn: Connection, keys: Sequence[str]) -> dict[str, tupl
     return {r["key"]: (r["state"], r["size"], r["file_hash"]) for r in rows}
 
 
-async def live_uploaders(
-    conn: Connection, keys: Sequence[str], *, exclude: uuid.UUID, stale_after: timedelta
-) -> dict[str, uuid.UUID]:
-    """For each key, the other open, recently active session that uploads it (if any)."""
+async def live_uploaders(conn: Connection, keys: Sequence[str], *, exclude: uuid.UUID) -> dict[str, uuid.UUID]:
+    """For each key, the other open session whose lease on uploading it has not run out (if any)."""
     rows = await conn.fetch(
         """SELECT c.key, c.session_id FROM session_claims c JOIN upload_sessions s ON s.id = c.session_id
            WHERE c.key = ANY($1::text[]) AND c.uploader AND c.session_id <> $2
-             AND s.state = 'open' AND s.expires_at > now() AND s.last_seen_at > now() - $3::interval""",
+             AND s.state = 'open' AND s.expires_at > now() AND c.lease_until > now()""",
         list(keys),
         exclude,
-        stale_after,
     )
     return {r["key"]: r["session_id"] for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class StalledUpload:
+    """Another session's multipart upload of a key whose lease ran out, and the bytes it had at its last renewal."""
+
+    session_id: uuid.UUID
+    key: str
+    upload_id: str
+    progress: int
+
+
+async def stalled_multipart(conn: Connection, keys: Sequence[str], *, exclude: uuid.UUID) -> list[StalledUpload]:
+    rows = await conn.fetch(
+        """SELECT c.session_id, c.key, c.upload_id, c.progress FROM session_claims c
+           WHERE c.key = ANY($1::text[]) AND c.uploader AND c.session_id <> $2
+             AND c.upload_id IS NOT NULL AND c.lease_until <= now()""",
+        list(keys),
+        exclude,
+    )
+    return [StalledUpload(r["session_id"], r["key"], r["upload_id"], r["progress"]) for r in rows]
+
+
+async def record_progress(conn: Connection, upload: StalledUpload, progress: int, lease: timedelta) -> bool:
+    """Renew the lease of a multipart upload that has more bytes than at its last renewal (still the same upload)."""
+    done = await conn.execute(
+        """UPDATE session_claims SET lease_until = now() + $5::interval, progress = $4
+           WHERE session_id = $1 AND key = $2 AND upload_id = $3 AND uploader AND progress < $4""",
+        upload.session_id,
+        upload.key,
+        upload.upload_id,
+        progress,
+        lease,
+    )
+    return bool(done != "UPDATE 0")
+
+
+async def renew_leases(
+    conn: Connection, session_id: uuid.UUID, lease: timedelta, keys: Sequence[str] | None = None
+) -> set[str]:
+    """Upload progress: renew the session's leases (all of them, or those of ``keys``); returns the keys it still
+    uploads among them (another session may have taken some over)."""
+    rows = await conn.fetch(
+        """UPDATE session_claims SET lease_until = now() + $2::interval
+           WHERE session_id = $1 AND uploader AND ($3::text[] IS NULL OR key = ANY($3::text[]))
+           RETURNING key""",
+        session_id,
+        lease,
+        None if keys is None else list(keys),
+    )
+    return {r["key"] for r in rows}
 
 
 async def insert_claims(conn: Connection, session_id: uuid.UUID, claims: Iterable[tuple[str, bool]]) -> None:
@@ -179,19 +231,29 @@ async def insert_claims(conn: Connection, session_id: uuid.UUID, claims: Iterabl
     )
 
 
-async def take_over(conn: Connection, session_id: uuid.UUID, keys: Sequence[str]) -> list[tuple[uuid.UUID, str, str]]:
-    """Make ``session_id`` the uploader of ``keys`` whose uploader went away; returns the dropped
-    ``(session_id, key, upload_id)`` multipart uploads of the previous uploaders, which the caller aborts."""
+async def take_over(
+    conn: Connection, session_id: uuid.UUID, keys: Sequence[str], lease: timedelta
+) -> list[tuple[uuid.UUID, str, str]]:
+    """Make ``session_id`` the uploader of ``keys`` (their previous uploader's lease ran out), with a fresh lease;
+    returns the dropped ``(session_id, key, upload_id)`` multipart uploads of the previous uploaders, which the
+    caller aborts."""
+    # The previous uploader keeps its claim as a waiting one: its late report of the key is then accepted once
+    # the key is present, and its session still protects the key from GC.
     dropped = await conn.fetch(
-        """DELETE FROM session_claims WHERE key = ANY($1::text[]) AND uploader AND session_id <> $2
-           RETURNING session_id, key, upload_id""",
+        """WITH old AS (SELECT session_id, key, upload_id FROM session_claims
+                        WHERE key = ANY($1::text[]) AND uploader AND session_id <> $2 FOR UPDATE)
+           UPDATE session_claims c SET uploader = false, upload_id = NULL, lease_until = NULL, progress = 0
+           FROM old WHERE c.session_id = old.session_id AND c.key = old.key
+           RETURNING old.session_id, old.key, old.upload_id""",
         list(keys),
         session_id,
     )
     await conn.execute(
-        "UPDATE session_claims SET uploader = true WHERE session_id = $1 AND key = ANY($2::text[])",
+        """UPDATE session_claims SET uploader = true, lease_until = now() + $3::interval, progress = 0
+           WHERE session_id = $1 AND key = ANY($2::text[])""",
         session_id,
         list(keys),
+        lease,
     )
     return [(r["session_id"], r["key"], r["upload_id"]) for r in dropped if r["upload_id"]]
 

@@ -3,14 +3,13 @@ the requests of the sessions it is serving, parsed once."""
 
 from __future__ import annotations
 
-__all__ = ["SESSION_STALE_AFTER", "PushContext", "RequestCache"]
+__all__ = ["PushContext", "RequestCache"]
 
 import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from niks3d.uploads.request import SessionRequest
@@ -21,11 +20,6 @@ if TYPE_CHECKING:
     from niks3d.config import Settings
     from niks3d.nix.signing import PublicKey, SecretKey
     from niks3d.storage.s3 import Bucket
-
-# An open session that made no call for this long is no longer trusted to finish the uploads it claimed:
-# another session that needs the same objects may take them over. Clients call at least once a minute.
-SESSION_STALE_AFTER = timedelta(minutes=10)
-
 
 # Sessions whose parsed request is kept; a push calls for one session at a time, a busy daemon for a few dozen.
 REQUEST_CACHE_SIZE = 64

@@ -22,7 +22,8 @@ from niks3d.errors import ApiError
 from niks3d.eventloop import Pauser
 from niks3d.nix.bucketkeys import narinfo_key
 from niks3d.nix.storepath import StorePath
-from niks3d.uploads.context import SESSION_STALE_AFTER, PushContext
+from niks3d.uploads.context import PushContext
+from niks3d.uploads.leases import refresh_stalled
 from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
 from niks3d.uploads.objects import WantedObject, object_spec, wanted_objects
 from niks3d.uploads.request import SessionRequest
@@ -94,9 +95,12 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
     """Open (or, for a repeated idempotency key, find again) a session; returns (answer, created)."""
     await _check_references(ctx, req)
     digest = req.fingerprint()
+    upload_keys = sorted({o.key for p in req.paths for o in wanted_objects(p, published=False) if o.client_uploads})
     gc = ctx.settings.gc
 
     async def attempt() -> tuple[uuid.UUID, bool]:
+        # Multipart uploads of these keys whose lease ran out but that have made progress keep their uploader.
+        await refresh_stalled(ctx, upload_keys, exclude=uuid.UUID(int=0))
         async with ctx.pool.acquire() as conn, conn.transaction():
             if req.idempotency_key is not None:
                 existing = await db.find_session_by_key(conn, token_name, req.idempotency_key)
@@ -140,11 +144,11 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
                     "references were deleted from the cache while this push opened: " + ", ".join(sorted(gone)[:10]),
                     references=sorted(gone),
                 )
-            busy = await db.live_uploaders(conn, keys, exclude=session_id, stale_after=SESSION_STALE_AFTER)
+            busy = await db.live_uploaders(conn, keys, exclude=session_id)
             stale = [k for k in keys if wanted[k].client_uploads and states[k] == "pending" and k not in busy]
-            # A claim left by a session that went away blocks nobody: this session takes the upload over.
+            # A claim whose lease ran out blocks nobody: this session takes the upload over (uploads/leases.py).
             await db.insert_claims(conn, session_id, [(k, False) for k in keys])
-            aborted = await db.take_over(conn, session_id, stale)
+            aborted = await db.take_over(conn, session_id, stale, gc.claim_lease)
         await abort_uploads(ctx, aborted)
         return session_id, True
 

@@ -30,7 +30,8 @@ from niks3d.nix.bucketkeys import narinfo_key, realisation_key
 from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.narinfo import NarInfo
 from niks3d.nix.realisation import Realisation
-from niks3d.uploads.context import SESSION_STALE_AFTER, PushContext
+from niks3d.uploads.context import PushContext
+from niks3d.uploads.leases import refresh_stalled
 from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
 from niks3d.uploads.objects import CONTENT_TYPES, object_spec, wanted_objects
 from niks3d.uploads.open import check_names
@@ -93,7 +94,11 @@ async def _check_objects(
         states = await db.object_states(conn, list(needed))
         claims = await db.claims_of_session(conn, session.id)
         absent = [k for k in sorted(needed) if states.get(k, ("pending",))[0] != "present"]
-        busy = await db.live_uploaders(conn, absent, exclude=session.id, stale_after=SESSION_STALE_AFTER)
+    mine_now = {k for k in absent if claims.get(k) is not None and claims[k].uploader}
+    # Another session's multipart upload that ran out of lease but has more bytes keeps it (uploads/leases.py).
+    await refresh_stalled(ctx, [k for k in absent if k not in mine_now], exclude=session.id)
+    async with ctx.pool.acquire() as conn:
+        busy = await db.live_uploaders(conn, absent, exclude=session.id)
     mine = [k for k in absent if claims.get(k) is not None and claims[k].uploader]
     pending = [k for k in absent if k in busy]
     orphaned = [k for k in absent if k not in busy and k not in mine]
@@ -105,8 +110,9 @@ async def _check_objects(
                 await db.lock_objects(conn, orphaned)
                 await db.insert_claims(conn, session.id, [(k, False) for k in orphaned])
                 # Another waiting session may have taken some over first (we waited on its row locks).
-                busy_now = await db.live_uploaders(conn, orphaned, exclude=session.id, stale_after=SESSION_STALE_AFTER)
-                return await db.take_over(conn, session.id, [k for k in orphaned if k not in busy_now])
+                busy_now = await db.live_uploaders(conn, orphaned, exclude=session.id)
+                taken = [k for k in orphaned if k not in busy_now]
+                return await db.take_over(conn, session.id, taken, ctx.settings.gc.claim_lease)
 
         await abort_uploads(ctx, await retry_transaction(take))
         await start_multipart_uploads(ctx, session.id)

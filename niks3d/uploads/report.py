@@ -25,8 +25,9 @@ from niks3d.nix.hashes import format_sha256
 from niks3d.nix.storepath import StorePath
 from niks3d.storage.errors import UploadNotFound
 from niks3d.uploads.context import PushContext
+from niks3d.uploads.leases import LeaseKeeper
 from niks3d.uploads.lifecycle import abort_session
-from niks3d.uploads.multipart import start_multipart_uploads
+from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
 from niks3d.uploads.objects import CONTENT_TYPES
 from niks3d.uploads.request import ObjectReport, SessionRequest
 from niks3d.uploads.verify import verify_nar_object
@@ -54,12 +55,14 @@ async def report_objects(
     accepted: list[str] = []
     missing: list[dict[str, Any]] = []
     to_check: list[tuple[ObjectReport, db.Claim]] = []
+    superseded: list[db.Claim] = []
     for key, report in sorted(reports.items()):
         claim = claims.get(key)
         if claim is None:
             raise ApiError(400, "invalid_request", f"objects: {key!r} is not an object of this session")
         if states.get(key, ("pending",))[0] == "present":
             accepted.append(key)
+            superseded.append(claim)  # another session's upload may have been verified first: drop this one's copy
         elif not claim.uploader:
             missing.append({"key": key, "reason": "another session is uploading this object"})
         else:
@@ -69,11 +72,16 @@ async def report_objects(
 
     async def check(report: ObjectReport, claim: db.Claim) -> tuple[str, int, str | None] | dict[str, Any]:
         async with semaphore:
-            return await _check_one(ctx, session, report, claim, expected_nars.get(report.key), full=full)
+            nar = expected_nars.get(report.key)
+            return await _check_one(ctx, session, report, claim, nar, full=full, keeper=keeper)
 
     full = ctx.settings.s3.verify == "full" or not trusted
 
-    results = await asyncio.gather(*(check(r, c) for r, c in to_check))
+    async with LeaseKeeper(ctx, session.id) as keeper:
+        results = await asyncio.gather(*(check(r, c) for r, c in to_check))
+    if superseded:
+        await abort_uploads(ctx, [(session.id, c.key, c.upload_id) for c in superseded if c.upload_id])
+        await ctx.bucket.delete_many([staging_key(str(session.id), c.key) for c in superseded])
     good = [r for r in results if isinstance(r, tuple)]
     failed = [r for r in results if isinstance(r, dict)]
     invalid = [r for r in failed if r.pop("invalid", False)]
@@ -100,6 +108,8 @@ async def report_objects(
             await db.mark_present(conn, good)
             for key, _, _ in good:
                 await db.set_upload_id(conn, session.id, key, None)
+            # Accepted objects are upload progress: the session keeps the uploads it still has to do.
+            await db.renew_leases(conn, session.id, ctx.settings.gc.claim_lease)
         accepted.extend(k for k, _, _ in good)
         await ctx.bucket.delete_many([staging_key(str(session.id), k) for k, _, _ in good])
     for item in missing:
@@ -115,6 +125,7 @@ async def _check_one(
     nar: tuple[bytes, int, StorePath] | None,
     *,
     full: bool,
+    keeper: LeaseKeeper,
 ) -> tuple[str, int, str | None] | dict[str, Any]:
     key = report.key
     staged = staging_key(str(session.id), key)
@@ -138,6 +149,12 @@ async def _check_one(
             "reason": f"size mismatch: reported {report.file_size} bytes, the bucket has {info.size}",
             "reset": reset,
         }
+    # The staged object is there: that is progress. The lease is renewed, and kept renewed while the copy and
+    # its check run, unless another session took the upload over meanwhile (uploads/leases.py).
+    async with ctx.pool.acquire() as conn:
+        if not await db.renew_leases(conn, session.id, ctx.settings.gc.claim_lease, [key]):
+            return {"key": key, "reason": "another session took this upload over (this session's lease ran out)"}
+    keeper.start()
     kind = parse_bucket_key(key).kind
     content_type, content_encoding = CONTENT_TYPES[kind]
     await ctx.bucket.copy(
