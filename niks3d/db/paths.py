@@ -76,6 +76,20 @@ async def published_names(conn: Connection, hashes: Sequence[str]) -> dict[str, 
     return {r["hash"]: r["name"] for r in rows}
 
 
+async def realisation_holders(conn: Connection, keys: Sequence[str]) -> dict[str, str]:
+    """realisation key -> the store path (``/nix/store/<hash>-<name>``) of the published path that holds it."""
+    rows = await conn.fetch(
+        """SELECT f.key, '/nix/store/' || s.hash || '-' || s.name AS path FROM path_files f
+           JOIN store_paths s ON s.hash = f.hash WHERE f.key = ANY($1::text[]) AND f.kind = 'realisation'
+           ORDER BY f.key, s.published_at""",
+        list(keys),
+    )
+    holders: dict[str, str] = {}
+    for r in rows:
+        holders.setdefault(r["key"], r["path"])
+    return holders
+
+
 async def path_name(conn: Connection, hash_part: str) -> str | None:
     """The name of the published path with this hash part, or None."""
     value: str | None = await conn.fetchval("SELECT name FROM store_paths WHERE hash = $1", hash_part)

@@ -162,20 +162,27 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
         if session.state != "open":
             raise closed_error(session)
         all_hashes = [p.path.hash for p in req.paths]
-        todo_keys = sorted(narinfo_key(h) for h in all_hashes)
-        await db.lock_objects(conn, todo_keys)
+        # The realisations' rows too, in the same key order: two sessions never both write one (rule 7).
+        todo_keys = {narinfo_key(h) for h in all_hashes} | {
+            realisation_key(r.id) for p in req.paths for r in p.realisations
+        }
+        await db.lock_objects(conn, sorted(todo_keys))
         await check_names(conn, req)  # a path of another name may have been published since the session opened
         published = await db_paths.published_hashes(conn, all_hashes)
         todo = [p for p in req.paths if p.path.hash not in published]
         upstream = await _upstream_of(ctx, conn, req, todo)
         objects = await db.object_states(conn, [o.key for p in todo for o in wanted_objects(p, published=False)])
+        refused = await _refused_realisations(conn, todo, objects)
         rows: list[db_paths.PublishedPath] = []
         for group in reference_levels(todo):
-            rendered = [_render(ctx, p, objects, upstream) for p in group]
+            rendered = [_render(ctx, p, objects, upstream, refused) for p in group]
             await _put_all(ctx, [(r.narinfo_key, r.narinfo.encode(), "narinfo") for r in rendered])
             rows.extend(rendered)
         realisations = [
-            (realisation_key(r.id), _realisation_body(ctx, r), "realisation") for p in todo for r in p.realisations
+            (realisation_key(r.id), _realisation_body(ctx, r), "realisation")
+            for p in todo
+            for r in p.realisations
+            if realisation_key(r.id) not in refused
         ]
         await _put_all(ctx, realisations)
         await db.mark_present(
@@ -188,13 +195,15 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
         await db_upstream.insert_records(conn, [upstream[h] for h in sorted({u for _, u in leaning})], leaning)
         await notify_store_paths(conn, published=[r.hash for r in rows])
         await db_paths.touch_roots(conn, [r.hash for r in req.roots], session_id)
-        result = {
+        result: dict[str, Any] = {
             "session_id": str(session_id),
             "state": "completed",
             "published": [p.path.path for p in todo],
             "cached": [p.path.path for p in req.paths if p.path.hash in published],
             "roots": [r.path for r in req.roots],
         }
+        if refused:
+            result["realisations_refused"] = [refused[k] for k in sorted(refused)]
         if leaning:
             result["upstream"] = sorted({f"/nix/store/{upstream[u].hash}-{upstream[u].name}" for _, u in leaning})
         await conn.execute(
@@ -229,11 +238,43 @@ async def _upstream_of(
     return await prove_upstream_async([named[h] for h in outside if h not in local], ctx.upstream_keys)
 
 
+async def _refused_realisations(
+    conn: Connection, todo: list[PathRequest], objects: dict[str, tuple[str, int | None, str | None]]
+) -> dict[str, dict[str, str]]:
+    """The realisations of ``todo`` that are not published, by key, each with why (docs/security.md, rule 7).
+
+    A realisation is immutable once published: one that exists (it names another output, since every path of
+    ``todo`` is new) is kept as it is, and so is the first of two in this request with the same id. The paths
+    are still published; only the realisation is refused, so a writer that got there first cannot make the
+    victim's whole push fail.
+    """
+    wanted = [(realisation_key(r.id), r, p) for p in todo for r in p.realisations]
+    taken = [k for k, _, _ in wanted if objects.get(k, ("pending",))[0] == "present"]
+    holders = await db_paths.realisation_holders(conn, taken) if taken else {}
+    refused: dict[str, dict[str, str]] = {}
+    seen: dict[str, str] = {}
+    for key, r, p in wanted:
+        if key in taken:
+            held = holders.get(key, "another output")
+            reason = f"realisation {r.id} is already published for {held}; a published realisation is never changed"
+        elif key in seen:
+            held = seen[key]
+            reason = f"realisation {r.id} is claimed twice in this push; kept the one for {held}"
+        else:
+            seen[key] = p.path.path
+            continue
+        refused.setdefault(key, {"id": r.id, "out_path": p.path.path, "published": held, "reason": reason})
+    for item in refused.values():
+        logger.warning("realisation refused: %s (asked for %s)", item["reason"], item["out_path"])
+    return refused
+
+
 def _render(
     ctx: PushContext,
     p: PathRequest,
     objects: dict[str, tuple[str, int | None, str | None]],
     upstream: dict[str, UpstreamRecord],
+    refused: dict[str, dict[str, str]],
 ) -> db_paths.PublishedPath:
     files: list[tuple[str, str]] = []
     nar = None
@@ -241,7 +282,9 @@ def _render(
         state, size, file_hash = objects.get(obj.key, ("pending", None, None))
         if obj.kind == "nar":
             nar = (obj.key, size, file_hash)
-        elif (obj.kind in ("ls", "log") and state == "present") or obj.kind == "realisation":
+        elif (obj.kind in ("ls", "log") and state == "present") or (
+            obj.kind == "realisation" and obj.key not in refused
+        ):
             files.append((obj.key, obj.kind))
     assert nar is not None and nar[1] is not None and nar[2] is not None, f"NAR of {p.path} not verified"
     info = NarInfo(

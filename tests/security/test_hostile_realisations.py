@@ -1,0 +1,69 @@
+"""Realisations under attack (docs/security.md, rule 7): a writer with an ordinary push token tries to re-point the
+victim's published realisations at an output of its own, first with a second push token ("intruder"), then with
+the victim's own ("pusher"). A modern Nix then builds the victim's content-addressed derivation with
+``--max-jobs 0``, so it can only substitute it through the cache's realisations, signatures checked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from typing import Any
+
+import aiohttp
+import pytest
+
+from niks3d.nix.nar import nar_str
+from tests.e2e.test_modern_nix import CA_EXPR, _build, _keys, _push, _reader, _substitute, _write
+from tests.security.kit import ATTACKERS, made_up
+from tests.server.bucketview import bucket_keys, get_object
+from tests.server.pushkit import PushKit
+
+pytestmark = [pytest.mark.modern_nix, pytest.mark.postgres, pytest.mark.s3]
+
+
+def _file_nar(contents: bytes) -> bytes:
+    """The NAR of a single regular file: a valid NAR of the attacker's choosing."""
+    fields = [b"nix-archive-1", b"(", b"type", b"regular", b"contents", contents, b")"]
+    return b"".join(nar_str(f) for f in fields)
+
+
+def _realisations(daemon: Any) -> dict[str, dict[str, Any]]:
+    keys = [k for k in bucket_keys(daemon.s3) if k.startswith("realisations/")]
+    return {k: json.loads(get_object(daemon.s3, k)[0]) for k in keys}
+
+
+async def _repoint(daemon: Any, token: str, ids: list[str], name: str) -> dict[str, Any]:
+    """Publish a made-up path (a valid NAR of its own) that claims every one of ``ids`` as its realisation."""
+    fake = made_up(name, nar=_file_nar(secrets.token_bytes(8) + b" is not what the victim built"))
+    meta = {**fake.meta(), "realisations": [{"id": i, "out_path": fake.path} for i in ids]}
+    async with aiohttp.ClientSession() as http:
+        kit = PushKit(http, daemon.url, daemon.tokens[token])
+        session = await kit.call("POST", "/api/v1/sessions", {"roots": [fake.path], "paths": [meta]}, expect=201)
+        reports = await kit.upload(session, [fake])
+        answer: dict[str, Any] = await kit.complete(session["session_id"], reports)
+    return answer
+
+
+def test_a_published_realisation_is_never_repointed(start_daemon, modern_nix, tmp_path):
+    daemon = start_daemon()
+    salt = secrets.token_hex(6)
+    expr = _write(tmp_path, "ca.nix", CA_EXPR)
+    out = _build(modern_nix, expr, salt)
+    _push(modern_nix, daemon, tmp_path, out)
+    before = _realisations(daemon)
+    assert before and out.removeprefix("/nix/store/") in {r["outPath"] for r in before.values()}
+    ids = sorted(r["id"] for r in before.values())
+
+    for attacker in ATTACKERS:
+        answer = asyncio.run(_repoint(daemon, attacker, ids, f"modern-catop-{attacker}"))
+        assert len(answer["published"]) == 1, answer  # the made-up path itself is new: it is published
+        assert _realisations(daemon) == before, f"{attacker} re-pointed a published realisation"
+        refused = answer.get("realisations_refused", [])
+        assert sorted(r["id"] for r in refused) == ids, answer
+        held = {f"/nix/store/{b['outPath']}" for b in before.values()}
+        assert all(r["published"] in held and "already" in r["reason"] for r in refused), refused
+
+    reader = _reader(tmp_path, modern_nix)
+    assert _substitute(reader, expr, salt, f"{daemon.s3.endpoint_url}/{daemon.s3.bucket}", _keys(daemon)) == out
+    assert reader.host_path(out).read_bytes() == modern_nix.host_path(out).read_bytes()
