@@ -25,12 +25,15 @@ a log by accident.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Literal
 
@@ -47,6 +50,7 @@ __all__ = [
     "journal_entry",
     "log_event",
     "redact",
+    "routed",
     "setup_logging",
     "stderr_is_journal",
 ]
@@ -62,6 +66,19 @@ _BEARER_TOKEN = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*")
 _SECRET_FIELD = re.compile(r"(?i)authorization")
 _NEEDS_QUOTES = re.compile(r"[\s=\"']")
 _installed: list[logging.Handler] = []  # the handler the last setup_logging call put on the root logger
+
+
+@dataclass
+class _Routing:
+    """What one :func:`routed` block found on its logger, to be put back when the block is the last to leave."""
+
+    handlers: list[logging.Handler]
+    level: int
+    propagate: bool
+
+
+_routings: dict[str, list[_Routing]] = {}  # per logger name: the open routed() blocks, oldest first
+_routing_lock = threading.Lock()
 
 
 def redact(text: str) -> str:
@@ -287,6 +304,43 @@ def setup_logging(level: str = "info", fmt: LogFormat = "auto", *, stream: IO[st
     _installed.append(handler)
     root.setLevel(levelno)
     return handler
+
+
+@contextlib.contextmanager
+def routed(name: str, handlers: list[logging.Handler], *, level: int | None = None, propagate: bool) -> Iterator[None]:
+    """Send logger ``name``'s records to ``handlers`` (and only there unless ``propagate``) for a block.
+
+    The logger's handlers, level and propagation are restored when the block ends, also when blocks overlap and
+    end out of order (two commands run in threads of one process): a block that ends while a younger one is
+    still open hands what it found to that younger one, so the state from before the oldest block comes back
+    when the last one ends, and never the state one block installed.
+    """
+    logger = logging.getLogger(name)
+    with _routing_lock:
+        frame = _Routing(logger.handlers[:], logger.level, logger.propagate)
+        stack = _routings.setdefault(name, [])
+        stack.append(frame)
+        logger.handlers[:] = handlers
+        if level is not None:
+            logger.setLevel(level)
+        logger.propagate = propagate
+    try:
+        yield
+    finally:
+        with _routing_lock:
+            index = next(i for i, open_frame in enumerate(stack) if open_frame is frame)
+            del stack[index]
+            if index < len(stack):
+                stack[index].handlers, stack[index].level, stack[index].propagate = (
+                    frame.handlers,
+                    frame.level,
+                    frame.propagate,
+                )
+            else:
+                logger.handlers[:], logger.propagate = frame.handlers, frame.propagate
+                logger.setLevel(frame.level)
+            if not stack:
+                del _routings[name]
 
 
 def log_event(

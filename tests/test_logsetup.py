@@ -352,3 +352,26 @@ def test_setup_logging_again_replaces_its_own_handler_only() -> None:
 def test_unknown_level_is_a_config_error_naming_the_key() -> None:
     with pytest.raises(ConfigError, match=r"logging\.level: unknown log level 'loud'"):
         setup_logging("loud")
+
+
+def test_routed_blocks_that_overlap_and_end_out_of_order_restore_the_state_from_before() -> None:
+    """Two client commands in threads of one process: whichever ends first, the logger comes back unchanged."""
+    name = f"niks3d.test.routed.{uuid.uuid4().hex}"
+    target = logging.getLogger(name)
+    before = logging.StreamHandler(io.StringIO())
+    target.handlers[:] = [before]
+    target.propagate = True
+    target.setLevel(logging.WARNING)
+    first, second = logging.NullHandler(), logging.NullHandler()
+    outer = logsetup.routed(name, [first], level=logging.DEBUG, propagate=False)
+    inner = logsetup.routed(name, [second], level=logging.INFO, propagate=False)
+    outer.__enter__()
+    inner.__enter__()
+    assert target.handlers == [second]
+    outer.__exit__(None, None, None)  # the older command ends first
+    assert (target.handlers, target.level, target.propagate) == ([second], logging.INFO, False)
+    inner.__exit__(None, None, None)
+    assert (target.handlers, target.level, target.propagate) == ([before], logging.WARNING, True)
+    with logsetup.routed(name, [first], propagate=False):  # level=None keeps the level
+        assert (target.handlers, target.level, target.propagate) == ([first], logging.WARNING, False)
+    assert (target.handlers, target.level, target.propagate) == ([before], logging.WARNING, True)

@@ -35,6 +35,7 @@ from niks3d.client.retry import RetryPolicy
 from niks3d.client.store import LocalStore, resolve_store_path
 from niks3d.client.uploadcmd import UPLOAD_COMMANDS, add_upload_commands, run_upload_command
 from niks3d.errors import Niks3Error
+from niks3d.logsetup import routed
 from niks3d.nix.storepath import StorePath
 
 logger = logging.getLogger("niks3d.client")
@@ -151,15 +152,9 @@ def _client_logging(args: argparse.Namespace, progress: Progress, stream: TextIO
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(_Formatter("%(message)s"))
-    package = logging.getLogger("niks3d")
-    saved = (package.handlers[:], package.level, package.propagate)
-    package.handlers[:] = [handler]
-    package.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
-    package.propagate = False
-    try:
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    with routed("niks3d", [handler], level=level, propagate=False):
         yield
-    finally:
-        package.handlers[:], package.level, package.propagate = saved
 
 
 def _progress_mode(args: argparse.Namespace, stream: TextIO) -> Mode:

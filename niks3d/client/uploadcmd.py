@@ -37,7 +37,7 @@ from niks3d.client.retry import RetryPolicy
 from niks3d.client.store import LocalStore, resolve_store_path
 from niks3d.client.storescan import parse_since
 from niks3d.errors import ClientError
-from niks3d.logsetup import setup_logging, stderr_is_journal
+from niks3d.logsetup import routed, setup_logging, stderr_is_journal
 from niks3d.systemd import Notifier
 
 logger = logging.getLogger("niks3d.client")
@@ -176,15 +176,9 @@ def _journal_logging(args: argparse.Namespace) -> Iterator[None]:
     if not stderr_is_journal():
         yield
         return
-    package = logging.getLogger("niks3d")
-    saved = (package.handlers[:], package.propagate)
     setup_logging("debug" if args.verbose else "info", "journal")
-    package.handlers[:] = []
-    package.propagate = True
-    try:
+    with routed("niks3d", [], propagate=True):
         yield
-    finally:
-        package.handlers[:], package.propagate = saved
 
 
 async def _with_api(args: argparse.Namespace, run: Any) -> int:
