@@ -58,6 +58,8 @@ let
     minio-client = fakeDerivation "minio-client" { };
     garage_2 = fakeDerivation "garage-2.1.0" { meta.mainProgram = "garage"; };
     curl = fakeDerivation "curl" { };
+    coreutils = fakeDerivation "coreutils" { };
+    openssl = fakeDerivation "openssl" { meta.mainProgram = "openssl"; };
     sqlite = fakeDerivation "sqlite" { meta.mainProgram = "sqlite3"; };
     writeText = name: text: fakeDerivation name { inherit text; };
     testers.runNixOSTest = test: test;

@@ -73,6 +73,50 @@ in
     };
   };
 
+  # HTTPS with client certificates: the certificate and the CA may be store paths, the key may not.
+  tls-client-certificates = with' {
+    services.niks3 = {
+      tls = {
+        certificateFile = "/nix/store/00000000000000000000000000000000-server.crt";
+        keyFile = "/run/keys/niks3-tls-key";
+        clientCaFile = "/etc/niks3/clients-ca.crt";
+      };
+      settings.tls = {
+        client_certificates = "required";
+        clients = [
+          {
+            subject = "CN=builder-*,O=Example";
+            scopes = [ "push" ];
+          }
+        ];
+      };
+    };
+  };
+
+  tls-certificate-without-key = failing "assertion" {
+    services.niks3.tls.certificateFile = "/etc/niks3/server.crt";
+  };
+
+  tls-rules-without-certificate = failing "assertion" {
+    services.niks3.settings.tls.clients = [
+      {
+        dns = "*.example.org";
+        scopes = [ "read" ];
+      }
+    ];
+  };
+
+  tls-key-in-settings = failing "assertion" {
+    services.niks3.settings.tls.key_file = "/etc/niks3/server.key";
+  };
+
+  tls-key-in-store = failing "error" {
+    services.niks3.tls = {
+      certificateFile = "/etc/niks3/server.crt";
+      keyFile = "/nix/store/00000000000000000000000000000000-server.key";
+    };
+  };
+
   no-signing-key = failing "assertion" { services.niks3.signingKeyFiles = lib.mkForce [ ]; };
 
   one-s3-key-file = failing "assertion" {

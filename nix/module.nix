@@ -35,6 +35,8 @@ let
       }
     else
       throw tooOld;
+  # A certificate is public: it may live in the Nix store.
+  certificatePath = if types ? pathWith then types.pathWith { absolute = true; } else throw tooOld;
   duration = types.either types.ints.unsigned (types.strMatching "[0-9]+[smhdw]?");
 
   niks3d = lib.getExe' cfg.package "niks3d";
@@ -154,6 +156,27 @@ let
         "password_file"
       ];
       use = "services.niks3.database.passwordFile";
+    }
+    {
+      path = [
+        "tls"
+        "certificate_file"
+      ];
+      use = "services.niks3.tls.certificateFile";
+    }
+    {
+      path = [
+        "tls"
+        "key_file"
+      ];
+      use = "services.niks3.tls.keyFile";
+    }
+    {
+      path = [
+        "tls"
+        "client_ca_file"
+      ];
+      use = "services.niks3.tls.clientCaFile";
     }
   ];
 
@@ -441,6 +464,40 @@ in
       };
     };
 
+    # HTTPS and client certificates (docs/auth.md, "Client certificates"); the rules and
+    # settings.tls.client_certificates go in `settings.tls`.
+    tls = {
+      certificateFile = mkOption {
+        type = types.nullOr certificatePath;
+        default = null;
+        example = "/var/lib/acme/cache.example.org/fullchain.pem";
+        description = ''
+          PEM file with the server certificate, then any intermediates. Setting it makes niks3d speak HTTPS on
+          every TCP address of {option}`services.niks3.settings.server.listen` (Unix sockets stay plain HTTP).
+          Passed with `LoadCredential=`; `systemctl reload niks3.service` makes niks3d read the credential again
+          without closing a socket, and a restart copies a renewed file (socket activation refuses no connection
+          meanwhile).
+        '';
+      };
+      keyFile = mkOption {
+        type = types.nullOr secretPath;
+        default = null;
+        example = "/var/lib/acme/cache.example.org/key.pem";
+        description = "PEM file with the certificate's private key, unencrypted. Passed with `LoadCredential=`.";
+      };
+      clientCaFile = mkOption {
+        type = types.nullOr certificatePath;
+        default = null;
+        example = "/etc/niks3/clients-ca.crt";
+        description = ''
+          PEM file with the CA certificates that sign client certificates. Set, niks3d asks clients for a
+          certificate (`settings.tls.client_certificates`: `"optional"` or `"required"`), and the rules in
+          `settings.tls.clients` give matching certificates scopes:
+          `[ { subject = "CN=builder-*,O=Example"; scopes = [ "push" ]; } { uri = "spiffe://example.org/ci/*"; scopes = [ "push" ]; } ]`.
+        '';
+      };
+    };
+
     openFirewall = mkOption {
       type = types.bool;
       default = false;
@@ -511,6 +568,20 @@ in
         '';
       }
       {
+        assertion = (cfg.tls.certificateFile == null) == (cfg.tls.keyFile == null);
+        message = ''
+          services.niks3.tls.certificateFile and services.niks3.tls.keyFile go together: set both for HTTPS, or
+          neither for plain HTTP.
+        '';
+      }
+      {
+        assertion = (cfg.tls.clientCaFile != null || cfg.settings ? tls) -> cfg.tls.certificateFile != null;
+        message = ''
+          services.niks3.tls.clientCaFile or services.niks3.settings.tls is set, but client certificates need
+          HTTPS: set services.niks3.tls.certificateFile and services.niks3.tls.keyFile.
+        '';
+      }
+      {
         assertion = cfg.gc.automatic -> cfg.gc.dates != [ ];
         message = ''
           services.niks3.gc.dates is empty, so the GC timer would never fire. Set dates (for example "daily"),
@@ -573,6 +644,9 @@ in
           # database answers.
           Type = "notify";
           ExecStart = "${niks3d} serve --config ${configFile}";
+          # SIGHUP reloads the [tls] files without closing a listener, between RELOADING=1 and READY=1
+          # (docs/auth.md, "Client certificates").
+          ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
           WatchdogSec = lib.mkDefault "30s";
           Restart = "on-failure";
           RestartSec = lib.mkDefault "5s";

@@ -2,7 +2,8 @@
 #
 #   settings       the attrset that becomes niks3d.toml: the `settings` option without nulls (TOML has no null),
 #                  plus the secret keys, each naming a systemd credential rather than a path
-#   credentials    [ { id; path; } ]: what LoadCredential= loads, in the order the TOML names them
+#   credentials    [ { id; path; } ]: what LoadCredential= loads, in the order the TOML names them (the [tls]
+#                  files too: the service user reads them only from its credentials directory)
 #   loadCredential the same as "id:path" strings
 #   listenStreams  settings.server.listen as ListenStream= values ("unix:/run/x.sock" becomes "/run/x.sock")
 #   tcpPorts       the ports of the TCP listen addresses, for the firewall
@@ -17,6 +18,7 @@ let
   database = cfg.database or { };
   tokens = cfg.tokens or { };
   signingKeyFiles = cfg.signingKeyFiles or [ ];
+  tls = cfg.tls or { };
 
   isSet = value: value != null;
   nullNames = attrs: builtins.filter (name: attrs.${name} == null) (builtins.attrNames attrs);
@@ -60,6 +62,25 @@ let
       path = database.passwordFile or null;
     }
   ];
+  # [tls]: written only when a certificate is set (the module asserts that the key comes with it).
+  tlsFiles = fileSecrets [
+    {
+      id = "tls-certificate";
+      key = "certificate_file";
+      path = tls.certificateFile or null;
+    }
+    {
+      id = "tls-key";
+      key = "key_file";
+      path = tls.keyFile or null;
+    }
+    {
+      id = "tls-client-ca";
+      key = "client_ca_file";
+      path = tls.clientCaFile or null;
+    }
+  ];
+  tlsEnabled = (tls.certificateFile or null) != null;
   namedBy =
     secrets:
     builtins.listToAttrs (
@@ -72,7 +93,9 @@ let
   credentials =
     signingCredentials
     ++ tokenCredentials
-    ++ map (secret: credential secret.id secret.path) (s3Secrets ++ databaseSecrets);
+    ++ map (secret: credential secret.id secret.path) (
+      s3Secrets ++ databaseSecrets ++ (if tlsEnabled then tlsFiles else [ ])
+    );
 
   # The secret keys of the TOML, each the id of the credential that holds the file.
   secretSettings = {
@@ -86,7 +109,8 @@ let
     }) tokenNames;
     s3 = (settings.s3 or { }) // namedBy s3Secrets;
     database = (settings.database or { }) // namedBy databaseSecrets;
-  };
+  }
+  // (if tlsEnabled then { tls = (settings.tls or { }) // namedBy tlsFiles; } else { });
 
   listen = settings.server.listen or [ "127.0.0.1:5751" ];
   isUnix = address: builtins.substring 0 5 address == "unix:";

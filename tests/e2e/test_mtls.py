@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import secrets
 import signal
 import socket
 import ssl
@@ -25,6 +26,7 @@ import asyncpg
 import pytest
 
 from niks3d.client.main import main
+from niks3d.errors import ServiceError
 from niks3d.nix.storepath import StorePath
 from tests.server.bucketview import bucket_keys
 from tests.server.certkit import CA
@@ -131,6 +133,9 @@ def test_a_client_certificate_pushes_and_reads_and_every_other_certificate_is_re
     code, status, body = _curl(narinfo, ca=pki.other_ca.write(pki.dir / "other-ca.crt"), cert=reader)
     assert code == 60 and status == "000", body  # curl does not trust a server its CA did not sign
 
+    plain = subprocess.run(["curl", "-sS", "--max-time", "10", daemon.url.replace("https:", "http:") + "/health"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert plain.returncode != 0, plain.stdout  # the TCP listener speaks TLS only
     # a token still works over the same HTTPS listener: the Authorization header wins over the certificate
     code, status, _ = _curl(f"{daemon.url}/api/v1/pins", ca=pki.ca_file, cert=reader)
     assert status == "200", status
@@ -212,3 +217,83 @@ def test_sighup_reloads_the_tls_files_without_closing_the_listener(make_daemon_c
     kept.close()
     assert daemon.process.poll() is None and "Traceback" not in daemon.log()
     notify.close()
+
+
+def _https_reader_setup(make_daemon_config: Any, start_daemon: Any, pki: Pki, tmp_path: Path) -> tuple[Any, Path]:
+    """A private HTTPS cache whose certificates are optional, and the netrc with the reader token for it."""
+    daemon = start_daemon(_tls_daemon(make_daemon_config, pki))
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1\npassword {daemon.tokens['reader']}\n")
+    netrc.chmod(0o600)
+    return daemon, netrc
+
+
+def _keys(daemon: Any) -> str:
+    return " ".join(k.public_key().to_text() for k in daemon.signing_keys)
+
+
+@pytest.mark.nix
+def test_nix_2_8_reads_the_private_https_cache_trusting_its_ca_from_nix_ssl_cert_file(
+    make_daemon_config, start_daemon, pki, nix_fixtures, tmp_path, capsys
+):
+    daemon, netrc = _https_reader_setup(make_daemon_config, start_daemon, pki, tmp_path)
+    pusher = pki.client("pusher", "ci-builder", org="Acme")
+    assert _push(daemon, capsys, pusher, pki.ca_file, nix_fixtures.prototest)[0] == 0
+
+    def copy(ca: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+        store = tmp_path / f"store-{time.monotonic_ns()}"
+        argv = ["nix", "--extra-experimental-features", "nix-command", "copy", "--from", daemon.url, "--to", str(store)]
+        options = {
+            "substituters": "",
+            "trusted-public-keys": _keys(daemon),
+            "netrc-file": str(netrc),
+            "download-attempts": "1",
+        }
+        for name, value in options.items():
+            argv += ["--option", name, value]
+        # Nix 2.8 takes its CA bundle from $NIX_SSL_CERT_FILE (or $SSL_CERT_FILE) only: it ignores the
+        # ssl-cert-file setting, which `nix -vvvvv` shows as "verify TLS: Nix CA file = ..." (docs/auth.md).
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(store) + "-cache"}
+        env["NIX_SSL_CERT_FILE"] = str(ca)
+        done = subprocess.run([*argv, nix_fixtures.prototest], capture_output=True, text=True, env=env, timeout=300)
+        return done, store
+
+    refused, store = copy(pki.other_ca.write(pki.dir / "other-ca.crt"))  # Nix does not trust the server: refused
+    assert refused.returncode != 0 and not (store / nix_fixtures.prototest.lstrip("/")).exists()
+    copied, store = copy(pki.ca_file)
+    assert copied.returncode == 0, copied.stderr
+    assert (store / nix_fixtures.prototest.lstrip("/")).exists()
+
+
+@pytest.mark.modern_nix
+def test_modern_nix_reads_the_private_https_cache_and_2_34_presents_a_client_certificate(
+    make_daemon_config, start_daemon, pki, modern_nix, tmp_path, capsys
+):
+    from tests.e2e.test_modern_nix import IA_EXPR, _build, _reader, _substitute, _write
+
+    daemon, netrc = _https_reader_setup(make_daemon_config, start_daemon, pki, tmp_path)
+    salt = secrets.token_hex(6)
+    expr = _write(tmp_path, "ia.nix", IA_EXPR)
+    out = _build(modern_nix, expr, salt)
+    pusher = pki.client("pusher", "ci-builder", org="Acme")
+    # the client on the chroot's Python, presenting its certificate
+    modern_nix.niks3(
+        "push", "--no-progress", "--server", daemon.url, "--ca-file", str(pki.ca_file),
+        "--client-cert", str(pusher[0]), "--client-key", str(pusher[1]), out,
+    )  # fmt: skip
+    trust = ("--option", "ssl-cert-file", str(pki.ca_file))
+    assert _substitute(_reader(tmp_path, modern_nix), expr, salt, daemon.url, _keys(daemon), *trust,
+                       "--option", "netrc-file", str(netrc)) == out  # fmt: skip
+
+    reader = pki.client("reader", "reader", uris=("spiffe://acme.example/reader/nix",))
+    with_cert = f"{daemon.url}?tls-certificate={reader[0]}&tls-private-key={reader[1]}"
+    if modern_nix.version < (2, 34):
+        # Before 2.34 Nix has no way to present a client certificate: it reads with a token (above) only.
+        with pytest.raises(ServiceError):
+            _substitute(_reader(tmp_path, modern_nix), expr, salt, with_cert, _keys(daemon), *trust)
+        return
+    assert _substitute(_reader(tmp_path, modern_nix), expr, salt, with_cert, _keys(daemon), *trust) == out
+    outsider = pki.client("outsider", "intern", org="Acme")
+    refused = f"{daemon.url}?tls-certificate={outsider[0]}&tls-private-key={outsider[1]}"
+    with pytest.raises(ServiceError):
+        _substitute(_reader(tmp_path, modern_nix), expr, salt, refused, _keys(daemon), *trust)

@@ -94,3 +94,22 @@ def test_each_kind_of_address_keeps_its_form_in_the_toml(listen: str) -> None:
 
 def test_the_module_offers_exactly_the_scopes_the_daemon_knows() -> None:
     assert nix_eval("import ./nix/scopes.nix") == list(typing.get_args(Scope))
+
+
+def test_the_tls_files_become_credentials_and_the_rules_stay_in_settings() -> None:
+    rendered = render(
+        '{ settings.s3.bucket = "b"; tls = { certificateFile = "/k/server.crt"; keyFile = "/k/server.key";'
+        ' clientCaFile = "/k/ca.crt"; }; settings.tls.clients = [ { uri = "spiffe://x/*"; scopes = [ "push" ]; } ]; }'
+    )
+    assert rendered["settings"]["tls"] == {
+        "certificate_file": "tls-certificate",
+        "key_file": "tls-key",
+        "client_ca_file": "tls-client-ca",
+        "clients": [{"uri": "spiffe://x/*", "scopes": ["push"]}],
+    }
+    assert rendered["loadCredential"] == [
+        "tls-certificate:/k/server.crt",
+        "tls-key:/k/server.key",
+        "tls-client-ca:/k/ca.crt",
+    ]
+    assert "tls" not in render('{ settings.s3.bucket = "b"; }')["settings"]
