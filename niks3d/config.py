@@ -48,6 +48,8 @@ __all__ = [
     "Duration",
     "GcSettings",
     "LoggingSettings",
+    "OidcRule",
+    "OidcSettings",
     "S3Settings",
     "Scope",
     "Secrets",
@@ -394,6 +396,58 @@ class TlsSettings(_Section):
         return self
 
 
+_CLAIM_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class OidcRule(_Section):
+    """Scopes for the tokens whose claims match every pattern (docs/auth.md)."""
+
+    # Claim name -> glob pattern (fnmatch: `*`, `?`, `[...]`); every one must match the token's claim.
+    claims: dict[str, str] = Field(min_length=1)
+    scopes: list[Scope] = Field(min_length=1)
+
+    @field_validator("claims")
+    @classmethod
+    def _check_claims(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, pattern in value.items():
+            if not _CLAIM_NAME_RE.fullmatch(name):
+                raise ValueError(f"{name!r} is not a claim name (letters, digits, '_', '.', '-')")
+            if not pattern:
+                raise ValueError(f"the pattern for claim {name!r} is empty; use '*' for any value")
+        return value
+
+
+def _check_issuer(value: str) -> str:
+    if not value.startswith("https://") or len(value) <= len("https://"):
+        raise ValueError(
+            f"{value!r}: an OIDC issuer is an https:// URL, as https://token.actions.githubusercontent.com"
+        )
+    return value.rstrip("/")
+
+
+class OidcSettings(_Section):
+    """An OIDC issuer whose ID tokens are accepted as bearer tokens (GitHub Actions, GitLab CI: docs/auth.md)."""
+
+    # Shown in logs and identity names; letters, digits, '.', '_', '-'.
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    # The token's `iss`, exactly; discovery is read from <issuer>/.well-known/openid-configuration.
+    issuer: Annotated[str, AfterValidator(_check_issuer)]
+    # The token's `aud` must hold this (what the CI job asked its token for, e.g. this cache's URL).
+    audience: str = Field(min_length=1)
+    # The claim that names the identity in logs and as the owner of sessions (`sub`, or e.g. `repository`).
+    name_claim: str = Field(default="sub", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Scopes for tokens matching a rule; a token matching none is refused. Scopes of every matching rule add up.
+    rules: list[OidcRule] = Field(min_length=1)
+    # CA certificates (PEM) to trust for the issuer's HTTPS instead of the system's; for a private issuer.
+    ca_file: Path | None = None
+    # Clock skew allowed for exp, nbf and iat.
+    leeway: Duration = timedelta(seconds=30)
+    # How long fetched keys are used before they are fetched again (still used while the issuer is down).
+    jwks_max_age: PositiveDuration = timedelta(hours=1)
+    # A token with an unknown `kid` triggers a fetch of the keys at most this often.
+    jwks_min_refresh: Duration = timedelta(minutes=1)
+
+
 # cache.nixos.org's key, Nix's default `trusted-public-keys`.
 NIXOS_CACHE_KEY = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
 
@@ -457,6 +511,7 @@ class Settings(_Section):
     s3: S3Settings
     signing: SigningSettings
     tokens: list[TokenSettings] = Field(default_factory=list)
+    oidc: list[OidcSettings] = Field(default_factory=list)
     cache: CacheSettings = CacheSettings()
     gc: GcSettings = GcSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -469,6 +524,15 @@ class Settings(_Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"token names must be unique; repeated: {', '.join(dupes)}")
+        return value
+
+    @field_validator("oidc")
+    @classmethod
+    def _unique_issuers(cls, value: list[OidcSettings]) -> list[OidcSettings]:
+        for what, items in (("names", [o.name for o in value]), ("issuers", [o.issuer for o in value])):
+            dupes = sorted({n for n in items if items.count(n) > 1})
+            if dupes:
+                raise ValueError(f"OIDC {what} must be unique; repeated: {', '.join(dupes)}")
         return value
 
 

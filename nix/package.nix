@@ -20,6 +20,8 @@ let
     pynacl
     prometheus-client
     uvloop
+    pyjwt
+    cryptography
     # The `systemd` extra: native journal entries with structured fields (NIKS3_EVENT=...).
     (python3Packages.systemd-python or python3Packages.systemd)
   ];

@@ -105,11 +105,13 @@ class ApiClient:
             "is the certificate signed by the server's tls.client_ca_file, and still valid?"
         )
 
-    def _headers(self, has_body: bool) -> dict[str, str]:
+    async def _headers(self, has_body: bool) -> dict[str, str]:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if has_body:
             headers["Content-Type"] = "application/json"
-        if self.config.token is not None:
+        if self.config.oidc is not None:
+            headers["Authorization"] = f"Bearer {await self.config.oidc.token(self.http)}"
+        elif self.config.token is not None:
             headers["Authorization"] = f"Bearer {self.config.token.value}"
         return headers
 
@@ -131,7 +133,7 @@ class ApiClient:
             url,
             what=f"{method} {url}",
             policy=self.policy,
-            headers=self._headers(payload is not None),
+            headers=await self._headers(payload is not None),
             body=(lambda: payload) if payload is not None else None,
             limits=limits,
             ssl_context=self.config.ssl_context,
@@ -146,6 +148,13 @@ class ApiClient:
         code = str(data.get("error") or "")
         message = str(data.get("message") or resp.body[:200].decode("utf-8", "replace").strip() or "no message")
         token = self.config.token
+        oidc = self.config.oidc
+        if resp.status == 401 and oidc is not None:
+            return AuthError(f"{self.config.server_url} refused the OIDC token from {oidc.source} (401): {message}")
+        if resp.status == 403 and oidc is not None:
+            return AuthError(
+                f"the OIDC token from {oidc.source} lacks the {scope!r} scope for {method} {url} (403): {message}"
+            )
         if resp.status == 401:
             if token is None:
                 return AuthError(
@@ -198,7 +207,7 @@ class ApiClient:
             url,
             what=f"GET {url}",
             policy=self.policy,
-            headers=self._headers(False),
+            headers=await self._headers(False),
             limits=_DEFAULT_TIMEOUT,
             ssl_context=self.config.ssl_context,
             refusal_hint=self._refusal_hint,

@@ -12,8 +12,16 @@ configuration files; everything else receives a :class:`ClientConfig`.
 
 from __future__ import annotations
 
-__all__ = ["ClientConfig", "Token", "config_dir", "load_client_config", "normalize_server_url"]
+__all__ = [
+    "ClientConfig",
+    "Token",
+    "config_dir",
+    "config_from_args",
+    "load_client_config",
+    "normalize_server_url",
+]
 
+import argparse
 import logging
 import os
 import ssl
@@ -23,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from niks3d.client.oidc import OidcSource
 from niks3d.errors import ClientError
 
 logger = logging.getLogger(__name__)
@@ -51,6 +60,8 @@ class ClientConfig:
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
     # Where the TLS files came from, for messages (no secrets: file names only).
     tls_source: str | None = None
+    # With --oidc: where the ID token comes from (then ``token`` is None); niks3d.client.oidc.
+    oidc: OidcSource | None = None
 
     @property
     def api_url(self) -> str:
@@ -221,14 +232,38 @@ def load_client_config(
     client_cert: str | None = None,
     client_key: str | None = None,
     ca_file: str | None = None,
+    oidc: str | None = None,
+    oidc_audience: str | None = None,
+    oidc_variable: str | None = None,
 ) -> ClientConfig:
     """Resolve the server URL, token and TLS files from the options, the environment and the config directory.
 
-    With a client certificate the token is optional: the certificate may be all the server needs. Raises
-    :class:`ClientError` naming the option, variable or file to fix.
+    With a client certificate the token is optional: the certificate may be all the server needs. With ``oidc``
+    (``github``, ``gitlab`` or ``env``) an OIDC ID token is used instead of a token file; its audience defaults
+    to the server URL. Raises :class:`ClientError` naming the option, variable or file to fix.
     """
     env = os.environ if environ is None else environ
     server_url = _resolve_server(server, env)
     context, tls_source, with_certificate = _tls_context(server_url, client_cert, client_key, ca_file, env)
+    if oidc:
+        if token_file:
+            raise ClientError("pass either --token-file or --oidc, not both")
+        source = OidcSource(oidc, oidc_audience or server_url, oidc_variable, env)
+        return ClientConfig(server_url, None, context, tls_source, source)
     token = _resolve_token(token_file, env, token_required and not with_certificate)
     return ClientConfig(server_url, token, context, tls_source)
+
+
+def config_from_args(args: argparse.Namespace, *, token_required: bool = True) -> ClientConfig:
+    """:func:`load_client_config` from the common options (``--server``, ``--token-file``, TLS, ``--oidc...``)."""
+    return load_client_config(
+        server=args.server,
+        token_file=args.token_file,
+        token_required=token_required,
+        client_cert=getattr(args, "client_cert", None),
+        client_key=getattr(args, "client_key", None),
+        ca_file=getattr(args, "ca_file", None),
+        oidc=getattr(args, "oidc", None),
+        oidc_audience=getattr(args, "oidc_audience", None),
+        oidc_variable=getattr(args, "oidc_variable", None),
+    )

@@ -25,8 +25,9 @@ import aiohttp
 
 from niks3d import __version__, eventloop
 from niks3d.client.api import ApiClient
-from niks3d.client.config import load_client_config
+from niks3d.client.config import config_from_args
 from niks3d.client.gc import GC_COMMANDS, add_gc_commands, run_gc_command
+from niks3d.client.oidc import OIDC_PROVIDERS
 from niks3d.client.pins import create_pin, delete_pin, format_pins, list_pins
 from niks3d.client.pipeline import PipelineSettings
 from niks3d.client.progress import Mode, Progress, TerminalLogHandler
@@ -61,6 +62,21 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         metavar="FILE",
         default=default,
         help="PEM CA certificates to trust for the server instead of the system's (else $NIKS3_CA_FILE)",
+    )
+    parser.add_argument(
+        "--oidc",
+        choices=OIDC_PROVIDERS,
+        default=default,
+        help="authenticate with the CI job's OIDC ID token instead of a token file (docs/auth.md)",
+    )
+    parser.add_argument(
+        "--oidc-audience", metavar="AUD", default=default, help="audience to ask GitHub for (default: the server URL)"
+    )
+    parser.add_argument(
+        "--oidc-variable",
+        metavar="NAME",
+        default=default,
+        help="variable holding the ID token for --oidc gitlab|env (default: NIKS3_ID_TOKEN)",
     )
     parser.add_argument(
         "--tries",
@@ -176,14 +192,7 @@ def _push_roots(args: argparse.Namespace, store: LocalStore, stdin: TextIO) -> t
 
 
 async def _with_api(args: argparse.Namespace, run: _Command, *, token_required: bool = True) -> int:
-    config = load_client_config(
-        server=args.server,
-        token_file=args.token_file,
-        token_required=token_required,
-        client_cert=args.client_cert,
-        client_key=args.client_key,
-        ca_file=args.ca_file,
-    )
+    config = config_from_args(args, token_required=token_required)
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector, trust_env=True) as http:
         return await run(http, ApiClient(http, config, RetryPolicy(attempts=max(1, args.tries))))

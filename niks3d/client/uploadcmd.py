@@ -28,7 +28,7 @@ import aiohttp
 from niks3d.client.agent import Agent, AgentOptions
 from niks3d.client.api import ApiClient
 from niks3d.client.build import BuildOptions, run_build
-from niks3d.client.config import load_client_config
+from niks3d.client.config import config_from_args
 from niks3d.client.hook import run_hook
 from niks3d.client.hookscript import hook_script_text, write_hook_script
 from niks3d.client.pipeline import PipelineSettings
@@ -182,13 +182,7 @@ def _journal_logging(args: argparse.Namespace) -> Iterator[None]:
 
 
 async def _with_api(args: argparse.Namespace, run: Any) -> int:
-    config = load_client_config(
-        server=args.server,
-        token_file=args.token_file,
-        client_cert=args.client_cert,
-        client_key=args.client_key,
-        ca_file=args.ca_file,
-    )
+    config = config_from_args(args)
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector, trust_env=True) as http:
         code: int = await run(http, ApiClient(http, config, RetryPolicy(attempts=max(1, args.tries))))

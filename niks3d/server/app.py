@@ -33,6 +33,7 @@ from niks3d.server.keys import (
     push_key,
 )
 from niks3d.server.metrics import Metrics
+from niks3d.server.oidc import oidc_context, oidc_middleware
 from niks3d.server.proxy import open_read_proxy
 from niks3d.server.routes import setup_routes
 from niks3d.storage.cacheinfo import ensure_nix_cache_info
@@ -47,6 +48,9 @@ def create_app(config: Config, *, run_migrations: bool = True) -> web.Applicatio
     metrics = Metrics()
     # The metrics middleware sits outside the error middleware, so it counts the status the client got.
     middlewares = [error_middleware] if settings.server.metrics == "off" else [metrics.middleware, error_middleware]
+    if settings.oidc:
+        # Inside the error middleware: it only records its verdict; require() raises it (docs/auth.md).
+        middlewares.append(oidc_middleware)
     app = web.Application(middlewares=middlewares, client_max_size=settings.server.max_body_bytes)
     app[config_key] = config
     app[metrics_key] = metrics
@@ -95,6 +99,8 @@ def create_app(config: Config, *, run_migrations: bool = True) -> web.Applicatio
             metrics.watch(proxy.cache, figures)
             yield
 
+    if settings.oidc:
+        app.cleanup_ctx.append(oidc_context(config))
     app.cleanup_ctx.extend([database, storage, read_side, gc_context])
     setup_routes(app)
     return app

@@ -11,11 +11,12 @@ on every surface:
 An :class:`Identity` is who the credentials name; it is small on purpose so that other ways of proving who one
 is (an OIDC subject, a client certificate) can fill the same three fields:
 
-- ``kind``: how the identity was proven; ``"token"`` for a configured token, ``"cert"`` for a client certificate
-  that a ``[[tls.clients]]`` rule matched (:mod:`niks3d.server.clientcerts`);
+- ``kind``: how the identity was proven; ``"token"`` for a configured token, ``"oidc"`` for an OIDC ID token
+  (verified by :mod:`niks3d.server.oidc`'s middleware before the handler runs, since keys may need fetching),
+  ``"cert"`` for a client certificate that a ``[[tls.clients]]`` rule matched (:mod:`niks3d.server.clientcerts`);
 - ``name``: who it is, for the logs and for what it owns (sessions, pins, GC runs record it); for a token, its
-  configured name; for a certificate ``cert:<the subject or subjectAltName the rule matched>``. It is never a
-  secret;
+  configured name; for an OIDC token ``oidc:<issuer name>:<name claim>``; for a certificate ``cert:<the subject
+  or subjectAltName the rule matched>``. It is never a secret;
 - ``scopes``: what it may do (``push``, ``read``, ``pin``, ``gc``, ``metrics``; ``admin`` may do them all).
 
 The ``Authorization`` header wins: a client certificate is looked at only when a request carries no header, so
@@ -30,7 +31,16 @@ constant time and never logged; refusals are logged with the identity's name onl
 
 from __future__ import annotations
 
-__all__ = ["Identity", "TokenTable", "identity_key", "permits", "require", "tokens_key"]
+__all__ = [
+    "Identity",
+    "TokenTable",
+    "identity_key",
+    "oidc_result_key",
+    "permits",
+    "presented_secret",
+    "require",
+    "tokens_key",
+]
 
 import base64
 import binascii
@@ -48,7 +58,7 @@ from niks3d.server.clientcerts import PeerCertificate, certificate_rules_key
 
 logger = logging.getLogger(__name__)
 
-IdentityKind = Literal["token", "cert"]
+IdentityKind = Literal["token", "oidc", "cert"]
 
 
 @dataclass(frozen=True)
@@ -88,11 +98,13 @@ class TokenTable:
 tokens_key: web.AppKey[TokenTable] = web.AppKey("tokens_key")
 # The identity that authenticated the request, set by require().
 identity_key: web.RequestKey[Identity] = web.RequestKey("identity_key")
+# What niks3d.server.oidc's middleware found for a request carrying a JWT: its Identity, or the refusal to raise.
+oidc_result_key: web.RequestKey[Identity | Unauthenticated] = web.RequestKey("oidc_result_key")
 
 _MALFORMED = "the Authorization header must be 'Bearer <token>' or HTTP Basic with the token as password"
 
 
-def _presented(request: web.Request) -> bytes | None:
+def presented_secret(request: web.Request) -> bytes | None:
     """The secret in the ``Authorization`` header (a Bearer token or a Basic password); None without the header.
 
     Tokens are printable ASCII (niks3d.secrets checks them), so anything else cannot be one: it is refused
@@ -141,7 +153,7 @@ def _certificate_identity(request: web.Request) -> Identity | None:
 
 
 def _identify(request: web.Request, scopes: tuple[str, ...]) -> Identity:
-    presented = _presented(request)
+    presented = presented_secret(request)
     needs = " or ".join(scopes)
     if presented is None:
         identity = _certificate_identity(request)
@@ -152,7 +164,10 @@ def _identify(request: web.Request, scopes: tuple[str, ...]) -> Identity:
                 "or the token as HTTP Basic password"
             )
     else:
-        found = request.app[tokens_key].find(presented)
+        oidc = request.get(oidc_result_key)
+        if isinstance(oidc, Unauthenticated):
+            raise oidc
+        found = oidc if oidc is not None else request.app[tokens_key].find(presented)
         if found is None:
             raise Unauthenticated("the token is not known to this server")
         identity = found

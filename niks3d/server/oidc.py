@@ -1,0 +1,254 @@
+"""OIDC ID tokens (GitHub Actions, GitLab CI) as bearer tokens: verification and the issuers' keys.
+
+A bearer token (or Basic password) shaped like a JWT is verified here, before the handler runs, because the
+issuer's keys may have to be fetched (:func:`oidc_middleware`); :func:`niks3d.server.auth.require` then uses
+the result like any other identity. docs/auth.md describes the configuration and what is checked:
+
+- the header's ``alg`` is RS256 or ES256 (never ``none``, never an HMAC algorithm) and names a ``kid``;
+- the unverified ``iss`` picks the configured issuer; the key is that issuer's, by ``kid``;
+- PyJWT checks the signature, ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` with the configured leeway;
+- the claims must match every pattern of at least one rule; the scopes of every matching rule add up.
+
+Keys come from the issuer's discovery document and JWKS over HTTPS (:class:`IssuerKeys`): fetched on first
+use, again when older than ``jwks_max_age`` and when a token names an unknown ``kid`` (at most every
+``jwks_min_refresh``). Keys once fetched keep working while the issuer cannot be reached. Tokens are never
+logged; refusals name the issuer and the reason.
+"""
+
+from __future__ import annotations
+
+__all__ = ["IssuerKeys", "OidcVerifier", "looks_like_jwt", "oidc_context", "oidc_key", "oidc_middleware"]
+
+import asyncio
+import fnmatch
+import json
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from niks3d.config import Config, OidcSettings
+from niks3d.errors import Unauthenticated
+from niks3d.server.auth import Identity, oidc_result_key, presented_secret
+
+logger = logging.getLogger(__name__)
+
+ALGORITHMS = ("RS256", "ES256")
+_KEY_TYPES = {"RS256": "RSA", "ES256": "EC"}
+_FETCH_TIMEOUT = aiohttp.ClientTimeout(total=10)
+_MAX_DOCUMENT_BYTES = 1024 * 1024
+
+
+def looks_like_jwt(value: bytes) -> bool:
+    """A compact JWS: three base64url parts, the first a JSON object (``eyJ`` is ``{"``)."""
+    return value.startswith(b"eyJ") and value.count(b".") == 2
+
+
+class IssuerKeys:
+    """One issuer's signing keys, fetched from its JWKS (found through its discovery document) and cached."""
+
+    def __init__(self, settings: OidcSettings, session: aiohttp.ClientSession, ssl_context: ssl.SSLContext) -> None:
+        self.settings = settings
+        self._session = session
+        self._ssl = ssl_context
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at: float | None = None  # when the keys were last fetched successfully
+        self._attempted_at: float | None = None  # when a fetch was last tried
+        self._lock = asyncio.Lock()
+
+    async def _get_json(self, url: str) -> Mapping[str, Any]:
+        if not url.startswith("https://"):
+            raise ValueError(f"{url!r} is not an https:// URL")
+        async with self._session.get(url, ssl=self._ssl, timeout=_FETCH_TIMEOUT, allow_redirects=False) as response:
+            if response.status != 200:
+                raise ValueError(f"{url} answered {response.status}")
+            body = await response.content.read(_MAX_DOCUMENT_BYTES + 1)
+            if len(body) > _MAX_DOCUMENT_BYTES:
+                raise ValueError(f"{url} answered with more than {_MAX_DOCUMENT_BYTES} bytes")
+        document = json.loads(body)
+        if not isinstance(document, dict):
+            raise ValueError(f"{url} did not answer with a JSON object")
+        return document
+
+    async def _fetch(self) -> None:
+        issuer = self.settings.issuer
+        discovery = await self._get_json(f"{issuer}/.well-known/openid-configuration")
+        if discovery.get("issuer", "").rstrip("/") != issuer:
+            raise ValueError(f"the discovery document names issuer {discovery.get('issuer')!r}")
+        jwks_uri = discovery.get("jwks_uri")
+        if not isinstance(jwks_uri, str):
+            raise ValueError("the discovery document has no jwks_uri")
+        document = await self._get_json(jwks_uri)
+        keys: dict[str, jwt.PyJWK] = {}
+        for item in document.get("keys", []):
+            if not isinstance(item, dict) or not isinstance(item.get("kid"), str) or item.get("use", "sig") != "sig":
+                continue
+            if item.get("kty") not in _KEY_TYPES.values():
+                continue
+            try:
+                keys[item["kid"]] = jwt.PyJWK(item)
+            except jwt.PyJWTError as exc:
+                logger.warning("OIDC issuer %s: skipping key %r: %s", issuer, item["kid"], exc)
+        if not keys:
+            raise ValueError(f"{jwks_uri} holds no usable RSA or EC signing key")
+        self._keys = keys
+        self._fetched_at = time.monotonic()
+        logger.info("OIDC issuer %s: fetched %d keys (%s)", issuer, len(keys), ", ".join(sorted(keys)))
+
+    async def _refresh(self, why: str) -> None:
+        """Fetch the keys unless one was tried within ``jwks_min_refresh`` (the first fetch is never held back).
+
+        Requests that wait on the lock while another fetches find the attempt made and do not fetch again.
+        """
+        decided = time.monotonic()
+        async with self._lock:
+            attempted = self._attempted_at
+            if attempted is not None and (
+                attempted >= decided or decided - attempted < self.settings.jwks_min_refresh.total_seconds()
+            ):
+                return
+            self._attempted_at = time.monotonic()
+            try:
+                await self._fetch()
+            except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
+                logger.warning("OIDC issuer %s: cannot fetch keys (%s): %s", self.settings.issuer, why, exc)
+
+    async def key(self, kid: str) -> jwt.PyJWK:
+        """The key named ``kid``; fetches the keys when they are old or ``kid`` is new to them (rate-limited)."""
+        if self._fetched_at is None:
+            await self._refresh("first use")
+        elif time.monotonic() - self._fetched_at > self.settings.jwks_max_age.total_seconds():
+            await self._refresh("the keys are old")
+        if kid not in self._keys:
+            await self._refresh(f"unknown kid {kid!r}")
+        found = self._keys.get(kid)
+        if found is None:
+            if self._fetched_at is None:
+                raise Unauthenticated(f"the keys of OIDC issuer {self.settings.issuer} cannot be fetched")
+            raise Unauthenticated(f"the token is signed by key {kid!r}, unknown to OIDC issuer {self.settings.issuer}")
+        return found
+
+
+def _claim_text(value: object) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int):
+        return str(value)
+    return None
+
+
+def _scopes_for(settings: OidcSettings, claims: Mapping[str, object]) -> frozenset[str]:
+    scopes: set[str] = set()
+    for rule in settings.rules:
+        texts = {name: _claim_text(claims.get(name)) for name in rule.claims}
+        if all(
+            text is not None and fnmatch.fnmatchcase(text, pattern)
+            for text, pattern in zip(texts.values(), rule.claims.values(), strict=True)
+        ):
+            scopes.update(rule.scopes)
+    return frozenset(scopes)
+
+
+class OidcVerifier:
+    """The configured issuers; :meth:`identify` turns a JWT into an Identity or raises Unauthenticated."""
+
+    def __init__(self, issuers: Mapping[str, IssuerKeys]) -> None:
+        self.issuers = dict(issuers)
+
+    async def identify(self, token: str) -> Identity:
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"the bearer token is not a well-formed JWT: {exc}") from None
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
+            raise Unauthenticated(f"the token's algorithm {alg!r} is not accepted (only {', '.join(ALGORITHMS)})")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthenticated("the token's header names no key (kid)")
+        iss = unverified.get("iss")
+        keys = self.issuers.get(iss.rstrip("/")) if isinstance(iss, str) else None
+        if keys is None:
+            raise Unauthenticated(f"the token's issuer {iss!r} is not configured here")
+        settings = keys.settings
+        key = await keys.key(kid)
+        if key.key_type != _KEY_TYPES[alg]:
+            raise Unauthenticated(f"key {kid!r} is a {key.key_type} key, which cannot verify {alg}")
+        try:
+            claims = jwt.decode(
+                token,
+                key=key.key,
+                algorithms=[alg],
+                audience=settings.audience,
+                issuer=settings.issuer,
+                leeway=settings.leeway,
+                options={"require": ["iss", "aud", "exp", "iat", "sub"]},
+            )
+        except jwt.InvalidAudienceError:
+            raise Unauthenticated(
+                f"the token is not for this server: its audience must be {settings.audience!r}"
+            ) from None
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthenticated("the token is not valid yet (nbf or iat in the future)") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthenticated("the token's signature does not verify") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"the token is refused: {exc}") from None
+        scopes = _scopes_for(settings, claims)
+        subject = _claim_text(claims.get(settings.name_claim)) or str(claims["sub"])
+        name = f"oidc:{settings.name}:{subject}"
+        if not scopes:
+            logger.info("refused OIDC token of %r: its claims match no rule of issuer %s", name, settings.issuer)
+            raise Unauthenticated(f"the token's claims ({subject}) match no rule of OIDC issuer {settings.name!r}")
+        return Identity(kind="oidc", name=name, scopes=scopes)
+
+
+oidc_key: web.AppKey[OidcVerifier] = web.AppKey("oidc_key")
+
+
+def _ssl_context(settings: OidcSettings, config_dir: Path) -> ssl.SSLContext:
+    if settings.ca_file is None:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=str(config_dir / settings.ca_file))
+
+
+def oidc_context(config: Config) -> Any:
+    """The cleanup context that holds the HTTP session for fetching keys and the verifier."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as session:
+            config_dir = config.source.parent
+            app[oidc_key] = OidcVerifier(
+                {s.issuer: IssuerKeys(s, session, _ssl_context(s, config_dir)) for s in config.settings.oidc}
+            )
+            yield
+
+    return context
+
+
+@web.middleware
+async def oidc_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Verify a JWT in the Authorization header before the handler's ``require`` looks at it."""
+    verifier = request.app.get(oidc_key)
+    if verifier is not None:
+        try:
+            presented = presented_secret(request)
+        except Unauthenticated:
+            presented = None  # require() raises it again, with its message
+        if presented is not None and looks_like_jwt(presented):
+            try:
+                request[oidc_result_key] = await verifier.identify(presented.decode("ascii"))
+            except Unauthenticated as exc:
+                logger.info("refused an OIDC token for %s %s: %s", request.method, request.path, exc)
+                request[oidc_result_key] = exc
+    return await handler(request)

@@ -1,0 +1,173 @@
+"""OIDC ID tokens end to end: a local HTTPS issuer (tests/server/oidckit.py), the real daemon fetching its
+discovery document and JWKS, and the real ``niks3 push --oidc``. Every bad token is a 401 naming the reason,
+with nothing written; key rotation works after the refresh; cached keys outlive the issuer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import jwt
+import pytest
+import tomli_w
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from niks3d.client.main import main
+from tests.client.storekit import build_fresh
+from tests.server.bucketview import bucket_keys
+from tests.server.oidckit import AUDIENCE, Issuer, github_claims, new_key, oidc_section
+
+pytestmark = [pytest.mark.postgres, pytest.mark.s3]
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> Iterator[Issuer]:
+    directory = tmp_path / "issuer"
+    directory.mkdir()
+    issuer = Issuer(directory)
+    yield issuer
+    issuer.close()
+
+
+@pytest.fixture
+def oidc_daemon(make_daemon_config: Callable[..., Any], start_daemon: Callable[..., Any], issuer: Issuer) -> Any:
+    def start(**more: Any) -> Any:
+        daemon = make_daemon_config()
+        daemon.settings["oidc"] = [oidc_section(issuer, **more)]
+        daemon.config_path.write_text(tomli_w.dumps(daemon.settings))
+        return start_daemon(daemon)
+
+    return start
+
+
+async def _owners(dsn: str) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [r["token_name"] for r in await conn.fetch("SELECT token_name FROM upload_sessions")]
+    finally:
+        await conn.close()
+
+
+def _http(method: str, url: str, token: str, body: object = None) -> tuple[int, dict[str, str], Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Authorization": f"Bearer {token}"})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+
+
+def _open_session(daemon: Any, token: str) -> tuple[int, dict[str, str], Any]:
+    return _http("POST", f"{daemon.url}/api/v1/sessions", token, {"paths": []})
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.mark.nix
+def test_a_github_token_for_an_allowed_repository_pushes(oidc_daemon, issuer, tmp_path, capsys, monkeypatch):
+    daemon = oidc_daemon()
+    path = build_fresh(tmp_path, "oidc-pushed", "echo pushed-with-oidc > $out")
+    monkeypatch.setenv("NIKS3_ID_TOKEN", issuer.token(github_claims()))
+    code = main(["push", "--json", "--no-progress", "--server", daemon.url, "--oidc", "env", path])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert path in json.loads(out)["published"]
+    assert asyncio.run(_owners(daemon.dsn)) == ["oidc:github:acme/app"]
+    # The GitHub way: the job's token endpoint, asked for the audience (here: the server's own default).
+    monkeypatch.delenv("NIKS3_ID_TOKEN")
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", issuer.github_url())
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", issuer.request_token)
+    other = build_fresh(tmp_path, "oidc-github", "echo pushed-from-github > $out")
+    argv = ["push", "--json", "--no-progress", "--server", daemon.url, "--oidc", "github", "--oidc-audience", AUDIENCE]
+    code = main([*argv, other])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert other in json.loads(out)["published"]
+    # A repository outside the rules is refused, with the reason, and without showing the token.
+    issuer.github_claims = {"repository": "evil/app", "repository_owner": "evil"}
+    third = build_fresh(tmp_path, "oidc-evil", "echo evil > $out")
+    code = main([*argv, third])
+    out, err = capsys.readouterr()
+    assert code != 0 and "match no rule" in err and "eyJ" not in err + out
+    assert "eyJ" not in daemon.log()
+
+
+def test_every_bad_token_is_a_401_naming_the_reason_and_nothing_is_written(oidc_daemon, issuer):
+    daemon = oidc_daemon()
+    before = bucket_keys(daemon.s3)
+    now = int(time.time())
+    good = issuer.token(github_claims())
+    header, payload, signature = good.split(".")
+    tampered_claims = {**jwt.decode(good, options={"verify_signature": False}), "repository": "acme/other"}
+    # The classic confusion: the RS256 public key (which anyone can fetch) used as an HMAC secret.
+    public_pem = issuer.keys["k1"].public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    hs256 = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode()) + "." + payload
+    hs256 += "." + _b64(hmac.new(public_pem, hs256.encode(), hashlib.sha256).digest())
+    cases = {
+        "wrong audience": (issuer.token(github_claims(aud="https://other.test")), "audience"),
+        "wrong issuer": (issuer.token(github_claims(iss="https://issuer.other")), "not configured"),
+        "expired": (issuer.token(github_claims(exp=now - 3600, iat=now - 7200, nbf=now - 7200)), "expired"),
+        "not yet valid": (issuer.token(github_claims(nbf=now + 3600)), "not valid yet"),
+        "unknown key": (issuer.token(github_claims(), "k9", key=new_key()), "unknown"),
+        "alg none": (jwt.encode({"iss": issuer.url, **github_claims()}, None, algorithm="none"), "'none'"),
+        "HS256 with the public key": (hs256, "HS256"),
+        "claim outside the rules": (issuer.token(github_claims("evil/app")), "match no rule"),
+        "tampered payload": (
+            f"{header}.{_b64(json.dumps(tampered_claims).encode())}.{signature}",
+            "signature",
+        ),
+        "signed by another issuer's key under a known kid": (
+            issuer.token(github_claims(), "k1", key=new_key()),
+            "signature",
+        ),
+    }
+    code, _, answer = _open_session(daemon, good)
+    assert code not in (401, 403), answer  # the good one passes authentication
+    owners = asyncio.run(_owners(daemon.dsn))
+    for what, (token, reason) in cases.items():
+        code, headers, answer = _open_session(daemon, token)
+        assert code == 401, (what, code, answer)
+        assert reason in answer["message"], (what, answer)
+        assert headers["WWW-Authenticate"].startswith("Bearer"), what
+    assert asyncio.run(_owners(daemon.dsn)) == owners
+    assert bucket_keys(daemon.s3) == before
+    log = daemon.log()
+    assert "eyJ" not in log and "Traceback" not in log
+
+
+def test_key_rotation_and_an_issuer_outage(oidc_daemon, issuer):
+    daemon = oidc_daemon(jwks_min_refresh=0)
+
+    def status(kid: str) -> int:
+        return _http("GET", f"{daemon.url}/api/v1/pins", issuer.token(github_claims(), kid))[0]
+
+    assert status("k1") == 200 and status("k2") == 200  # RS256 and ES256
+    fetches = issuer.jwks_fetches
+    assert status("k1") == 200 and issuer.jwks_fetches == fetches  # cached: no fetch for a known kid
+    # Rotation: k3 replaces k1 at the issuer; the first k3 token makes the daemon fetch the keys again.
+    issuer.keys = {"k3": new_key("ES256"), "k2": issuer.keys["k2"]}
+    assert status("k3") == 200 and issuer.jwks_fetches == fetches + 1
+    # The issuer goes down: the keys already fetched keep working; an unknown kid fails cleanly.
+    issuer.stop()
+    assert status("k3") == 200 and status("k2") == 200
+    issuer.keys["k4"] = new_key()
+    code, _, answer = _http("GET", f"{daemon.url}/api/v1/pins", issuer.token(github_claims(), "k4"))
+    assert code == 401 and "unknown" in answer["message"], answer
+    issuer.start()
+    assert status("k4") == 200
+    assert "Traceback" not in daemon.log()
