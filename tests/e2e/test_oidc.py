@@ -9,6 +9,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -88,22 +91,29 @@ def test_a_github_token_for_an_allowed_repository_pushes(oidc_daemon, issuer, tm
     assert code == 0, err
     assert path in json.loads(out)["published"]
     assert asyncio.run(_owners(daemon.dsn)) == ["oidc:github:acme/app"]
-    # The GitHub way: the job's token endpoint, asked for the audience (here: the server's own default).
-    monkeypatch.delenv("NIKS3_ID_TOKEN")
-    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", issuer.github_url())
-    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", issuer.request_token)
+    # The GitHub way: the job's token endpoint, asked for the audience. A separate process, as in a job: the
+    # client trusts the issuer's test CA through SSL_CERT_FILE (aiohttp reads it when it is imported).
+    env = {
+        **os.environ,
+        "ACTIONS_ID_TOKEN_REQUEST_URL": issuer.github_url(),
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN": issuer.request_token,
+        "SSL_CERT_FILE": str(issuer.ca),
+    }
+    env.pop("NIKS3_ID_TOKEN", None)
+    argv = [sys.executable, "-m", "niks3d.client", "push", "--json", "--no-progress", "--server", daemon.url]
+    argv += ["--oidc", "github", "--oidc-audience", AUDIENCE]
     other = build_fresh(tmp_path, "oidc-github", "echo pushed-from-github > $out")
-    argv = ["push", "--json", "--no-progress", "--server", daemon.url, "--oidc", "github", "--oidc-audience", AUDIENCE]
-    code = main([*argv, other])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    assert other in json.loads(out)["published"]
+    done = subprocess.run([*argv, other], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert other in json.loads(done.stdout)["published"]
+    assert issuer.github_requests == 1
     # A repository outside the rules is refused, with the reason, and without showing the token.
     issuer.github_claims = {"repository": "evil/app", "repository_owner": "evil"}
     third = build_fresh(tmp_path, "oidc-evil", "echo evil > $out")
-    code = main([*argv, third])
-    out, err = capsys.readouterr()
-    assert code != 0 and "match no rule" in err and "eyJ" not in err + out
+    done = subprocess.run([*argv, third], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "match no rule" in done.stderr, done.stderr
+    assert "eyJ" not in done.stderr + done.stdout
+    assert issuer.request_token not in done.stderr + done.stdout
     assert "eyJ" not in daemon.log()
 
 

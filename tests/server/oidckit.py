@@ -92,6 +92,7 @@ class Issuer:
         self.request_token = secrets.token_urlsafe(16)  # ACTIONS_ID_TOKEN_REQUEST_TOKEN
         self.github_claims: dict[str, Any] = {}  # what the GitHub token endpoint puts in its tokens
         self.jwks_fetches = 0
+        self.github_requests = 0  # token requests that passed the request-token check
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -110,6 +111,7 @@ class Issuer:
     async def _github(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {self.request_token}":
             return web.json_response({"message": "bad request token"}, status=401)
+        self.github_requests += 1
         claims = {**github_claims(), **self.github_claims, "aud": request.query.get("audience", "")}
         return web.json_response({"count": 1, "value": self.token(claims)})
 
@@ -128,6 +130,9 @@ class Issuer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+            # Closing a TLS connection waits for the peer's close_notify; give the closes a moment to finish
+            # so that no socket is left for the garbage collector (a ResourceWarning is an error in tests).
+            await asyncio.sleep(0.5)
 
     def start(self) -> None:
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
