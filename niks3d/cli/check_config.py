@@ -41,6 +41,17 @@ def summary(config: Config, *, secrets_opened: bool) -> list[str]:
     if settings.server.public_url:
         lines.append(f"public url: {settings.server.public_url}")
     lines.append(f"read proxy: {settings.server.read_proxy}")
+    tls = settings.tls
+    if tls is None:
+        lines.append("tls: off (plain HTTP)")
+    else:
+        lines.append(f"tls: HTTPS on the TCP listeners, certificate {tls.certificate_file}")
+        if tls.client_ca_file is None:
+            lines.append("  client certificates: not asked for")
+        else:
+            lines.append(f"  client certificates: {tls.client_certificates}, signed by {tls.client_ca_file}")
+            lines.append(f"  rules: {len(tls.clients)}" + ("" if tls.clients else " (certificates get no scope)"))
+            lines.extend(f"    {rule.field} {rule.pattern}: {', '.join(rule.scopes)}" for rule in tls.clients)
     lines.append(f"database: {settings.database.url}")
     endpoint = s3.endpoint_url or "AWS"
     credentials = "static keys from files" if s3.access_key_id_file else "AWS default credential chain"

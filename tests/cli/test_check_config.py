@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import tomllib
 import types
 from collections.abc import Iterator
 from datetime import timedelta
@@ -18,6 +19,7 @@ import tomli_w
 from niks3d.cli.main import main
 from niks3d.errors import ConfigError, ConfigProblem
 from niks3d.nix.signing import SecretKey
+from tests.server.certkit import CA
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "niks3d.toml"
@@ -109,6 +111,27 @@ def test_valid_config_prints_a_summary_without_secrets(valid: Path) -> None:
     ):
         assert value not in out and value not in result.stderr
     assert result.stderr == ""
+
+
+def test_the_tls_section_is_summarised_and_a_bad_tls_file_is_named(valid: Path) -> None:
+    assert "tls: off (plain HTTP)" in run_niks3d("check-config", str(valid)).stdout
+    ca = CA("check-config CA")
+    cert, key = ca.server_cert().write(valid.parent, "server")
+    ca.write(valid.parent / "ca.crt")
+    data = tomllib.loads(valid.read_text())
+    rules = [{"subject": "CN=builder-*,O=Example", "scopes": ["push", "read"]}]
+    data["tls"] = {"certificate_file": cert.name, "key_file": key.name, "client_ca_file": "ca.crt", "clients": rules}
+    path = write_config(valid.parent, data)
+    result = run_niks3d("check-config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tls: HTTPS on the TCP listeners, certificate server.crt" in result.stdout
+    assert "  client certificates: optional, signed by ca.crt" in result.stdout
+    assert "    subject CN=builder-*,O=Example: push, read" in result.stdout
+    assert key.read_text().splitlines()[1] not in result.stdout
+    key.write_text(ca.issue("other").key_pem.decode())
+    result = run_niks3d("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{path}: tls.key_file: {key} is not the private key of the certificate in")
 
 
 def test_four_problems_print_four_lines_and_exit_1(tmp_path: Path) -> None:
