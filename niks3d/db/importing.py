@@ -18,12 +18,12 @@ __all__ = [
     "known_object_keys",
     "mark_unclosed",
     "narinfos_unsigned_by",
-    "ready_hashes",
     "register_objects",
     "registered_narinfos",
     "replace_narinfos",
     "root_time",
     "stage",
+    "staged_graph",
     "staged_paths",
     "staged_problems",
     "staged_refs",
@@ -145,17 +145,11 @@ async def staged_refs(conn: Connection, hashes: Sequence[str]) -> dict[str, tupl
     return {r["hash"]: tuple(r["refs"]) for r in rows}
 
 
-async def ready_hashes(conn: Connection) -> list[str]:
-    """Staged paths without a problem whose references (other than themselves) are all published: the next level."""
-    rows = await conn.fetch(
-        """SELECT s.hash FROM import_paths s
-           WHERE s.problem IS NULL
-             AND NOT EXISTS (SELECT 1 FROM unnest(s.refs) AS r(ref)
-                             WHERE r.ref <> s.hash
-                               AND NOT EXISTS (SELECT 1 FROM store_paths p WHERE p.hash = r.ref))
-           ORDER BY s.hash"""
-    )
-    return [r["hash"] for r in rows]
+async def staged_graph(conn: Connection) -> dict[str, tuple[str, ...]]:
+    """Every staged path without a problem and its references (hash parts, itself excluded), read once to order
+    the registration (``niks3d.importer.order``)."""
+    rows = await conn.fetch("SELECT hash, refs FROM import_paths WHERE problem IS NULL")
+    return {r["hash"]: tuple(ref for ref in r["refs"] if ref != r["hash"]) for r in rows}
 
 
 async def staged_unregistered(conn: Connection) -> list[str]:

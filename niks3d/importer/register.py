@@ -1,7 +1,8 @@
 """Registering staged paths, references first, in batches that each commit what a push's ``complete`` commits.
 
-Level by level: the staged paths whose references are all published go first, in batches of ``batch_size``;
-each batch is one transaction that records the objects as present (narinfo, NAR, listing, log, realisations),
+In the order of ``niks3d.importer.order`` (computed once: every path after the staged paths it references), in
+batches of ``batch_size`` that may span levels (a reference is in an earlier batch or in the same one). Each
+batch is one transaction that records the objects as present (narinfo, NAR, listing, log, realisations),
 inserts the ``store_paths`` rows with their references and files (``niks3d.db.paths.insert_published``, the same
 insert a push uses), tells the read proxies, makes the paths roots and drops them from staging. With
 ``--resign`` the re-signed narinfo is written to the bucket while its row is locked, before the commit, as a
@@ -24,6 +25,7 @@ from niks3d.db import paths as db_paths
 from niks3d.db import uploads as db_uploads
 from niks3d.db.notify import notify_store_paths
 from niks3d.importer.inventory import Inventory
+from niks3d.importer.order import registration_order
 from niks3d.nix.bucketkeys import log_key, ls_key, narinfo_key
 from niks3d.nix.narinfo import parse_narinfo
 from niks3d.nix.signing import SecretKey
@@ -61,12 +63,10 @@ class Registrar:
         return files
 
     async def run(self) -> int:
-        """Register every staged path that can be; returns the number of levels."""
-        levels = 0
-        while ready := await db.ready_hashes(self.conn):
-            levels += 1
-            for start in range(0, len(ready), self.batch_size):
-                await self._batch(ready[start : start + self.batch_size])
+        """Register every staged path that can be, references first; returns the number of levels."""
+        order, levels = registration_order(await db.staged_graph(self.conn))
+        for start in range(0, len(order), self.batch_size):
+            await self._batch(order[start : start + self.batch_size])
         return levels
 
     async def _batch(self, hashes: Sequence[str]) -> None:
