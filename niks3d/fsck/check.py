@@ -12,6 +12,7 @@ Kinds of problem (docs/operations.md, "Checking the cache"; ``*`` marks what ``-
 ``reference_unpublished`` a tracked reference is not published
 ``untracked`` *         a key under the cache's key space that no row tracks (given a pending row: GC deletes it)
 ``object_missing`` *    an object recorded present that is not in the bucket and nothing needs (made pending)
+``import_unfinished``   the newest import did not finish (GC refuses to run until one does)
 
 Only paths published, and objects created, before the bucket was listed are checked, so pushes may run
 meanwhile; the collector's lock is held, so no GC run deletes anything while the check looks.
@@ -29,11 +30,13 @@ from asyncpg import Connection
 
 from niks3d.db import fsck as db
 from niks3d.db import importing as db_importing
+from niks3d.db import maintenance as db_maintenance
 from niks3d.db.notify import notify_store_paths
 from niks3d.db.pool import DbPool
 from niks3d.gc.runs import collector_lock_held
 from niks3d.importer.inventory import Inventory, list_bucket
 from niks3d.importer.problems import Report
+from niks3d.importer.record import recorded
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.narinfo import parse_narinfo
 from niks3d.storage.s3 import Bucket
@@ -151,8 +154,15 @@ async def run_fsck(
 ) -> Report:
     """One check; raises Niks3Error if a GC run (or an import) holds the collector's lock."""
     report = Report("fsck")
-    async with pool.acquire() as conn, collector_lock_held(conn):
+    async with pool.acquire() as conn, collector_lock_held(conn), recorded(conn, report):
         before = await db.db_now(conn)
+        if (unfinished := await db_maintenance.unfinished_import(conn)) is not None:
+            report.add(
+                "import_unfinished",
+                f"import {unfinished.id}",
+                f"{unfinished.state} since {unfinished.started_at.isoformat()}: untracked objects may be paths it "
+                "has not registered yet; run niks3d import again (GC refuses to run until an import finishes)",
+            )
         status("fsck: listing the bucket")
         inventory = await list_bucket(bucket)
         report.counts["bucket_objects"] = inventory.listed

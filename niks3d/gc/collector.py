@@ -35,8 +35,9 @@ from asyncpg import Connection
 
 from niks3d.config import GcSettings
 from niks3d.db import upstream as db_upstream
+from niks3d.db.maintenance import unfinished_import
 from niks3d.db.pool import DbPool
-from niks3d.errors import Niks3Error
+from niks3d.errors import Niks3Error, StateConflict
 from niks3d.gc import candidates, mark, sweep
 from niks3d.gc.expiry import count_expirable, drop_expired_roots, expire_sessions
 from niks3d.gc.orphans import abort_stale_uploads, adopt_orphans
@@ -81,13 +82,28 @@ class HeldRun:
     row: RunRow
 
 
+async def _refuse_after_unfinished_import(conn: Connection) -> None:
+    """Objects an unfinished import has not registered yet look like orphans: refuse rather than delete them."""
+    run = await unfinished_import(conn)
+    if run is not None:
+        raise StateConflict(
+            f"niks3d import (run {run.id}, started {run.started_at.isoformat()}) is {run.state}, not finished: "
+            "garbage collection would delete the objects of paths it has not registered yet. "
+            "Run niks3d import again until it finishes (docs/operations.md, 'After an interrupted import')",
+            code="import_unfinished",
+            import_run=run.id,
+        )
+
+
 @asynccontextmanager
 async def claim_run(pool: DbPool, params: GcParams) -> AsyncIterator[HeldRun]:
-    """Take the lock and record a new run; raises :class:`GcRunning` if another run holds the lock."""
+    """Take the lock and record a new run; raises :class:`GcRunning` if another run holds the lock, and
+    StateConflict ``import_unfinished`` while the newest ``niks3d import`` has not finished."""
     async with pool.acquire() as conn:
         if not await try_lock(conn):
             raise GcRunning(await running_run(conn))
         try:
+            await _refuse_after_unfinished_import(conn)
             for run_id in await interrupt_abandoned(conn):
                 logger.warning("gc run %d was left running by a process that stopped; marked interrupted", run_id)
             row = await insert_run(conn, params, run_owner())

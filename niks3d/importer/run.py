@@ -4,7 +4,8 @@ Phases: list the bucket; read every narinfo that is not registered yet (and ever
 be registered; mark what is not closure-consistent; register the rest references first, in batches; pins; find
 objects no narinfo needs; with ``--quarantine``, make the broken narinfos invisible to Nix (referrers first) and
 hand the orphans to GC. The collector's lock is held throughout: no GC run can take unregistered objects for
-orphans while the import runs.
+orphans while the import runs; and the run's ``maintenance_runs`` row (``niks3d.importer.record``) keeps GC away
+after an import that did not finish, until one does.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from niks3d.importer.inventory import Inventory, list_bucket
 from niks3d.importer.problems import Report
 from niks3d.importer.quarantine import quarantine
 from niks3d.importer.reading import check_narinfo
+from niks3d.importer.record import recorded
 from niks3d.importer.register import Registrar, resign_registered
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.realisation import parse_realisation
@@ -125,7 +127,7 @@ async def run_import(
 ) -> Report:
     """One import; raises Niks3Error if a GC run (or another import or check) holds the collector's lock."""
     report = Report("import")
-    async with pool.acquire() as conn, collector_lock_held(conn):
+    async with pool.acquire() as conn, collector_lock_held(conn), recorded(conn, report):
         run = _Run(conn, bucket, params, report, status)
         clock = time.monotonic()
 

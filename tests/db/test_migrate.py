@@ -35,6 +35,7 @@ TABLES = {
     "nar_facts",
     "root_members",
     "gc_runs",
+    "maintenance_runs",
 }
 
 

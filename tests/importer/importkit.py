@@ -3,6 +3,7 @@ SeaweedFS object by object; ``niks3d import`` / ``niks3d fsck`` as subprocesses;
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -93,3 +94,22 @@ def cache_state(s3: Any) -> BucketState:
         if key.endswith(".narinfo") and "/" not in key
     }
     return BucketState(sizes, narinfos)
+
+
+def wait_for_paths(dsn: str, target: int, proc: subprocess.Popen[bytes]) -> None:
+    """Return once ``target`` paths are registered, or once ``proc`` (an import) has exited."""
+
+    async def wait() -> None:
+        while proc.poll() is None:
+            try:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    if await conn.fetchval("SELECT count(*) FROM store_paths") >= target:
+                        return
+                finally:
+                    await conn.close()
+            except asyncpg.UndefinedTableError:
+                pass
+            await asyncio.sleep(0.01)
+
+    asyncio.run(wait())

@@ -21,7 +21,7 @@ from niks3d.config import S3Settings
 from niks3d.devenv.synthbucket import write_synth_bucket
 from niks3d.storage import open_bucket
 from tests.fixtures.daemon import niks3d_argv
-from tests.importer.importkit import TABLES, niks3d, snapshot
+from tests.importer.importkit import TABLES, niks3d, snapshot, wait_for_paths
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3, pytest.mark.slow]
 TRIALS = int(os.environ.get("NIKS3_STRESS_TRIALS") or 3)
@@ -83,7 +83,7 @@ def test_an_import_killed_at_random_points_then_run_again_equals_an_uninterrupte
         if trial % 2 == 0:  # at a random moment
             time.sleep(rng.uniform(0.2, took))
         else:  # in the middle of registration: once a random number of paths is in
-            _wait_for_paths(daemon.dsn, rng.randrange(1, PATHS), proc)
+            wait_for_paths(daemon.dsn, rng.randrange(1, PATHS), proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         seen.append(asyncio.run(_consistent(daemon.dsn)) if _migrated(daemon.dsn) else 0)
@@ -105,20 +105,3 @@ def _migrated(dsn: str) -> bool:
             await conn.close()
 
     return asyncio.run(check())
-
-
-def _wait_for_paths(dsn: str, target: int, proc: subprocess.Popen[bytes]) -> None:
-    async def wait() -> None:
-        while proc.poll() is None:
-            try:
-                conn = await asyncpg.connect(dsn)
-                try:
-                    if await conn.fetchval("SELECT count(*) FROM store_paths") >= target:
-                        return
-                finally:
-                    await conn.close()
-            except asyncpg.UndefinedTableError:
-                pass
-            await asyncio.sleep(0.01)
-
-    asyncio.run(wait())
