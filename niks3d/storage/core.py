@@ -11,7 +11,8 @@ HEAD, which the push path sends for every uploaded object, goes as a presigned r
 session when the bucket has one: a botocore HeadObject costs about 1 ms of CPU, the presigned request about half
 (signing included). Only the plain answers are taken from it (200: the metadata, 404: absent); anything else, a
 403, a 5xx, throttling or a connection error, is asked again through botocore, which retries and names the error;
-after a failure to connect at all, every later HEAD goes through botocore.
+after a failure to connect at all, every later HEAD goes through botocore. :meth:`Bucket.get_many` (the bulk
+reads of import and fsck) GETs small objects the same way, under the same rules.
 """
 
 from __future__ import annotations
@@ -145,6 +146,32 @@ class BucketCore:
             return False, None
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, TypeError) as exc:
             log.debug("HEAD %s failed (%s): asking again through botocore", key, exc)
+            return False, None
+
+    async def _quick_get(self, http: aiohttp.ClientSession, key: str, limit: int) -> tuple[bool, bytes | None]:
+        """GET a small object through a presigned URL, as :meth:`_quick_head` does HEAD: (True, body) for a 200 of
+        at most ``limit`` bytes, (True, None) for a 404, (False, None) for anything that botocore should ask
+        again (which retries and names the error)."""
+        try:
+            url = await self._presign(
+                "get_object", {"Bucket": self.name, "Key": key}, _QUICK_HEAD_EXPIRY, key, internal=True
+            )
+            async with http.get(url, allow_redirects=False) as resp:
+                if resp.status == 404:
+                    return True, None
+                if resp.status != 200 or (resp.content_length or 0) > limit:
+                    log.debug("GET %s answered %d: asking again through botocore", key, resp.status)
+                    return False, None
+                body = await resp.content.read(limit + 1)
+                if len(body) > limit or (resp.content_length is not None and len(body) != resp.content_length):
+                    return False, None
+                return True, body
+        except aiohttp.ClientConnectorError as exc:
+            log.warning("GET %s without botocore failed (%s); using botocore from now on", key, exc)
+            self._http = None
+            return False, None
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, TypeError) as exc:
+            log.debug("GET %s failed (%s): asking again through botocore", key, exc)
             return False, None
 
     async def _forbidden_means_missing(self, key: str, head_error: ClientError) -> bool:

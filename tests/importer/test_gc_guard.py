@@ -19,7 +19,7 @@ from tests.importer.importkit import niks3d, wait_for_paths
 from tests.server.bucketview import s3_client
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]
-PATHS = 200
+PATHS = 60
 
 
 async def _fill(s3) -> int:
@@ -53,15 +53,15 @@ def test_gc_refuses_after_a_killed_import_until_an_import_finishes(make_daemon_c
     before = _keys(daemon.s3)
 
     proc = subprocess.Popen(
-        niks3d_argv("import", "--batch-size", "5", "--config", str(daemon.config_path)),
+        niks3d_argv("import", "--batch-size", "2", "--config", str(daemon.config_path)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for_paths(daemon.dsn, 10, proc)
+    wait_for_paths(daemon.dsn, 6, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     registered, runs, _ = asyncio.run(_rows(daemon.dsn))
-    assert 10 <= registered < PATHS, f"the import was not killed in the middle: {registered} paths registered"
+    assert 6 <= registered < PATHS, f"the import was not killed in the middle: {registered} paths registered"
     assert runs == [("import", "running")]
 
     code, report, out = niks3d(daemon.config_path, "gc", "--force")

@@ -93,6 +93,30 @@ async def test_a_head_that_cannot_connect_goes_through_botocore_from_then_on(buc
         await unreachable.close()
 
 
+async def test_get_many_reads_small_objects_without_botocore_and_large_ones_with_it(bucket: Bucket, monkeypatch):
+    small, large = b"StorePath: x\n" * 20, bytes(range(256)) * 40
+    await bucket.put("a.narinfo", small, content_type="text/x-nix-narinfo", content_encoding="zstd")
+    await bucket.put("b.ls", large, content_type="application/json")
+    through_botocore: list[str] = []
+    get_object = bucket._client.get_object
+
+    async def counted(**kwargs):
+        through_botocore.append(kwargs["Key"])
+        return await get_object(**kwargs)
+
+    monkeypatch.setattr(bucket._client, "get_object", counted)
+    got = await bucket.get_many(["a.narinfo", "absent.narinfo", "b.ls"], small=len(large) - 1)
+    assert got == {"a.narinfo": small, "absent.narinfo": None, "b.ls": large}
+    assert through_botocore == ["b.ls"]
+
+
+async def test_get_many_with_wrong_credentials_fails_as_botocore_names_it(s3_settings: S3Settings, s3_bucket):
+    async with open_bucket(s3_settings, s3_bucket.access_key_id, "not-the-secret") as wrong:
+        with pytest.raises(StorageError) as caught:
+            await wrong.get_many(["a.narinfo"])
+    assert not isinstance(caught.value, ObjectNotFound)
+
+
 async def test_get_of_an_absent_key_raises_object_not_found_naming_it(bucket: Bucket):
     with pytest.raises(ObjectNotFound, match=r"nar/absent\.nar\.zst") as caught:
         await bucket.get("nar/absent.nar.zst")
