@@ -11,6 +11,7 @@ __all__ = [
     "list_pins",
     "narinfo_by_hash",
     "path_name",
+    "published_by",
     "published_hashes",
     "published_names",
     "touch_roots",
@@ -45,6 +46,7 @@ class PublishedPath:
     files: tuple[tuple[str, str], ...]  # (key, kind) of ls / log / realisation objects
     # hash parts of references proven upstream (niks3d/db/upstream.py inserts their rows)
     upstream_references: tuple[str, ...] = ()
+    published_by: str | None = None  # the identity that published it (None: imported)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,12 @@ async def realisation_holders(conn: Connection, keys: Sequence[str]) -> dict[str
     return holders
 
 
+async def published_by(conn: Connection, hashes: Sequence[str]) -> dict[str, str | None]:
+    """hash part -> the identity that published it (None: unknown), for the published paths among ``hashes``."""
+    rows = await conn.fetch("SELECT hash, published_by FROM store_paths WHERE hash = ANY($1::text[])", list(hashes))
+    return {r["hash"]: r["published_by"] for r in rows}
+
+
 async def path_name(conn: Connection, hash_part: str) -> str | None:
     """The name of the published path with this hash part, or None."""
     value: str | None = await conn.fetchval("SELECT name FROM store_paths WHERE hash = $1", hash_part)
@@ -107,8 +115,8 @@ async def insert_published(conn: Connection, paths: Sequence[PublishedPath]) -> 
         return
     await conn.executemany(
         """INSERT INTO store_paths (hash, name, nar_hash, nar_size, nar_key, narinfo_key, compression,
-                                    file_hash, file_size, deriver, ca, narinfo, published_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now())
+                                    file_hash, file_size, deriver, ca, narinfo, published_at, published_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now(), $13)
            ON CONFLICT (hash) DO NOTHING""",
         [
             (
@@ -124,6 +132,7 @@ async def insert_published(conn: Connection, paths: Sequence[PublishedPath]) -> 
                 p.deriver,
                 p.ca,
                 p.narinfo,
+                p.published_by,
             )
             for p in paths
         ],

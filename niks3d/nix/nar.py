@@ -23,6 +23,7 @@ __all__ = [
     "display_path",
     "nar_str",
     "nar_u64",
+    "single_file_contents",
 ]
 
 from dataclasses import dataclass
@@ -69,3 +70,20 @@ class NarResult:
 def display_path(path: bytes) -> str:
     """A path inside a NAR, printable in any log (unlike surrogate escapes)."""
     return path.decode("utf-8", "backslashreplace")
+
+
+def single_file_contents(nar: bytes) -> bytes | None:
+    """The contents of a NAR that is one regular file (a ``.drv``, for example), or None for any other NAR.
+
+    Exact: the NAR must be the canonical serialisation of one non-executable regular file, nothing before or
+    after it, so the bytes returned are what the store path holds.
+    """
+    head = MAGIC + b"".join(nar_str(t) for t in (b"(", b"type", b"regular", b"contents"))
+    if not nar.startswith(head) or len(nar) < len(head) + 8:
+        return None
+    size = int.from_bytes(nar[len(head) : len(head) + 8], "little")
+    start = len(head) + 8
+    contents = nar[start : start + size]
+    if len(contents) != size or nar[start + size :] != PADDING[size % 8] + nar_str(b")"):
+        return None
+    return contents

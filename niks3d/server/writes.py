@@ -81,7 +81,8 @@ def _target(request: web.Request) -> tuple[BucketKey | None, str | None]:
 async def put_file(request: web.Request) -> web.StreamResponse:
     """Every PUT under the cache prefix, dispatched by the kind of key."""
     # A refusal is a 401/403 in plain text, which Nix prints (niks3d.server.errors).
-    token_name = require(request, "push").name
+    identity = require(request, "push")
+    token_name = identity.name
     key, root = _target(request)
     if key is None:
         return _text(404, "this is not a key of a Nix binary cache")
@@ -106,7 +107,9 @@ async def put_file(request: web.Request) -> web.StreamResponse:
             return _text(201 if listing.created else 200, f"{key.key}: stored")
         if key.kind == "log":
             drv = key.key.removeprefix("log/")
-            log = await writes.put_log(ctx, drv, key.key, await _decoded(request))
+            log = await writes.put_log(
+                ctx, drv, key.key, await _decoded(request), identity=token_name, trusted=identity.trusted
+            )
             return _text(201 if log.created else 200, f"{key.key}: stored")
         if key.kind == "nix-cache-info":
             writes.put_cache_info(ctx.settings.cache.store_dir, await request.read())

@@ -14,6 +14,7 @@ __all__ = ["complete_session"]
 import asyncio
 import logging
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -190,7 +191,7 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
             [(r.narinfo_key, len(r.narinfo.encode()), None) for r in rows]
             + [(key, len(body), None) for key, body, _ in realisations],
         )
-        await db_paths.insert_published(conn, rows)
+        await db_paths.insert_published(conn, [replace(r, published_by=session.token_name) for r in rows])
         leaning = [(r.hash, u) for r in rows for u in r.upstream_references]
         await db_upstream.insert_records(conn, [upstream[h] for h in sorted({u for _, u in leaning})], leaning)
         await notify_store_paths(conn, published=[r.hash for r in rows])

@@ -160,6 +160,7 @@ async def commit_narinfo(
                         narinfo=text,
                         references=tuple(r[:32] for r in info.references),
                         files=tuple(files),
+                        published_by=token_name,
                     )
                 ],
             )

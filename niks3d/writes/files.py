@@ -5,8 +5,10 @@
 - ``<hash>.ls`` (``write-nar-listing=1``) comes before its NAR and narinfo. For a path that is not published yet
   it is stored as an object no path owns (GC reclaims it unless the narinfo commit takes it); once the path is
   published it is immutable: the same bytes again are a no-op, other bytes a 409.
-- ``log/<drv>`` (``nix store copy-log``) comes after the outputs: it is accepted only for a derivation that built
-  a published path, compressed with zstd as pushed logs are, and lives with those paths. It is immutable too.
+- ``log/<drv>`` (``nix store copy-log``) comes after the outputs: it is accepted only with the proof that the
+  derivation built a path the same identity published, its ``.drv`` in this cache
+  (:mod:`niks3d.writes.logproof`; trusted writers are spared it), compressed with zstd as pushed logs are, and
+  lives with those proven outputs. It is immutable.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from niks3d.db.retry import retry_transaction
 from niks3d.errors import ApiError
 from niks3d.nix.hashes import format_sha256
 from niks3d.uploads.context import PushContext
+from niks3d.writes.logproof import proven_outputs
 
 logger = logging.getLogger(__name__)
 LS_TYPE = "application/json"
@@ -82,8 +85,15 @@ async def put_listing(ctx: PushContext, hash_part: str, key: str, body: bytes, e
     return await retry_transaction(attempt)
 
 
-async def put_log(ctx: PushContext, drv: str, key: str, text: bytes) -> FileOutcome:
-    """Store the build log ``text`` (uncompressed) of derivation ``drv`` (a basename)."""
+async def put_log(
+    ctx: PushContext, drv: str, key: str, text: bytes, *, identity: str, trusted: bool = False
+) -> FileOutcome:
+    """Store the build log ``text`` (uncompressed) of derivation ``drv`` (a basename).
+
+    ``identity``: the writer (the identity's name); ``trusted``: it is marked ``trusted = true``, and with
+    ``s3.verify = "size"`` its log needs no proof.
+    """
+    spared = trusted and ctx.settings.s3.verify == "size"
     body = zstandard.ZstdCompressor(level=_LOG_LEVEL).compress(text)
     digest = format_sha256(hashlib.sha256(body).digest())
 
@@ -91,7 +101,11 @@ async def put_log(ctx: PushContext, drv: str, key: str, text: bytes) -> FileOutc
         async with ctx.pool.acquire() as conn, conn.transaction():
             await db.ensure_objects(conn, [(key, "log")])
             await db.lock_objects(conn, [key])
-            owners = await db_writes.paths_built_by(conn, drv)
+            owners = (
+                await db_writes.paths_built_by(conn, drv)
+                if spared
+                else await proven_outputs(conn, ctx.bucket, drv, identity)
+            )
             if not owners:
                 raise ApiError(
                     422,

@@ -226,6 +226,9 @@ def test_nix_store_copy_log_uploads_a_log_that_nix_log_reads_back(start_daemon, 
     early = nix(tmp_path, "store", "copy-log", "--to", url, top, netrc_file=pusher)
     assert early.returncode != 0 and "HTTP error 422" in early.stderr, early.stderr
     assert copy_to(tmp_path, daemon, url, top).returncode == 0
+    # The proof that the log is the derivation's: its .drv, in the cache (docs/security.md, rule 3).
+    drv = subprocess.run(["nix-store", "-q", "--deriver", top], capture_output=True, text=True, check=True)
+    assert copy_to(tmp_path, daemon, url, "--derivation", drv.stdout.strip()).returncode == 0
     done = nix(tmp_path, "store", "copy-log", "--to", url, top, netrc_file=pusher)
     assert done.returncode == 0, done.stderr
     got = nix(tmp_path, "log", "--store", daemon.url, top)
