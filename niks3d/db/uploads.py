@@ -206,11 +206,21 @@ async def renew_leases(
     conn: Connection, session_id: uuid.UUID, lease: timedelta, keys: Sequence[str] | None = None
 ) -> set[str]:
     """Upload progress: renew the session's leases (all of them, or those of ``keys``); returns the keys it still
-    uploads among them (another session may have taken some over)."""
+    uploads among them (another session may have taken some over).
+
+    Renewing all of them skips rows that another transaction holds instead of waiting: such a renewal never
+    takes part in a deadlock (that transaction is a report or a publication of the same session, progress
+    itself), and a renewal missed is made up by the next. Renewing given keys waits, to say for sure which of
+    them the session still uploads; it is one statement on rows of one session, called with one key.
+    """
+    skip = " SKIP LOCKED" if keys is None else ""
     rows = await conn.fetch(
-        """UPDATE session_claims SET lease_until = now() + $2::interval
-           WHERE session_id = $1 AND uploader AND ($3::text[] IS NULL OR key = ANY($3::text[]))
-           RETURNING key""",
+        f"""UPDATE session_claims c SET lease_until = now() + $2::interval
+            FROM (SELECT key FROM session_claims
+                  WHERE session_id = $1 AND uploader AND ($3::text[] IS NULL OR key = ANY($3::text[]))
+                  ORDER BY key FOR NO KEY UPDATE{skip}) AS mine
+            WHERE c.session_id = $1 AND c.key = mine.key
+            RETURNING c.key""",  # noqa: S608 - constants only
         session_id,
         lease,
         None if keys is None else list(keys),

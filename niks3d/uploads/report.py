@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 from niks3d.db import uploads as db
-from niks3d.errors import ApiError, StorageError, StorageThrottled
+from niks3d.errors import ApiError, ObjectNotFound, StorageError, StorageThrottled
 from niks3d.nix.bucketkeys import nar_key, parse_bucket_key, staging_key
 from niks3d.nix.hashes import format_sha256
 from niks3d.nix.storepath import StorePath
@@ -105,6 +105,9 @@ async def report_objects(
         await start_multipart_uploads(ctx, session.id)
     if good:
         async with ctx.pool.acquire() as conn, conn.transaction():
+            # Reports of one session (a retry, or one through another daemon) record in turn: without that, two
+            # of them lock the same object and claim rows in different orders and deadlock.
+            await db.load_session(conn, session.id, for_update=True)
             await db.mark_present(conn, good)
             for key, _, _ in good:
                 await db.set_upload_id(conn, session.id, key, None)
@@ -157,14 +160,23 @@ async def _check_one(
     keeper.start()
     kind = parse_bucket_key(key).kind
     content_type, content_encoding = CONTENT_TYPES[kind]
-    await ctx.bucket.copy(
-        staged,
-        key,
-        size=info.size,
-        content_type=content_type,
-        content_encoding=content_encoding,
-        part_size=ctx.settings.s3.multipart_part_size,
-    )
+    try:
+        await ctx.bucket.copy(
+            staged,
+            key,
+            size=info.size,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            part_size=ctx.settings.s3.multipart_part_size,
+        )
+    except ObjectNotFound:
+        # Another report of the same object (a retried request, or one through another daemon) accepted it and
+        # deleted the staged copy between our HEAD and our copy: take its verdict.
+        async with ctx.pool.acquire() as conn:
+            state, size, stored_hash = (await db.object_states(conn, [key])).get(key, ("pending", None, None))
+        if state == "present" and size is not None:
+            return key, size, stored_hash
+        return {"key": key, "reason": "the staged object went away while it was checked; upload it again"}
     file_hash = format_sha256(report.file_hash) if report.file_hash is not None else None
     if nar is not None and full:
         async with ctx.verify_slots:
