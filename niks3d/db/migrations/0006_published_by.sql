@@ -1,4 +1,4 @@
--- niks3d schema version 5: who published each store path (docs/database.md, "store_paths").
+-- niks3d schema version 6: who published each store path (docs/database.md, "store_paths").
 --
 -- A build log PUT by stock Nix carries no proof of its own; it is accepted for the outputs of its .drv that the
 -- same identity published (docs/security.md, rule 3). Paths published before this version, and imported ones,
