@@ -2,14 +2,15 @@
 
 Plain HTML, built with :func:`html.escape` and no template engine, written one element per line so that it
 reads as well with ``curl`` as in a browser: the cache URL, the public keys, ``nix.conf`` and NixOS snippets
-ready to paste (with the ``netrc`` lines when the cache is private), and live figures (store paths, bytes,
+ready to paste (with the ``netrc`` lines when the cache is private), the ways to sign in that this server accepts
+(tokens, OIDC issuers, client certificates: docs/auth.md), and live figures (store paths, bytes,
 upload sessions, the last garbage collection) from :class:`~niks3d.server.figures.FiguresReader`; a private
 cache shows its figures only to a request with a ``read`` token (Bearer or Basic password).
 """
 
 from __future__ import annotations
 
-__all__ = ["FIGURES_HIDDEN", "bucket_url", "cache_url", "landing", "render_landing"]
+__all__ = ["FIGURES_HIDDEN", "bucket_url", "cache_url", "landing", "render_landing", "sign_in_methods"]
 
 from datetime import datetime
 from html import escape
@@ -120,6 +121,40 @@ def _upstream_section(upstream_keys: list[str]) -> list[str]:
     ]
 
 
+def sign_in_methods(settings: Settings) -> list[str]:
+    """One line per way to authenticate that the configuration enables (names and counts, never a secret)."""
+    methods = [f"API tokens: {len(settings.tokens)} configured (Authorization: Bearer, or the netrc password)"]
+    if settings.oidc:
+        issuers = ", ".join(f"{o.name} ({o.issuer})" for o in settings.oidc)
+        methods.append(f"OIDC ID tokens from CI as bearer tokens: {issuers}")
+    tls = settings.tls
+    if tls is not None and tls.client_ca_file is not None:
+        methods.append(
+            f"client certificates ({tls.client_certificates}): {len(tls.clients)} rule(s) map subjects and "
+            "subjectAltNames to scopes"
+        )
+    return methods
+
+
+def _sign_in_section(methods: list[str], url: str, client_certificates: bool) -> list[str]:
+    out = ["", "<h2>Signing in</h2>", "<p>This server accepts:</p>", "<ul>"]
+    out += [f"<li>{escape(method)}</li>" for method in methods]
+    out.append("</ul>")
+    if client_certificates:
+        out += [
+            "<p>Nix 2.34 and newer present a client certificate named in the substituter URL; older Nix reads",
+            "with a token in the netrc file. <code>niks3</code> takes <code>--client-cert</code>,",
+            "<code>--client-key</code> and <code>--ca-file</code>:</p>",
+            *_pre(
+                [
+                    f"extra-substituters = {url}?tls-certificate=/etc/nix/cache.crt&tls-private-key=/etc/nix/cache.key",
+                    f"niks3 push --server {url} --client-cert cache.crt --client-key cache.key ./result",
+                ]
+            ),
+        ]
+    return out
+
+
 def render_landing(
     *,
     url: str,
@@ -129,10 +164,13 @@ def render_landing(
     figures: CacheFigures | None,
     show_figures: bool = True,
     upstream_keys: list[str] | None = None,
+    sign_in: list[str] | None = None,
+    client_certificates: bool = False,
 ) -> str:
     """The page; ``direct`` means the read proxy is off and ``url`` is the bucket's. Without ``show_figures``
     the figures section only says who may see them. ``upstream_keys`` (``cache.upstream_keys``): the caches this
-    one leans on, which the snippets tell Nix to keep using and (but for Nix's default key) to trust."""
+    one leans on, which the snippets tell Nix to keep using and (but for Nix's default key) to trust. ``sign_in``:
+    the lines of :func:`sign_in_methods`; ``client_certificates`` adds how Nix and niks3 present one."""
     upstream = list(upstream_keys or [])
     # Nix trusts cache.nixos.org's key by default; any other upstream key must be trusted explicitly.
     trusted = [*public_keys, *(k for k in upstream if k != NIXOS_CACHE_KEY and k not in public_keys)]
@@ -211,6 +249,8 @@ def render_landing(
             "it from the netrc file named by <code>netrc-file</code>, <code>/etc/nix/netrc</code> (mode 0600):</p>",
             *_pre([f"machine {host}", "password <your token>"]),
         ]
+    if sign_in:
+        out += _sign_in_section(sign_in, url, client_certificates)
     shown = _figures(figures) if show_figures else [FIGURES_HIDDEN]
     out += ["", "<h2>Figures</h2>", *shown, "</body>", "</html>", ""]
     return "\n".join(out)
@@ -233,5 +273,7 @@ async def landing(request: web.Request) -> web.Response:
         figures=figures,
         show_figures=show_figures,
         upstream_keys=settings.cache.upstream_keys,
+        sign_in=sign_in_methods(settings),
+        client_certificates=settings.tls is not None and settings.tls.client_ca_file is not None,
     )
     return web.Response(text=page, content_type="text/html", charset="utf-8")

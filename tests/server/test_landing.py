@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from niks3d.config import Settings
 from niks3d.server.figures import CacheFigures, GcRunSummary
-from niks3d.server.landing import FIGURES_HIDDEN, render_landing
+from niks3d.server.landing import FIGURES_HIDDEN, render_landing, sign_in_methods
 from tests.server.landing_parse import parse
 from tests.server.proxykit import fetch, push_closure
 
@@ -113,3 +114,36 @@ def test_the_snippets_say_which_upstream_caches_to_keep_and_trust() -> None:
     # a key Nix does not trust by default must be trusted for the closure to be substitutable
     assert s.pre["nix.conf"][-1] == f"extra-trusted-public-keys = {ours} {other}"
     assert f'    "{other}"' in s.pre["NixOS"]
+
+
+def test_the_page_names_the_enabled_sign_in_methods_and_how_nix_presents_a_certificate() -> None:
+    base = {"s3": {"bucket": "b"}, "signing": {"key_files": ["k"]}}
+    tokens = [{"name": "ci", "file": "t", "scopes": ["push"]}]
+    plain = Settings.model_validate({**base, "tokens": tokens})
+    assert sign_in_methods(plain) == ["API tokens: 1 configured (Authorization: Bearer, or the netrc password)"]
+    tls = {
+        "certificate_file": "c",
+        "key_file": "k",
+        "client_ca_file": "ca",
+        "client_certificates": "required",
+        "clients": [{"uri": "spiffe://x/*", "scopes": ["read"]}],
+    }
+    with_certs = Settings.model_validate({**base, "tls": tls})
+    methods = sign_in_methods(with_certs)
+    assert methods[1] == "client certificates (required): 1 rule(s) map subjects and subjectAltNames to scopes"
+    page = render_landing(
+        url="https://c",
+        public_keys=["k:x"],
+        private=True,
+        direct=False,
+        figures=None,
+        sign_in=methods,
+        client_certificates=True,
+    )
+    s = parse(page)
+    assert "<li>client certificates (required): 1 rule(s)" in page
+    assert s.pre["Signing in"][0] == (
+        "extra-substituters = https://c?tls-certificate=/etc/nix/cache.crt&tls-private-key=/etc/nix/cache.key"
+    )
+    without = render_landing(url="https://c", public_keys=["k:x"], private=True, direct=False, figures=None)
+    assert "Signing in" not in without
