@@ -45,7 +45,6 @@ let
         pytest-asyncio
         pytest-timeout
         hypothesis
-        cryptography # tests/server/certkit.py makes the TLS tests' certificates
       ])
       ++ [
         pkgs.postgresql
