@@ -1,6 +1,16 @@
-"""Benchmark: `niks3 push` against `nix copy --to file://` of the same closure, and peak client memory.
+"""Benchmark: what a push costs, against Nix's own writers, and peak client memory.
 
-Two workloads, each pushed by the real ``niks3`` command in a child process whose peak RSS (its own ``VmHWM``) and
+The default workload, ``cost`` (bench/pushcost.py), measures issue 18's targets in one run: every writer of one
+synthetic closure (``nix copy --to http://<nginx WebDAV>`` with Nix 2.8 and with the modern Nix, ``niks3 push``
+with and without verification, ``nix copy --to s3://``), CPU per process, requests and bytes, niks3d's
+statements and S3 requests per path, at several closure sizes; it starts its own servers (no ``--dev``):
+
+    .venv/bin/python -m bench.push [--paths 300] [--nar-mib 258] [--scale 300,3000,10000] [--suite sid]
+        [--no-modern]
+
+A quick run: ``--paths 60 --nar-mib 32 --scale 300,1000``.
+
+The other workloads, each pushed by the real ``niks3`` command in a child process whose peak RSS (its own ``VmHWM``) and
 CPU time (from ``os.wait4``, with the ``nix path-info`` it runs) are measured; with ``--dev`` the CPU time of the
 server side (daemon, SeaweedFS, PostgreSQL) is measured too, since on one machine they compete for the cores:
 
@@ -369,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paths", type=int, default=300)
     parser.add_argument("--closure-mib", type=int, default=700)
     parser.add_argument("--big-mib", type=int, default=1024)
-    parser.add_argument("--workloads", default="closure,big,upstream", help="comma-separated: closure,big,upstream")
+    parser.add_argument(
+        "--workloads", default="cost", help="comma-separated: cost (alone), or closure,big,upstream (with --dev)"
+    )
     parser.add_argument("--upstream-paths", type=int, default=60)
     parser.add_argument("--upstream-mib", type=int, default=150)
     parser.add_argument(
@@ -378,8 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         help="with --dev: mark the dev token trusted (NARs size-checked, not verified: docs/security.md)",
     )
     parser.add_argument("push_options", nargs="*", help="extra options for niks3 push (after --)")
+    from bench import pushcost  # here: it imports this module
+
+    pushcost.add_arguments(parser)
     args = parser.parse_args(argv)
     workloads = set(args.workloads.split(","))
+    if workloads == {"cost"}:
+        return pushcost.run(args)
     if unknown := workloads - {"closure", "big", "upstream"}:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
     if not args.dev:

@@ -28,7 +28,7 @@ import os
 import secrets
 import shutil
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +94,13 @@ def _session() -> botocore.session.Session:
 class SeaweedServer:
     """A running throwaway SeaweedFS; use :func:`seaweed_server` or :func:`async_seaweed_server`."""
 
-    def __init__(self, directory: ServiceDirectory, *, weed: Path, anonymous_read: bool) -> None:
+    def __init__(
+        self, directory: ServiceDirectory, *, weed: Path, anonymous_read: bool, anonymous_write: Sequence[str] = ()
+    ) -> None:
         self.directory = directory
         self.weed = weed
         self.anonymous_read = anonymous_read
+        self.anonymous_write = tuple(anonymous_write)
         self.region = REGION
         self.access_key_id = "NIKS3D" + secrets.token_hex(7).upper()
         self.secret_access_key = secrets.token_urlsafe(30)
@@ -139,8 +142,10 @@ class SeaweedServer:
                 "actions": ["Admin", "Read", "List", "Tagging", "Write"],
             }
         ]
-        if self.anonymous_read:
-            identities.append({"name": "anonymous", "actions": ["Read", "List"]})
+        anonymous = ["Read", "List"] if self.anonymous_read else []
+        anonymous += [f"Write:{bucket}" for bucket in self.anonymous_write]
+        if anonymous:
+            identities.append({"name": "anonymous", "actions": anonymous})
         path = self.base_dir / "s3.json"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -267,10 +272,10 @@ def _empty_bucket(s3: Any, name: str) -> None:
             s3.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
 
 
-def _prepare(base_dir: Path | None, anonymous_read: bool) -> SeaweedServer:
+def _prepare(base_dir: Path | None, anonymous_read: bool, anonymous_write: Sequence[str] = ()) -> SeaweedServer:
     weed = find_weed()
     directory = ServiceDirectory.create(base_dir, "niks3d-seaweedfs-")
-    return SeaweedServer(directory, weed=weed, anonymous_read=anonymous_read)
+    return SeaweedServer(directory, weed=weed, anonymous_read=anonymous_read, anonymous_write=anonymous_write)
 
 
 def _finish(server: SeaweedServer, keep: bool) -> None:
@@ -287,11 +292,16 @@ def seaweed_server(
     base_dir: Path | None = None,
     *,
     anonymous_read: bool = False,
+    anonymous_write: Sequence[str] = (),
     keep: bool = False,
     ready_timeout: float = 60.0,
 ) -> Iterator[SeaweedServer]:
-    """A running SeaweedFS S3 server in ``base_dir`` (a fresh temp dir if None; absent or empty if given)."""
-    server = _prepare(base_dir, anonymous_read)
+    """A running SeaweedFS S3 server in ``base_dir`` (a fresh temp dir if None; absent or empty if given).
+
+    ``anonymous_write`` names buckets that unsigned requests may write (a Nix built without AWS support sends
+    only those: bench/pushcost.py).
+    """
+    server = _prepare(base_dir, anonymous_read, anonymous_write)
     try:
         with running(server.launch, ready_timeout=ready_timeout):
             server.close_clients()
