@@ -204,8 +204,15 @@ class OidcVerifier:
             raise Unauthenticated("the token's signature does not verify") from None
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"the token is refused: {exc}") from None
+        # The name claim names the identity that owns sessions (docs/security.md, rule 4). Without it the token
+        # is refused rather than named by another claim, whose values could equal another writer's name.
+        subject = _claim_text(claims.get(settings.name_claim))
+        if not subject:
+            raise Unauthenticated(
+                f"the token has no {settings.name_claim!r} claim, which names the identity for OIDC issuer "
+                f"{settings.name!r}"
+            )
         scopes = _scopes_for(settings, claims)
-        subject = _claim_text(claims.get(settings.name_claim)) or str(claims["sub"])
         name = f"oidc:{settings.name}:{subject}"
         if not scopes:
             logger.info("refused OIDC token of %r: its claims match no rule of issuer %s", name, settings.issuer)

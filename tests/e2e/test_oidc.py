@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import jwt
 import pytest
@@ -29,6 +30,7 @@ from niks3d.client.main import main
 from tests.client.storekit import build_fresh
 from tests.server.bucketview import bucket_keys
 from tests.server.oidckit import AUDIENCE, Issuer, github_claims, new_key, oidc_section
+from tests.server.pushkit import PushKit, make_closure
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]
 
@@ -137,6 +139,7 @@ def test_every_bad_token_is_a_401_naming_the_reason_and_nothing_is_written(oidc_
         "alg none": (jwt.encode({"iss": issuer.url, **github_claims()}, None, algorithm="none"), "'none'"),
         "HS256 with the public key": (hs256, "HS256"),
         "claim outside the rules": (issuer.token(github_claims("evil/app")), "match no rule"),
+        "no name claim": (issuer.token({**github_claims(), "repository": None}), "no 'repository' claim"),
         "tampered payload": (
             f"{header}.{_b64(json.dumps(tampered_claims).encode())}.{signature}",
             "signature",
@@ -181,3 +184,36 @@ def test_key_rotation_and_an_issuer_outage(oidc_daemon, issuer):
     issuer.start()
     assert status("k4") == 200
     assert "Traceback" not in daemon.log()
+
+
+def test_a_repository_cannot_touch_another_repositorys_session(oidc_daemon, issuer, tmp_path):
+    """docs/security.md rule 4 for OIDC identities: every repository of acme may push, each as itself. A token
+    of acme/other reads, gets URLs for, reports, completes and aborts acme/app's session: 403 each time; acme/app
+    then completes it untouched."""
+    daemon = oidc_daemon()
+    paths = make_closure(tmp_path, seed=16, n=2)
+
+    async def attack() -> None:
+        async with aiohttp.ClientSession() as http:
+            victim = PushKit(http, daemon.url, issuer.token(github_claims("acme/app")))
+            intruder = PushKit(http, daemon.url, issuer.token(github_claims("acme/other")))
+            session = await victim.open(paths, paths[-1:])
+            sid = session["session_id"]
+            key = next(o["key"] for e in session["paths"] for o in e.get("objects", []) if o["kind"] == "nar")
+            base = f"/api/v1/sessions/{sid}"
+            refusals = [
+                await intruder.call("GET", base, expect=(200, 403)),
+                await intruder.call("POST", base + "/urls", {"objects": [{"key": key}]}, expect=(200, 403)),
+                await intruder.call("POST", base + "/objects", {"objects": {}}, expect=(200, 403, 400)),
+                await intruder.call("POST", base + "/complete", {"objects": {}}, expect=(200, 403, 422)),
+                await intruder.call("DELETE", base, expect=(200, 403)),
+            ]
+            for body in refusals:
+                assert body.get("error") == "forbidden", body
+                assert "oidc:github:acme/other" in body["message"], body
+            reports = await victim.upload(session, paths)
+            done = await victim.complete(sid, reports)
+            assert sorted(done["published"]) == sorted(p.path for p in paths), done
+
+    asyncio.run(attack())
+    assert asyncio.run(_owners(daemon.dsn)) == ["oidc:github:acme/app"]
