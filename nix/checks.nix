@@ -45,6 +45,7 @@ let
         pytest-asyncio
         pytest-timeout
         hypothesis
+        pyyaml # tests/e2e/test_github_action.py parses action.yml
       ])
       ++ [
         pkgs.postgresql
