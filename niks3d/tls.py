@@ -73,8 +73,8 @@ def _escape(value: str) -> str:
     for i, ch in enumerate(value):
         if ch in '"+,;<>\\' or (ch == "#" and i == 0) or (ch == " " and i in (0, last)):
             out.append("\\" + ch)
-        elif ch == "\0":
-            out.append("\\00")
+        elif not ch.isprintable():  # NUL, newlines, controls: as hex pairs, so a name is always one line
+            out.append("".join(f"\\{byte:02X}" for byte in ch.encode()))
         else:
             out.append(ch)
     return "".join(out)
@@ -173,6 +173,8 @@ def _build(files: TlsFiles) -> tuple[ssl.SSLContext | None, list[tuple[str, str]
             problems.append(("key_file", f"{files.key} holds no PEM private key (-----BEGIN PRIVATE KEY-----)"))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A connection's identity is the certificate its handshake verified; no renegotiation may change it.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     if not problems:
         try:
             context.load_cert_chain(files.certificate, files.key, password=_no_passphrase)

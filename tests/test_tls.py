@@ -108,6 +108,9 @@ def test_rfc4514_names_escape_values_and_parse_back():
     assert text == "CN=\\#ci \\+1\\ ,O=Acme\\, Inc.,C=DE"
     assert parse_name(text) == attributes
     assert parse_name("cn=a\\2Cb+OU=x") == (("CN", "a,b"), ("OU", "x"))
+    with_newline = peer_subject(((("commonName", "ci-1\nINFO forged"),),))
+    assert rfc4514(with_newline) == "CN=ci-1\\0AINFO forged"
+    assert parse_name(rfc4514(with_newline)) == with_newline
 
 
 def _peer(cn: str, org: str | None = None, **alt: tuple[str, ...]) -> PeerCertificate:
@@ -132,6 +135,7 @@ def test_rules_match_field_by_field_and_add_up_their_scopes():
     by_dns = rules.match(_peer("laptop", dns=("other.example", "me.readers.acme")))
     assert (by_dns.name, by_dns.scopes) == ("cert:me.readers.acme", frozenset({"read"}))
     assert rules.match(_peer("x", email=("ops@acme",))).scopes == {"gc"}
+    assert rules.match(_peer("x", dns=("a\nb.readers.acme",))).name == "cert:a\\nb.readers.acme"
     # No match: a wrong organisation, an extra attribute, case, a crafted common name, another kind of name.
     for peer in (
         _peer("ci-1", "Evil"),
@@ -155,6 +159,7 @@ def test_a_reload_that_fails_keeps_the_previous_context(tmp_path, ca):
         source="niks3d.toml",
     )
     assert tls.context.verify_mode == ssl.CERT_OPTIONAL
+    assert tls.context.options & ssl.OP_NO_RENEGOTIATION
     Path(files["key_file"]).write_text("broken")
     with pytest.raises(ConfigError, match=r"niks3d.toml: tls.key_file: .* holds no PEM private key"):
         tls.reload()

@@ -92,7 +92,8 @@ class CertificateRules:
             value = cert.matches(rule)
             if value is not None:
                 if name is None:
-                    name = f"cert:{value}"
+                    # A subjectAltName is shown as is, unless it holds controls (a subject is escaped already).
+                    name = "cert:" + (value if value.isprintable() else value.encode("unicode_escape").decode())
                 scopes.update(rule.scopes)
                 trusted = trusted or rule.trusted
         return CertificateMatch(name or f"cert:{cert.subject}", frozenset(scopes), trusted)
