@@ -35,6 +35,7 @@ from niks3d.db.notify import notify_store_paths
 from niks3d.db.pool import DbPool
 from niks3d.gc.runs import collector_lock_held
 from niks3d.importer.inventory import Inventory, list_bucket
+from niks3d.importer.order import registration_order
 from niks3d.importer.problems import Report
 from niks3d.importer.record import recorded
 from niks3d.nix.errors import NixFormatError
@@ -62,12 +63,12 @@ class _Check:
 
     async def paths(self, before: datetime) -> None:
         after = ""
+        rewrites: dict[str, tuple[str, str, tuple[str, ...]]] = {}  # hash -> (key, narinfo, references)
         while batch := await db.paths_after(self.conn, after, before, _BATCH):
             after = batch[-1].hash
             self.report.counts["paths_checked"] += len(batch)
             present = [p.narinfo_key for p in batch if self.inventory.size(p.narinfo_key) == len(p.narinfo.encode())]
             bodies = await self.bucket.get_many(present)
-            rewrite: list[tuple[str, str, str]] = []
             forget: list[tuple[str, str]] = []
             for p in batch:
                 nar_ok = self._nar(p)
@@ -75,11 +76,11 @@ class _Check:
                 if self.inventory.size(p.narinfo_key) is None:
                     self.report.add("narinfo_missing", p.narinfo_key, "published, but not in the bucket")
                     if nar_ok:
-                        rewrite.append((p.hash, p.narinfo_key, p.narinfo))
+                        rewrites[p.hash] = (p.narinfo_key, p.narinfo, p.references)
                 elif body != p.narinfo.encode():
                     self.report.add("narinfo_differs", p.narinfo_key, "the bucket's bytes are not the database's")
                     if nar_ok:
-                        rewrite.append((p.hash, p.narinfo_key, p.narinfo))
+                        rewrites[p.hash] = (p.narinfo_key, p.narinfo, p.references)
                 self._references(p)
                 for key, kind, size in p.files:
                     found = self.inventory.size(key)
@@ -90,7 +91,9 @@ class _Check:
                         self.report.add("file_size", key, f"{found} bytes, {size} recorded")
             self.status(f"fsck: {self.report.counts['paths_checked']} paths checked")
             if self.repair:
-                await self._repair_paths(rewrite, forget)
+                await self._forget_files(forget)
+        if self.repair and rewrites:
+            await self._rewrite_narinfos(rewrites)
 
     def _nar(self, p: db.CheckedPath) -> bool:
         size = self.inventory.size(p.nar_key)
@@ -114,17 +117,27 @@ class _Check:
                 "references_differ", p.narinfo_key, f"narinfo names {len(named)}, the database {len(p.references)}"
             )
 
-    async def _repair_paths(self, rewrite: list[tuple[str, str, str]], forget: list[tuple[str, str]]) -> None:
-        for _, key, text in rewrite:
-            await self.bucket.put(key, text.encode(), content_type=CONTENT_TYPES["narinfo"][0])
-        if rewrite:
-            async with self.conn.transaction():
-                await notify_store_paths(self.conn, published=[h for h, _, _ in rewrite])
+    async def _forget_files(self, forget: list[tuple[str, str]]) -> None:
         if forget:
             async with self.conn.transaction():
                 await db.drop_files(self.conn, forget)
                 await db.release_unneeded(self.conn, [k for _, k in forget])
-        self.report.counts["repaired"] += len(rewrite) + len(forget)
+        self.report.counts["repaired"] += len(forget)
+
+    async def _rewrite_narinfos(self, rewrites: dict[str, tuple[str, str, tuple[str, ...]]]) -> None:
+        """Write the database's narinfos again, one at a time and references first (``niks3d.importer.order``),
+        so that no rewritten narinfo is visible to Nix before a rewritten narinfo it references."""
+        graph = {h: tuple(r for r in refs if r != h) for h, (_, _, refs) in rewrites.items()}
+        order, _ = registration_order(graph)
+        order += sorted(set(rewrites) - set(order))  # a reference cycle: impossible in published paths, but cheap
+        for start in range(0, len(order), _BATCH):
+            hashes = order[start : start + _BATCH]
+            for hash_part in hashes:
+                key, text, _ = rewrites[hash_part]
+                await self.bucket.put(key, text.encode(), content_type=CONTENT_TYPES["narinfo"][0])
+            async with self.conn.transaction():
+                await notify_store_paths(self.conn, published=hashes)
+            self.report.counts["repaired"] += len(hashes)
 
     async def objects(self, before: datetime) -> None:
         reported = {p.key for p in self.report.problems}
