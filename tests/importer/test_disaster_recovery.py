@@ -1,11 +1,15 @@
 """Disaster recovery: push several closures with ``niks3 push``, lose the database, create an empty one and run
 ``niks3d import``: the published set, references, per-path files and objects are what they were (table contents
-compared), ``niks3d fsck`` passes, and pushing the same closures again uploads nothing."""
+compared), ``niks3d fsck`` passes, and pushing the same closures again uploads nothing. A closure of
+content-addressed derivations (built in a chroot store with ``ca-derivations``) is pushed too, so the import's
+reading of ``realisations/*.doi`` is compared with what the push recorded."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,42 @@ from niks3d.client.main import main
 from tests.importer.importkit import niks3d, snapshot
 
 pytestmark = [pytest.mark.nix, pytest.mark.postgres, pytest.mark.s3]
+
+
+CA_EXPR = """\
+let
+  mk = name: script: derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    __contentAddressed = true;
+    outputHashMode = "recursive";
+    outputHashAlgo = "sha256";
+    args = [ "-c" script ];
+  };
+  dep = mk "import-cadep" "echo import-ca-dependency > $out";
+in mk "import-catop" "echo ${dep} > $out"
+"""
+
+
+def _ca_closure(tmp_path: Path) -> tuple[Path, str] | None:
+    """A CA derivation's output (and its CA dependency) built into a chroot store; None where Nix cannot."""
+    root = tmp_path / "ca-store"
+    (tmp_path / "ca.nix").write_text(CA_EXPR)
+    build = subprocess.run(
+        [
+            *("nix-build", str(tmp_path / "ca.nix"), "--store", str(root), "--no-out-link"),
+            *("--extra-experimental-features", "nix-command ca-derivations", "--option", "substituters", ""),
+            *("--option", "extra-sandbox-paths", "/bin /lib /lib64 /usr"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if build.returncode != 0:
+        assert not os.environ.get("NIKS3_REQUIRE_SERVICES"), build.stderr[-500:]
+        return None
+    return root, build.stdout.strip()
 
 
 def _push(daemon, tmp_path: Path, capsys, *paths: str) -> dict:
@@ -31,8 +71,13 @@ def test_the_database_is_rebuilt_from_the_bucket(start_daemon, nix_fixtures, pos
     roots = [nix_fixtures.prototest, nix_fixtures.tricky, *nix_fixtures.graph.paths(), nix_fixtures.with_log]
     first = _push(daemon, tmp_path, capsys, *roots)
     assert first["uploaded"], first
+    ca = _ca_closure(tmp_path)
+    if ca is not None:
+        assert _push(daemon, tmp_path, capsys, "--store", str(ca[0]), ca[1])["published"]
     before = asyncio.run(snapshot(daemon.dsn))
     assert any(kind == "log" for _, _, kind in before["path_files"]), before["path_files"]
+    realisations = [key for _, key, kind in before["path_files"] if kind == "realisation"]
+    assert ca is None or len(realisations) >= 2, before["path_files"]
     daemon.stop()
 
     name = daemon.dsn.rsplit("/", 1)[1].split("?")[0]
