@@ -117,6 +117,76 @@ in
     };
   };
 
+  oidc-issuers = with' {
+    services.niks3.oidc.github = {
+      issuer = "https://token.actions.githubusercontent.com";
+      audience = "https://cache.example.org";
+      nameClaim = "repository";
+      rules = [
+        {
+          claims = {
+            repository_owner = "acme";
+            ref = "refs/heads/main";
+          };
+          scopes = [ "push" ];
+        }
+      ];
+    };
+  };
+
+  oidc-in-both-places = failing "assertion" {
+    services.niks3.oidc.github = {
+      issuer = "https://token.actions.githubusercontent.com";
+      audience = "https://cache.example.org";
+      rules = [
+        {
+          claims.repository_owner = "acme";
+          scopes = [ "push" ];
+        }
+      ];
+    };
+    services.niks3.settings.oidc = [ ];
+  };
+
+  oidc-bad-name = failing "assertion" {
+    services.niks3.oidc."acme:github" = {
+      issuer = "https://token.actions.githubusercontent.com";
+      audience = "https://cache.example.org";
+      rules = [
+        {
+          claims.repository_owner = "acme";
+          scopes = [ "push" ];
+        }
+      ];
+    };
+  };
+
+  oidc-http-issuer = failing "error" {
+    services.niks3.oidc.github = {
+      issuer = "http://token.example.org";
+      audience = "https://cache.example.org";
+      rules = [
+        {
+          claims.repository_owner = "acme";
+          scopes = [ "push" ];
+        }
+      ];
+    };
+  };
+
+  oidc-unknown-scope = failing "error" {
+    services.niks3.oidc.github = {
+      issuer = "https://token.actions.githubusercontent.com";
+      audience = "https://cache.example.org";
+      rules = [
+        {
+          claims.repository_owner = "acme";
+          scopes = [ "write" ];
+        }
+      ];
+    };
+  };
+
   no-signing-key = failing "assertion" { services.niks3.signingKeyFiles = lib.mkForce [ ]; };
 
   one-s3-key-file = failing "assertion" {

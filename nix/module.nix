@@ -374,6 +374,77 @@ in
       '';
     };
 
+    oidc = mkOption {
+      type = types.attrsOf (
+        types.submodule {
+          options = {
+            issuer = mkOption {
+              type = types.strMatching "https://.+";
+              example = "https://token.actions.githubusercontent.com";
+              description = "The tokens' `iss`, exactly; its discovery document and keys are fetched over HTTPS.";
+            };
+            audience = mkOption {
+              type = types.str;
+              example = "https://cache.example.org";
+              description = "The `aud` every token must hold: what the CI job asks its token for (this cache's URL).";
+            };
+            nameClaim = mkOption {
+              type = types.strMatching "[A-Za-z0-9_.-]{1,64}";
+              default = "sub";
+              example = "repository";
+              description = ''
+                The claim that names the identity (`oidc:<name>:<claim>`), which owns its upload sessions: pick
+                one that differs between writers, as `repository` (GitHub) or `project_path` (GitLab).
+              '';
+            };
+            rules = mkOption {
+              type = types.nonEmptyListOf (
+                types.submodule {
+                  options = {
+                    claims = mkOption {
+                      type = types.attrsOf types.str;
+                      example = {
+                        repository_owner = "acme";
+                        ref = "refs/heads/main";
+                      };
+                      description = "Claim name to shell glob; every one must match the token's claim.";
+                    };
+                    scopes = mkOption {
+                      type = types.nonEmptyListOf (types.enum scopes);
+                      example = [ "push" ];
+                      description = "What a token matching every pattern may do; the scopes of every matching rule add up.";
+                    };
+                  };
+                }
+              );
+              description = "Which tokens get which scopes; a token matching no rule is refused.";
+            };
+            caFile = mkOption {
+              type = types.nullOr certificatePath;
+              default = null;
+              description = "PEM CA certificates to trust for the issuer's HTTPS instead of the system's (a private issuer).";
+            };
+          };
+        }
+      );
+      default = { };
+      example = lib.literalExpression ''
+        {
+          github = {
+            issuer = "https://token.actions.githubusercontent.com";
+            audience = "https://cache.example.org";
+            nameClaim = "repository";
+            rules = [ { claims = { repository_owner = "acme"; ref = "refs/heads/main"; }; scopes = [ "push" ]; } ];
+          };
+        }
+      '';
+      description = ''
+        OIDC issuers whose ID tokens (GitHub Actions, GitLab CI) niks3d accepts as bearer tokens, by name
+        (letters, digits, `.`, `_`, `-`): CI pushes without a stored secret (docs/auth.md, "OIDC ID tokens").
+        Rendered as `[[oidc]]`; the other keys (`leeway`, `jwks_max_age`, `jwks_min_refresh`) keep their defaults.
+      '';
+    };
+
     s3 = {
       accessKeyIdFile = mkOption {
         type = types.nullOr secretPath;
@@ -565,6 +636,19 @@ in
         message = ''
           services.niks3.tokens: the names ${lib.concatStringsSep ", " badTokenNames} are not valid; a token name
           is 1 to 64 letters, digits, '.', '_' or '-'.
+        '';
+      }
+      {
+        assertion = !(cfg.settings ? oidc && cfg.oidc != { });
+        message = ''
+          services.niks3.oidc and services.niks3.settings.oidc are both set; use one of them.
+        '';
+      }
+      {
+        assertion = lib.all (name: builtins.match "[A-Za-z0-9._-]{1,64}" name != null) (lib.attrNames cfg.oidc);
+        message = ''
+          services.niks3.oidc: the names ${lib.concatStringsSep ", " (lib.attrNames cfg.oidc)} must each be 1-64
+          letters, digits, '.', '_' or '-'.
         '';
       }
       {

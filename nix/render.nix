@@ -19,6 +19,7 @@ let
   tokens = cfg.tokens or { };
   signingKeyFiles = cfg.signingKeyFiles or [ ];
   tls = cfg.tls or { };
+  oidc = cfg.oidc or { };
 
   isSet = value: value != null;
   nullNames = attrs: builtins.filter (name: attrs.${name} == null) (builtins.attrNames attrs);
@@ -110,7 +111,21 @@ let
     s3 = (settings.s3 or { }) // namedBy s3Secrets;
     database = (settings.database or { }) // namedBy databaseSecrets;
   }
-  // (if tlsEnabled then { tls = (settings.tls or { }) // namedBy tlsFiles; } else { });
+  // (if tlsEnabled then { tls = (settings.tls or { }) // namedBy tlsFiles; } else { })
+  # services.niks3.oidc: no secrets, so plain [[oidc]] tables (the CA file may be in the Nix store).
+  // (
+    if oidc != { } then
+      {
+        oidc = map (name: {
+          inherit name;
+          inherit (oidc.${name}) issuer audience rules;
+          name_claim = oidc.${name}.nameClaim or "sub";
+          ca_file = oidc.${name}.caFile or null;
+        }) (builtins.attrNames oidc);
+      }
+    else
+      { }
+  );
 
   listen = settings.server.listen or [ "127.0.0.1:5751" ];
   isUnix = address: builtins.substring 0 5 address == "unix:";

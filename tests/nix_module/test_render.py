@@ -113,3 +113,41 @@ def test_the_tls_files_become_credentials_and_the_rules_stay_in_settings() -> No
         "tls-client-ca:/k/ca.crt",
     ]
     assert "tls" not in render('{ settings.s3.bucket = "b"; }')["settings"]
+
+
+def test_oidc_issuers_become_oidc_tables_that_check_config_accepts(tmp_path, capsys) -> None:
+    import tomli_w
+
+    from niks3d.cli.main import main
+
+    rendered = render(
+        '{ settings.s3.bucket = "b"; signingKeyFiles = [ "/k/signing" ]; oidc.github = {'
+        ' issuer = "https://token.actions.githubusercontent.com"; audience = "https://cache.example.org";'
+        ' nameClaim = "repository";'
+        ' rules = [ { claims = { repository_owner = "acme"; ref = "refs/heads/main"; }; scopes = [ "push" ]; } ]; };'
+        ' oidc.gitlab = { issuer = "https://gitlab.example.org"; audience = "https://cache.example.org";'
+        ' caFile = "/etc/ssl/gitlab-ca.pem";'
+        ' rules = [ { claims = { ref_protected = "true"; }; scopes = [ "push" "read" ]; } ]; }; }'
+    )
+    assert rendered["settings"]["oidc"] == [
+        {
+            "name": "github",
+            "issuer": "https://token.actions.githubusercontent.com",
+            "audience": "https://cache.example.org",
+            "name_claim": "repository",
+            "rules": [{"claims": {"repository_owner": "acme", "ref": "refs/heads/main"}, "scopes": ["push"]}],
+        },
+        {
+            "name": "gitlab",
+            "issuer": "https://gitlab.example.org",
+            "audience": "https://cache.example.org",
+            "name_claim": "sub",
+            "ca_file": "/etc/ssl/gitlab-ca.pem",
+            "rules": [{"claims": {"ref_protected": "true"}, "scopes": ["push", "read"]}],
+        },
+    ]
+    assert [c["id"] for c in rendered["credentials"]] == ["signing-key-1"]  # the OIDC entries hold no secret
+    config = tmp_path / "niks3d.toml"
+    config.write_text(tomli_w.dumps(rendered["settings"]))
+    assert main(["check-config", "--no-secrets", str(config)]) == 0, capsys.readouterr()
+    assert "oidc" not in render('{ settings.s3.bucket = "b"; }')["settings"]
