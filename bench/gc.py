@@ -13,7 +13,7 @@ every phase has work; deleting a key that is not there costs S3 the same request
 Then ``niks3d gc --json`` runs as a child process (a dry run first, then the real one); the figures are its own
 phase timings (from the run's record) and its peak resident memory (``wait4``'s ru_maxrss).
 
-    .venv/bin/python bench/gc.py [--paths 1000000] [--generations 20] [--sample 20000] [--keep DIR]
+    .venv/bin/python -m bench.gc [--paths 1000000] [--generations 20] [--sample 20000] [--keep DIR]
 """
 
 from __future__ import annotations

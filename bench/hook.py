@@ -8,7 +8,7 @@
    ``OUT_PATHS``, next to the interpreter's start-up alone (``python -c pass``, ``python -S -c pass``) and the
    hook script ``niks3 build`` writes (``python -S`` with the package on ``PYTHONPATH``).
 
-    .venv/bin/python bench/hook.py [--derivations 200] [--rounds 2] [--calls 50] [--sleep 0.25]
+    .venv/bin/python -m bench.hook [--derivations 200] [--rounds 2] [--calls 50] [--sleep 0.25]
 
 ``--sleep S`` makes each derivation's builder sleep S seconds, for builds whose steps do some work. The queues
 are held open during the run, as the running agent holds its queue (a hook's connection is then never the last
@@ -36,7 +36,7 @@ from pathlib import Path
 
 from niks3d.client.hookscript import write_hook_script
 from niks3d.client.queue import Queue
-from niks3d.devenv.nixfixtures import NO_SUBSTITUTERS
+from testkit.nixfixtures import NO_SUBSTITUTERS
 
 HOOK = str(Path(sys.executable).parent / "niks3-hook")
 

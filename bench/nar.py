@@ -4,7 +4,7 @@ Builds (or takes with ``--path``) a large store path: by default about 1 GiB mad
 plus a few thousand small ones, so both the streaming and the per-file costs show. Each side runs once to
 warm the page cache, then ``--repeat`` times; the best run counts. Both must agree on the hash.
 
-    .venv/bin/python bench/nar.py [--path /nix/store/...] [--size-mib 1024] [--repeat 3]
+    .venv/bin/python -m bench.nar [--path /nix/store/...] [--size-mib 1024] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from niks3d.devenv.nixfixtures import build_expr
 from niks3d.nix.nar_dump import NarDumper
+from testkit.nixfixtures import build_expr
 
 SMALL_BYTES = 16 << 10  # the small files
 TINY_BYTES = 512  # and a deeper tree of tiny ones

@@ -33,7 +33,7 @@ Each is pushed again when everything is cached (the cost of a no-op push). The s
 (SeaweedFS and PostgreSQL on this machine) started for the run. Store paths are salted, so every run uploads
 fresh data.
 
-    .venv/bin/python bench/push.py --dev [--paths 300] [--closure-mib 700] [--big-mib 1024]
+    .venv/bin/python -m bench.push --dev [--paths 300] [--closure-mib 700] [--big-mib 1024]
         [--workloads closure,big,upstream] [--upstream-paths 60] [--upstream-mib 150] [--trusted-token]
         [-- PUSH OPTIONS]
 
@@ -64,10 +64,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from niks3d.devenv.nixfixtures import build_expr
 from niks3d.devenv.process import free_port
-from niks3d.devenv.proctree import process_tree
 from niks3d.nix.signing import SecretKey
+from testkit.nixfixtures import build_expr
+from testkit.proctree import process_tree
 
 NIKS3 = [sys.executable, "-c", "from niks3d.client.main import main; raise SystemExit(main())"]
 NIKS3D = [sys.executable, "-c", "from niks3d.cli.main import main; raise SystemExit(main())"]

@@ -23,7 +23,7 @@ client to the first CPU (the figure is then the CPU the request costs, client an
 pins them to different CPUs (a wake-up across CPUs on every request, as for a client on the network), and
 "free" leaves the placement to the scheduler (which moves processes between the two, so it is the noisiest).
 
-    .venv/bin/python bench/read.py [--paths 300] [--mib 300] [--rounds 5] [--repeat 3] [--asyncio]
+    .venv/bin/python -m bench.read [--paths 300] [--mib 300] [--rounds 5] [--repeat 3] [--asyncio]
 
 The daemons run on uvloop, as ``niks3d serve`` does; ``--asyncio`` adds a streaming daemon on the standard
 event loop (``NIKS3_EVENT_LOOP=asyncio``) for comparison.
@@ -53,12 +53,12 @@ from urllib.parse import urlsplit
 import tomli_w
 
 from niks3d.client.main import main as niks3_main
-from niks3d.devenv.nixfixtures import make_closure
 from niks3d.devenv.postgres import postgres_server
 from niks3d.devenv.process import free_port
-from niks3d.devenv.proctree import process_tree
 from niks3d.devenv.seaweedfs import SeaweedServer, seaweed_server
 from niks3d.nix.signing import SecretKey
+from testkit.nixfixtures import make_closure
+from testkit.proctree import process_tree
 
 BUCKET = "bench-read"
 WORKERS = (1, 4, 16)

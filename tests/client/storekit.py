@@ -8,8 +8,8 @@ from pathlib import Path
 
 from niks3d.client.closure import PathInfo, query_closure
 from niks3d.client.store import LocalStore
-from niks3d.devenv.nixfixtures import build_expr
 from niks3d.nix.storepath import StorePath
+from testkit.nixfixtures import build_expr
 
 
 def build_fresh(workdir: Path, name: str, script: str) -> str:

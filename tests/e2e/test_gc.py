@@ -24,8 +24,8 @@ from niks3d.client.main import main
 from niks3d.config import DatabaseSettings, S3Settings
 from niks3d.db.migrate import migrate
 from niks3d.db.pool import open_pool
-from niks3d.devenv.nixfixtures import build_expr
 from niks3d.storage import open_bucket
+from testkit.nixfixtures import build_expr
 from tests.client.storekit import delete
 from tests.e2e.gcchecks import assert_closure_consistent, bucket_state, nix_copy
 from tests.fixtures.daemon import niks3d_argv

@@ -3,7 +3,7 @@ pushing again always ends with the whole closure substitutable by stock Nix, sig
 
 Each trial pushes a fresh closure (two multipart NARs, a handful of small ones, and a dependency shared by every
 trial) in a child process and SIGKILLs it after a random delay: before the session opened, in the middle of
-uploads, during ``complete``, or after it finished. Then the bucket is checked (design.md invariant 1), the same
+uploads, during ``complete``, or after it finished. Then the bucket is checked (docs/design.md invariant 1), the same
 push runs again to the end, the bucket is checked again, and Nix copies the closure into a fresh chroot store.
 
 Five trials by default (well under a minute); ``NIKS3_STRESS_TRIALS=N`` runs more, ``NIKS3_STRESS_SEED`` repeats
@@ -30,9 +30,9 @@ import asyncpg
 import botocore.exceptions
 import pytest
 
-from niks3d.devenv.nixfixtures import build_expr
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.narinfo import parse_narinfo
+from testkit.nixfixtures import build_expr
 from tests.client.storekit import delete
 from tests.e2e.test_push import _closure, _push, _sessions, _substitute, _token_file
 from tests.server.bucketview import bucket_keys, s3_client

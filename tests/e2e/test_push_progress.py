@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from niks3d.devenv.nixfixtures import build_expr
+from testkit.nixfixtures import build_expr
 from tests.client.storekit import delete
 from tests.e2e.test_push import _token_file
 from tests.server.bucketview import bucket_keys

@@ -21,7 +21,7 @@ import pytest
 
 from niks3d.client.models import ReportAnswer
 from niks3d.client.reporter import Reporter
-from niks3d.devenv.nixfixtures import build_expr
+from testkit.nixfixtures import build_expr
 from tests.client.storekit import delete
 from tests.e2e.test_push import _push
 

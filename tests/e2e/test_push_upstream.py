@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 
 from niks3d.client.main import main
-from niks3d.devenv.nixfixtures import build_expr
 from niks3d.nix.signing import SecretKey
+from testkit.nixfixtures import build_expr
 from tests.client.storekit import delete
 from tests.fixtures.daemon import niks3d_argv
 from tests.server.bucketview import bucket_keys

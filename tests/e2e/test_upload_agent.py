@@ -20,7 +20,7 @@ import pytest
 
 from niks3d.client.main import main
 from niks3d.client.queue import Queue
-from niks3d.devenv.nixfixtures import NO_SUBSTITUTERS, build_expr
+from testkit.nixfixtures import NO_SUBSTITUTERS, build_expr
 from tests.client.storekit import corrupt, delete
 from tests.e2e.test_push import _sessions, _substitute, _token_file
 from tests.e2e.test_push_killed import closure_problems

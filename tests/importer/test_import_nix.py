@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from niks3d.devenv.nixfixtures import build_expr
+from testkit.nixfixtures import build_expr
 from tests.client.storekit import delete
 from tests.e2e.gcchecks import assert_closure_consistent, bucket_state
 from tests.fixtures.daemon import niks3d_argv

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from niks3d.devenv.nixfixtures import Fixtures
 from niks3d.nix.hashes import format_sha256
 from niks3d.nix.nar import NarResult
 from niks3d.nix.nar_dump import NarDumper
 from niks3d.nix.nar_read import NarValidator
+from testkit.nixfixtures import Fixtures
 
 pytestmark = pytest.mark.nix
 

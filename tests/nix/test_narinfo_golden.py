@@ -1,6 +1,6 @@
 """Golden tests against the real Nix 2.8 client: our narinfos, signatures and keys are those Nix uses.
 
-(1) A ``file://`` cache laid out as protocol.md 4.7, with NARs from ``nix-store --dump`` and narinfos rendered
+(1) A ``file://`` cache laid out as docs/protocol.md 4.7, with NARs from ``nix-store --dump`` and narinfos rendered
 and signed by us, is read by ``nix path-info`` and passes ``nix store verify`` with our key, not with another.
 (2) A key made by ``nix key generate-secret`` loads, and the narinfos ``nix copy`` writes with it parse,
 re-render byte for byte, and carry exactly the signatures we compute.
@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from niks3d.devenv.nixfixtures import PROTOTEST_EXPR, add_to_store, build_expr
 from niks3d.nix.bucketkeys import nar_key, narinfo_key
 from niks3d.nix.hashes import to_sri
 from niks3d.nix.narinfo import NarInfo, parse_narinfo, render_nix_cache_info
 from niks3d.nix.signing import SecretKey
 from niks3d.nix.storepath import STORE_DIR, StorePath
+from testkit.nixfixtures import PROTOTEST_EXPR, add_to_store, build_expr
 from tests.fixtures.nix import require_nix
 
 pytestmark = pytest.mark.nix
@@ -136,8 +136,8 @@ def test_nix_reads_and_verifies_a_cache_we_wrote(built, env, tmp_path, compressi
     other = SecretKey.generate("niks3d-golden-1")  # same name, other key: the signature must not verify
     untrusted = ["--option", "trusted-public-keys", other.public_key().to_text()]
     code, stderr = _returncode([*NIX, "store", "verify", "--store", store, *untrusted, built.prototest], env)
-    assert code == 2, stderr  # 2: untrusted (protocol.md 5.5)
-    # A content-addressed path needs no signature: its CA line proves it (protocol.md 3.4).
+    assert code == 2, stderr  # 2: untrusted (docs/protocol.md 5.5)
+    # A content-addressed path needs no signature: its CA line proves it (docs/protocol.md 3.4).
     _run([*NIX, "store", "verify", "--store", store, *untrusted, built.ca_path], env=env)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from niks3d.devenv.nixfixtures import Fixtures, build_expr, build_standard_fixtures, make_closure
 from niks3d.errors import ServiceError
+from testkit.nixfixtures import Fixtures, build_expr, build_standard_fixtures, make_closure
 
 pytestmark = pytest.mark.nix
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import time
 
-from niks3d.devenv.proctree import process_tree
+from testkit.proctree import process_tree
 
 
 def test_the_tree_holds_the_children_and_grandchildren_and_only_them() -> None:

@@ -2,7 +2,7 @@
 
 Every derivation is ``builtins.derivation`` with ``/bin/sh`` as builder (Debian's Nix runs with
 ``sandbox = false``, so the builder sees ``/bin`` and ``/usr/bin``). :func:`build_standard_fixtures`
-builds the set the test suite relies on: the prototest closure of protocol.md Appendix C, a tree with
+builds the set the test suite relies on: the prototest closure of docs/protocol.md Appendix C, a tree with
 every NAR corner case, odd file names, a reference graph, a large file, a build with a log, and a
 content-addressed path. A ``salt`` gives the same shapes under fresh store paths with fresh contents (so
 fresh NAR hashes too). Every command is logged before it runs; failures raise ``ServiceError``.
@@ -38,7 +38,7 @@ NO_SUBSTITUTERS = ("--option", "substituters", "")
 _SALT_RE = re.compile(r"[A-Za-z0-9._+-]*")
 _STDERR_TAIL = 2000
 
-# protocol.md Appendix C, character for character: with no salt it gives the documented store paths.
+# docs/protocol.md Appendix C, character for character: with no salt it gives the documented store paths.
 PROTOTEST_EXPR = """\
 let
   dep = derivation {
