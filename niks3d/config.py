@@ -693,7 +693,9 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None, o
         files.read_all(merged)
         problems.extend(ConfigProblem(where(loc), format_loc(loc), reason) for loc, reason in files.problems)
         if settings is not None and not problems:
-            secrets = files.secrets(settings)
+            secrets = files.secrets(
+                [(t.name, t.scopes, t.trusted) for t in settings.tokens], signing_keys=len(settings.signing.key_files)
+            )
     if problems or settings is None:
         raise ConfigError(problems)
     return Config(settings, secrets, source.absolute(), tuple(o.name for o in overrides))

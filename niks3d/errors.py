@@ -18,7 +18,8 @@ that is wrong (a file, a TOML key, a narinfo line, a store path, a bucket key)::
     │   └── AccessDenied       the request's credentials do not allow it
     │       ├── Unauthenticated   none, unusable or unknown credentials (401)
     │       └── Forbidden         a known identity without the scope (403)
-    ├── ApiError               a refusal only the HTTP layer knows (niks3d.server): carries its own status
+    ├── ApiError               an HTTP answer with its status: a refusal only the HTTP layer knows (415 in
+    │                          niks3d.server.body), and the API's error answers as the niks3 client receives them
     ├── ClientError            the push client cannot go on (server unreachable, token refused, version skew)
     │   └── AuthError          the server refused the token (401) or the token lacks a scope (403)
     └── ServiceError           a child process (postgres, weed, nix) failed to start or exited early

@@ -349,7 +349,7 @@ def log_event(
     event: str,
     message: str,
     *args: object,
-    exc_info: bool = False,
+    exc_info: object = False,
     **fields: object,
 ) -> None:
     """Log ``message % args`` with a stable ``event`` name and structured ``fields`` in one call.
@@ -358,4 +358,5 @@ def log_event(
     """
     if logger.isEnabledFor(level):
         extra = {"event": event, "fields": fields}
-        logger.log(level, message, *args, exc_info=exc_info, extra=extra, stacklevel=2)
+        # exc_info is typed object only so that **fields of any mapping type passes mypy; it is a flag.
+        logger.log(level, message, *args, exc_info=bool(exc_info), extra=extra, stacklevel=2)

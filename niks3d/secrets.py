@@ -12,17 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from niks3d.nix.errors import InvalidSigningKey
 from niks3d.nix.signing import SecretKey
 from niks3d.tls import TlsFiles, check_tls_files
-
-if TYPE_CHECKING:
-    from niks3d.config import Settings
 
 __all__ = ["Loc", "SecretFiles", "Secrets", "Token", "format_loc", "resolve_secret_path"]
 
@@ -286,16 +282,17 @@ class SecretFiles:
         if isinstance(tls, Mapping):
             self._read_tls(tls)
 
-    def secrets(self, settings: Settings) -> Secrets:
-        """The secrets of ``settings``, which must be the validation of the data given to :meth:`read_all`."""
+    def secrets(self, tokens: Sequence[tuple[str, Iterable[str], bool]], signing_keys: int) -> Secrets:
+        """The secrets of the validated settings of the data given to :meth:`read_all`: ``tokens`` are the
+        ``[[tokens]]`` as (name, scopes, trusted), in order, and ``signing_keys`` is how many key files it names."""
         if self.problems:
             raise RuntimeError("secrets() called although reading them found problems")
         return Secrets(
             tokens=tuple(
-                Token(name=t.name, secret=self._tokens[i], scopes=frozenset(t.scopes), trusted=t.trusted)
-                for i, t in enumerate(settings.tokens)
+                Token(name=name, secret=self._tokens[i], scopes=frozenset(scopes), trusted=trusted)
+                for i, (name, scopes, trusted) in enumerate(tokens)
             ),
-            signing_keys=tuple(self._keys[i] for i in range(len(settings.signing.key_files))),
+            signing_keys=tuple(self._keys[i] for i in range(signing_keys)),
             s3_access_key_id=self._lines.get(("s3", "access_key_id_file")),
             s3_secret_access_key=self._lines.get(("s3", "secret_access_key_file")),
             database_password=self._lines.get(("database", "password_file")),

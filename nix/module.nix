@@ -727,7 +727,8 @@ in
           # READY=1 comes after the migrations, the bucket check and the sites; WATCHDOG=1 only while the
           # database answers.
           Type = "notify";
-          ExecStart = "${niks3d} serve --config ${configFile}";
+          # The migrations ran in ExecStartPre: serve only checks the schema, so they do not run twice.
+          ExecStart = "${niks3d} serve --no-migrate --config ${configFile}";
           # SIGHUP reloads the [tls] files without closing a listener, between RELOADING=1 and READY=1
           # (docs/auth.md, "Client certificates").
           ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";

@@ -27,7 +27,7 @@ from tests.server.certkit import CA
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "niks3d.toml"
-# protocol.md 3.3's throwaway test vector.
+# docs/protocol.md 3.3's throwaway test vector.
 KNOWN_KEY = "test-cache-1:PqggjRI4Ue4L9QFtQg+/rYIn5t2c/6jiUk2Q/I+mAHbhNpTF4pJOuaJN1Mck2jYg1kt/Z3hJlFyljAuoyAmKUg=="
 KNOWN_PUBLIC = "test-cache-1:4TaUxeKSTrmiTdTHJNo2INZLf2d4SZRcpYwLqMgJilI="
 CI_TOKEN = "ci-token-0123456789abcdef"

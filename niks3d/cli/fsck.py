@@ -21,7 +21,7 @@ from niks3d.config import Config, load_config
 from niks3d.fsck import FsckParams, run_fsck
 from niks3d.fsck.check import REPAIRABLE
 from niks3d.importer.problems import Report
-from niks3d.logsetup import setup_logging
+from niks3d.logsetup import log_event, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +46,17 @@ def fsck_command(args: argparse.Namespace) -> int:
     status.done()
     left = [p for p in report.problems if not (params.repair and p.kind in REPAIRABLE)]
     report.state = "inconsistent" if left else "finished"
-    logger.info(
+    log_event(
+        logger,
+        logging.INFO,
+        "fsck.finished",
         "fsck finished: %d paths checked, %d problems, %d left",
         report.counts["paths_checked"],
         len(report.problems),
         len(left),
-        extra={"event": "fsck.finished", "fields": {**report.counts, **report.by_kind(), "left": len(left)}},
+        **report.counts,
+        **report.by_kind(),
+        left=len(left),
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else report.format())
     return 2 if left else 0

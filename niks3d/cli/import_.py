@@ -22,7 +22,7 @@ from niks3d.config import Config, load_config
 from niks3d.db.migrate import migrate
 from niks3d.errors import Niks3Error
 from niks3d.importer import ImportParams, Report, run_import
-from niks3d.logsetup import setup_logging
+from niks3d.logsetup import log_event, setup_logging
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.storepath import StorePath
 
@@ -77,11 +77,15 @@ def import_command(args: argparse.Namespace) -> int:
         return 143
     status.done()
     left = [p for p in report.problems if not params.quarantine or p.kind == "pin_not_imported"]
-    logger.info(
+    log_event(
+        logger,
+        logging.INFO,
+        "import.finished",
         "import finished: %d paths registered, %d problems",
         report.counts["paths_registered"],
         len(report.problems),
-        extra={"event": "import.finished", "fields": {**report.counts, **report.by_kind()}},
+        **report.counts,
+        **report.by_kind(),
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else report.format())
     return 2 if left else 0

@@ -56,6 +56,12 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     _config_option(parser)
+    parser.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not apply migrations, only check that the schema is up to date "
+        "(when `niks3d migrate` ran before, as the NixOS module's ExecStartPre does)",
+    )
 
 
 def _migrate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -80,11 +80,11 @@ async def bind_sites(runner: web.AppRunner, listen: list[str], tls: ssl.SSLConte
     return names
 
 
-async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT."""
+async def serve(config: Config, *, ready: asyncio.Event | None = None, migrate: bool = True) -> None:
+    """Run until SIGTERM/SIGINT. ``migrate=False`` (``--no-migrate``): the schema must already be up to date."""
     notifier = Notifier()
-    notifier.status("starting: database, migrations, bucket")
-    app = create_app(config)
+    notifier.status("starting: database, migrations, bucket" if migrate else "starting: database, bucket")
+    app = create_app(config, run_migrations=migrate)
     server = config.settings.server
     # keepalive_timeout closes a connection that has no complete request for server.idle_timeout seconds, from
     # the moment it opens or its last answer ended: idle, half-sent headers and idle keep-alive alike.
@@ -119,7 +119,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             watchdog = asyncio.create_task(run_watchdog(notifier, interval, lambda: ping(pool, interval / 2)))
         notifier.ready()
         notifier.status(f"serving on {', '.join(names)}")
-        logger.info("niks3d ready", extra={"event": "server.ready", "fields": {"listen": ", ".join(names)}})
+        log_event(logger, logging.INFO, "server.ready", "niks3d ready", listen=", ".join(names))
         if ready is not None:
             ready.set()
         await stop.wait()
@@ -134,7 +134,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
-    logger.info("stopped", extra={"event": "server.stopped", "fields": {}})
+    log_event(logger, logging.INFO, "server.stopped", "stopped")
 
 
 def _reload_tls(tls: ServerTls | None) -> None:
@@ -168,5 +168,5 @@ def _reload_tls(tls: ServerTls | None) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(getattr(args, "log_level", None) or config.settings.logging.level, config.settings.logging.format)
-    eventloop.run(serve(config))
+    eventloop.run(serve(config, migrate=not getattr(args, "no_migrate", False)))
     return 0

@@ -26,6 +26,7 @@ import asyncpg
 
 from niks3d.db.pool import DbPool
 from niks3d.errors import DatabaseError
+from niks3d.logsetup import log_event
 
 logger = logging.getLogger(__name__)
 
@@ -185,11 +186,7 @@ async def migrate(pool: DbPool, *, migrations: Sequence[Migration] | None = None
 
 
 async def _apply(conn: Any, migration: Migration) -> None:
-    logger.info(
-        "applying migration %s",
-        migration.label,
-        extra={"event": "db.migration", "version": migration.version},
-    )
+    log_event(logger, logging.INFO, "db.migration", "applying migration %s", migration.label, version=migration.version)
     try:
         async with conn.transaction():
             await conn.execute(migration.sql)

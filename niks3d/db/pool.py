@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncpg
 
 from niks3d.errors import DatabaseError
+from niks3d.logsetup import log_event
 
 if TYPE_CHECKING:
     from niks3d.config import DatabaseSettings
@@ -163,10 +164,13 @@ async def create_pool(settings: DatabaseSettings, password: str | None) -> DbPoo
         pool.terminate()
         reason = _redact(str(exc) or type(exc).__name__, password)
         raise DatabaseError(f"cannot connect to PostgreSQL at {target}: {reason}") from exc
-    logger.info(
+    log_event(
+        logger,
+        logging.INFO,
+        "db.connected",
         "connected to PostgreSQL at %s",
         target,
-        extra={"event": "db.connected", "pool_max_size": settings.pool_max_size},
+        pool_max_size=settings.pool_max_size,
     )
     return pool
 

@@ -55,6 +55,7 @@ from niks3d.gc.runs import (
     unlock,
 )
 from niks3d.gc.staging import sweep_staging
+from niks3d.logsetup import log_event
 from niks3d.storage.s3 import Bucket
 from niks3d.systemd import Notifier
 
@@ -66,7 +67,8 @@ SWEEP_CONCURRENCY = 4
 
 @dataclass(frozen=True, slots=True)
 class GcContext:
-    """What the collector works with: the database, the bucket, the ``[gc]`` settings, systemd's notifier."""
+    """What the collector works with: the database, the bucket, the ``[gc]`` settings, and systemd's notifier
+    (None: no STATUS= messages, for runs inside the daemon, whose status line belongs to ``serve``)."""
 
     pool: DbPool
     bucket: Bucket
@@ -331,8 +333,10 @@ def _log_summary(row: RunRow, seconds: float) -> None:
     }
     if row.error:
         fields["error"] = row.error
-    logger.log(
+    log_event(
+        logger,
         logging.INFO if row.state == "finished" else logging.ERROR,
+        "gc.finished",
         "gc run %d %s%s in %.1fs: %d paths and %d objects %s, %d bytes freed",
         row.id,
         row.state,
@@ -342,5 +346,5 @@ def _log_summary(row: RunRow, seconds: float) -> None:
         objects,
         "would be deleted" if row.dry_run else "deleted",
         row.bytes_freed,
-        extra={"event": "gc.finished", "fields": fields},
+        **fields,
     )

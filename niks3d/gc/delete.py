@@ -22,10 +22,11 @@ from typing import Any
 
 from asyncpg import Connection
 
-from niks3d.errors import ApiError
+from niks3d.errors import NotFound, StateConflict
 from niks3d.gc import mark, sweep
 from niks3d.gc.collector import GcContext
 from niks3d.gc.runs import GcRunning, running_run, try_lock, unlock
+from niks3d.logsetup import log_event
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ async def _holders(conn: Connection, hash_part: str, targets: list[str]) -> dict
     }
 
 
-def _refusal(path: str, holders: dict[str, list[str]]) -> ApiError:
+def _refusal(path: str, holders: dict[str, list[str]]) -> StateConflict:
     reasons = []
     if holders["pins"]:
         reasons.append(f"pinned as {_names(holders['pins'])}")
@@ -80,10 +81,9 @@ def _refusal(path: str, holders: dict[str, list[str]]) -> ApiError:
         reasons.append(f"referenced by {_names(holders['referrers'])}")
     if holders["sessions"]:
         reasons.append(f"claimed by open upload session(s) {_names(holders['sessions'])}")
-    return ApiError(
-        409,
-        "path_in_use",
+    return StateConflict(
         f"{path} is {'; '.join(reasons)}; pass force=1 to delete it anyway (with every path that references it)",
+        code="path_in_use",
         **holders,
     )
 
@@ -152,7 +152,7 @@ async def delete_path(
 ) -> dict[str, Any]:
     """Delete the published path with ``hash_part`` (see the module docstring); returns the API's answer.
 
-    Raises ApiError 404 ``path_not_found`` or 409 ``path_in_use``, and GcRunning while a run holds the lock.
+    Raises NotFound ``path_not_found`` or StateConflict ``path_in_use``, and GcRunning while a run holds the lock.
     """
     async with ctx.pool.acquire() as conn:
         if not await try_lock(conn):
@@ -162,7 +162,10 @@ async def delete_path(
         finally:
             await mark.drop_tables(conn)
             await unlock(conn)
-    logger.warning(
+    log_event(
+        logger,
+        logging.WARNING,
+        "gc.path_deleted",
         "deleted %s and %d other path(s) on request of %s (closure=%s, force=%s): %d objects, %d bytes",
         answer["path"],
         max(0, len(answer["deleted"]) - 1),
@@ -171,16 +174,11 @@ async def delete_path(
         force,
         answer["objects_deleted"],
         answer["bytes_freed"],
-        extra={
-            "event": "gc.path_deleted",
-            "fields": {
-                "path": answer["path"],
-                "paths_deleted": len(answer["deleted"]),
-                "objects_deleted": answer["objects_deleted"],
-                "bytes_freed": answer["bytes_freed"],
-                "requested_by": requested_by,
-            },
-        },
+        path=answer["path"],
+        paths_deleted=len(answer["deleted"]),
+        objects_deleted=answer["objects_deleted"],
+        bytes_freed=answer["bytes_freed"],
+        requested_by=requested_by,
     )
     return answer
 
@@ -190,7 +188,7 @@ async def _delete_locked(
 ) -> dict[str, Any]:
     name = await conn.fetchval("SELECT name FROM store_paths WHERE hash = $1", hash_part)
     if name is None:
-        raise ApiError(404, "path_not_found", f"no published store path has the hash {hash_part}")
+        raise NotFound(f"no published store path has the hash {hash_part}", code="path_not_found")
     path = f"/nix/store/{hash_part}-{name}"
     targets = await _targets(conn, hash_part, force=force)
     holders = await _holders(conn, hash_part, targets)

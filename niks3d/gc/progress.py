@@ -55,7 +55,8 @@ class RunProgress:
     def __init__(self, pool: DbPool, run_id: int, notifier: Notifier | None = None) -> None:
         self.pool = pool
         self.run_id = run_id
-        self.notifier = notifier or Notifier()
+        # None: report nowhere but the database and the log (a run inside the daemon, whose status is serve's).
+        self.notifier = notifier if notifier is not None else Notifier(address="")
         self.phase = "starting"
         self.counts: Counter[str] = Counter(dict.fromkeys(COUNT_NAMES, 0))
         self.bytes_freed = 0

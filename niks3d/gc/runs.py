@@ -36,14 +36,16 @@ from typing import Any
 
 from asyncpg import Connection
 
-from niks3d.errors import Niks3Error
+from niks3d.errors import StateConflict
 
 # "niks3dgc" in ASCII; docs/database.md lists every advisory lock key of niks3d.
 GC_LOCK_KEY = 0x6E696B7333646763
 
 
-class GcRunning(Niks3Error):
-    """Another garbage collection (a run, or a path deletion) holds the lock; ``run`` is its row if it is a run."""
+class GcRunning(StateConflict):
+    """Another garbage collection (a run, or a path deletion) holds the lock; ``run`` is its row if it is a run.
+
+    Its code is ``gc_running``, and its details name the run (``run_id``, ``since``) when there is one."""
 
     def __init__(self, run: RunRow | None) -> None:
         self.run = run
@@ -54,7 +56,12 @@ class GcRunning(Niks3Error):
                 f"garbage collection run {run.id} is already running since {run.started_at.isoformat()} "
                 f"(phase {run.phase}, owner {run.owner})"
             )
-        super().__init__(message)
+        super().__init__(
+            message,
+            code="gc_running",
+            run_id=run.id if run else None,
+            since=run.started_at.isoformat() if run else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)

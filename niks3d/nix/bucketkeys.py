@@ -1,4 +1,4 @@
-"""Every bucket key this cache stores, parsed and built strictly (protocol.md 4.7, 7).
+"""Every bucket key this cache stores, parsed and built strictly (docs/protocol.md 4.7, 7).
 
 The keys go into S3 requests, SQL rows and log lines, so a key is accepted only if it has exactly one of these
 shapes, and generic checks (no traversal, no encoding tricks, no control characters) run first::
@@ -46,7 +46,7 @@ from niks3d.nix.storepath import StorePath, validate_hash_part, validate_name
 
 BucketKind = Literal["nix-cache-info", "narinfo", "nar", "ls", "log", "realisation"]
 
-# Compression name (narinfo ``Compression``) -> NAR file extension, as Nix names uploads (protocol.md 4.6).
+# Compression name (narinfo ``Compression``) -> NAR file extension, as Nix names uploads (docs/protocol.md 4.6).
 COMPRESSION_EXTENSIONS: Mapping[str, str] = MappingProxyType(
     {
         "none": "",

@@ -1,4 +1,4 @@
-"""SHA-256 hashes in the textual forms Nix reads and writes (protocol.md 1.4).
+"""SHA-256 hashes in the textual forms Nix reads and writes (docs/protocol.md 1.4).
 
 Nix accepts ``sha256:`` followed by nix32 (52 chars), base16 (64) or base64 (44), and SRI ``sha256-<base64>``;
 the length decides the base. Nix always writes ``sha256:<nix32>``, and so do we.

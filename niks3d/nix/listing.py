@@ -1,4 +1,4 @@
-"""The ``.ls`` NAR listing: its node shapes and its exact byte rendering (protocol.md 4.2).
+"""The ``.ls`` NAR listing: its node shapes and its exact byte rendering (docs/protocol.md 4.2).
 
 A listing is ``{"version":1,"root":<node>}`` where a node is one of::
 

@@ -1,7 +1,7 @@
 """The NAR (Nix ARchive) format shared by the writer and the validator: limits, framing, and the result.
 
 A NAR is a sequence of length-prefixed strings, each padded with zeros to a multiple of 8 bytes, starting with
-the magic ``nix-archive-1`` (protocol.md 1.1). :mod:`niks3d.nix.nar_dump` writes one from a file tree as
+the magic ``nix-archive-1`` (docs/protocol.md 1.1). :mod:`niks3d.nix.nar_dump` writes one from a file tree as
 ``nix-store --dump`` does; :mod:`niks3d.nix.nar_read` checks one fed in chunks. Both give a :class:`NarResult`.
 
 Depth counts nodes from the root, which is at depth 1; :data:`MAX_DEPTH` nodes deep is the most allowed.

@@ -1,4 +1,4 @@
-"""The streaming NAR writer: a file tree serialised exactly as ``nix-store --dump`` does (protocol.md 1.2).
+"""The streaming NAR writer: a file tree serialised exactly as ``nix-store --dump`` does (docs/protocol.md 1.2).
 
 :class:`NarDumper` yields the NAR in large chunks while it hashes and counts it (and, if asked, builds the
 ``.ls`` listing); memory stays bounded whatever the file sizes.

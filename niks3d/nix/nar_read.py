@@ -1,4 +1,4 @@
-"""The incremental NAR validator: a NAR fed in chunks of any size, held to the parser rules of protocol.md 1.3
+"""The incremental NAR validator: a NAR fed in chunks of any size, held to the parser rules of docs/protocol.md 1.3
 (plus the canonical grammar of 1.1).
 
 :class:`NarValidator` raises :class:`~niks3d.nix.errors.InvalidNar` with the byte offset and the reason at the

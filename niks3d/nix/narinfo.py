@@ -1,6 +1,6 @@
 """``.narinfo`` files: parsed as strictly as Nix parses them (or stricter), rendered as Nix writes them.
 
-See protocol.md 2. A narinfo is ``Key: Value`` lines, every line ending in ``\\n``; StorePath, URL, NarHash
+See docs/protocol.md 2. A narinfo is ``Key: Value`` lines, every line ending in ``\\n``; StorePath, URL, NarHash
 and a non-zero NarSize are required. :func:`parse_narinfo` refuses what Nix refuses and what a cache must not
 store (CRLF, a missing final newline, duplicate fields, malformed Sig lines, invalid references), naming the
 line number and field. :meth:`NarInfo.render` writes the fields in Nix's order with ``sha256:<nix32>`` hashes.
@@ -165,7 +165,7 @@ class NarInfo:
         object.__setattr__(self, attribute, tuple(sorted({check(value) for value in values})))
 
     def render(self) -> str:
-        """The narinfo text in Nix's field order, every line ending in ``\\n`` (protocol.md 2.3)."""
+        """The narinfo text in Nix's field order, every line ending in ``\\n`` (docs/protocol.md 2.3)."""
         lines = [
             f"StorePath: {self.store_path.path}",
             f"URL: {self.url}",
@@ -188,7 +188,7 @@ class NarInfo:
         return "".join(line + "\n" for line in lines)
 
     def fingerprint(self) -> bytes:
-        """The bytes a signature of this path covers (protocol.md 3.1)."""
+        """The bytes a signature of this path covers (docs/protocol.md 3.1)."""
         return fingerprint(self.store_path.path, self.nar_hash, self.nar_size, self.references)
 
     def signed(self, keys: Iterable[SecretKey]) -> NarInfo:
@@ -303,7 +303,7 @@ def parse_narinfo(text: str | bytes, *, expected_hash: str | None = None) -> Nar
 
 
 def render_nix_cache_info(store_dir: str, want_mass_query: bool, priority: int) -> str:
-    """The ``nix-cache-info`` file: ``StoreDir``, ``WantMassQuery`` and ``Priority`` (protocol.md 4.1)."""
+    """The ``nix-cache-info`` file: ``StoreDir``, ``WantMassQuery`` and ``Priority`` (docs/protocol.md 4.1)."""
     if (
         not isinstance(store_dir, str)
         or not re.fullmatch(r"(/[A-Za-z0-9+\-._=]+)+", store_dir)

@@ -2,7 +2,7 @@
 
 The alphabet omits ``e``, ``o``, ``t`` and ``u``. The string is the digest read as a little-endian integer,
 written in base 32 most significant digit first and zero-padded to ``encoded_length(len(digest))`` digits
-(protocol.md 1.5).
+(docs/protocol.md 1.5).
 """
 
 from __future__ import annotations

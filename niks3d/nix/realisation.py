@@ -1,4 +1,4 @@
-"""CA-derivation realisations: the ``.doi`` files of Nix 2.8 to 2.34 (protocol.md 4.4).
+"""CA-derivation realisations: the ``.doi`` files of Nix 2.8 to 2.34 (docs/protocol.md 4.4).
 
 A realisation id is ``sha256:<base16 hash modulo of the derivation>!<output name>``; its body is compact JSON
 with sorted keys, ``{"dependentRealisations":{<id>:<basename>},"id":…,"outPath":…,"signatures":[…]}``.

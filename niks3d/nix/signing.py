@@ -1,4 +1,4 @@
-"""Ed25519 signing keys and narinfo signatures in Nix's formats (protocol.md 3).
+"""Ed25519 signing keys and narinfo signatures in Nix's formats (docs/protocol.md 3).
 
 A secret key is ``name:base64(seed || public)`` (64 bytes, as ``nix key generate-secret`` prints it), a public
 key ``name:base64(32 bytes)``, a signature ``name:base64(64 bytes)``. Signatures cover the fingerprint
@@ -221,7 +221,7 @@ def _reference_path(reference: str) -> str:
 
 
 def fingerprint(store_path: str, nar_hash: bytes, nar_size: int, references: Iterable[str]) -> bytes:
-    """The bytes Nix signs for a store path: ``1;<path>;sha256:<nix32>;<size>;<refs>`` (protocol.md 3.1).
+    """The bytes Nix signs for a store path: ``1;<path>;sha256:<nix32>;<size>;<refs>`` (docs/protocol.md 3.1).
 
     ``references`` may be basenames or full paths; they are de-duplicated, sorted and joined as full paths.
     """

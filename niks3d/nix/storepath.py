@@ -1,4 +1,4 @@
-"""Store paths (``/nix/store/<hash>-<name>``) validated with the strictest rules Nix has (protocol.md 7).
+"""Store paths (``/nix/store/<hash>-<name>``) validated with the strictest rules Nix has (docs/protocol.md 7).
 
 A store path is ``STORE_DIR/<basename>`` and a basename is ``<hash>-<name>``: 32 nix32 characters, a ``-``
 at index 32, then a name of 1 to 211 characters from ``[0-9A-Za-z+-._?=]`` that is not ``.`` or ``..`` and
@@ -30,7 +30,7 @@ _MAX_BASENAME_LEN = HASH_LEN + 1 + MAX_NAME_LEN
 
 _HASH_CHARS = frozenset(ALPHABET)
 _NAME_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz+-._?=")
-# The rules again as regular expressions (protocol.md 7): every value must also match them, as a backstop.
+# The rules again as regular expressions (docs/protocol.md 7): every value must also match them, as a backstop.
 _HASH_RE = re.compile(r"[0-9a-df-np-sv-z]{32}")
 _NAME_RE = re.compile(r"(?!\.\.?(?:-|\Z))[0-9A-Za-z+\-._?=]{1,211}")
 

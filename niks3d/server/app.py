@@ -1,7 +1,7 @@
 """The application factory: ``create_app(config)`` wires every resource as a cleanup context.
 
-Start-up order: the database pool, migrations (under their lock), the bucket check and ``nix-cache-info``; only
-then does the runner start its sites and the caller send ``READY=1``.
+Start-up order: the database pool, migrations (under their lock; only the schema check with ``serve --no-migrate``),
+the bucket check and ``nix-cache-info``; only then does the runner start its sites and the caller send ``READY=1``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from niks3d.config import Config
-from niks3d.db.migrate import migrate
+from niks3d.db.migrate import check_schema, migrate
 from niks3d.db.pool import open_pool
 from niks3d.nix.narinfo import render_nix_cache_info
 from niks3d.server.auth import TokenTable, tokens_key
@@ -27,14 +27,12 @@ from niks3d.server.keys import (
     bucket_key,
     config_key,
     figures_key,
-    metrics_key,
     pool_key,
-    proxy_key,
     push_key,
 )
-from niks3d.server.metrics import Metrics
+from niks3d.server.metrics import Metrics, metrics_key
 from niks3d.server.oidc import oidc_context, oidc_middleware
-from niks3d.server.proxy import open_read_proxy
+from niks3d.server.proxy import open_read_proxy, proxy_key
 from niks3d.server.routes import setup_routes
 from niks3d.storage.cacheinfo import ensure_nix_cache_info
 from niks3d.storage.s3 import open_bucket
@@ -63,6 +61,8 @@ def create_app(config: Config, *, run_migrations: bool = True) -> web.Applicatio
                 applied = await migrate(pool)
                 if applied:
                     logger.info("applied migrations: %s", ", ".join(applied))
+            else:  # `niks3d migrate` ran before (the NixOS module's ExecStartPre): refuse a schema it did not finish
+                await check_schema(pool)
             app[pool_key] = pool
             yield
 

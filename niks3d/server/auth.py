@@ -6,7 +6,7 @@ on every surface:
 
 - ``Bearer <token>`` (the ``niks3`` client, curl, Prometheus);
 - HTTP Basic with the token as the password and any user name (what Nix sends from its ``netrc-file``,
-  pre-emptively on every request: docs/protocol.md, "Credentials").
+  pre-emptively on every request: docs/protocol.md 5.1).
 
 An :class:`Identity` is who the credentials name; it is small on purpose so that other ways of proving who one
 is (an OIDC subject, a client certificate) can fill the same three fields:

@@ -17,7 +17,7 @@ import uuid
 
 from aiohttp import web
 
-from niks3d.errors import ApiError
+from niks3d.errors import ApiError, InvalidRequest, NotFound
 from niks3d.server.keys import config_key
 
 # The most digits a JSON integer may have: 2**63 has 19.
@@ -46,21 +46,19 @@ def _parse_constant(name: str) -> object:
 
 
 def parse_json(raw: bytes) -> object:
-    """``json.loads`` with bounded numbers; ApiError 400 for anything that is not valid, bounded JSON."""
+    """``json.loads`` with bounded numbers; InvalidRequest ``invalid_json`` for anything else than bounded JSON."""
     try:
         return json.loads(raw, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
     except _BadNumber as exc:
-        raise ApiError(400, "invalid_json", f"the body is not usable JSON: {exc}") from None
+        raise InvalidRequest(f"the body is not usable JSON: {exc}", code="invalid_json") from None
     except UnicodeDecodeError:
-        raise ApiError(400, "invalid_json", "the body is not UTF-8") from None
+        raise InvalidRequest("the body is not UTF-8", code="invalid_json") from None
     except json.JSONDecodeError as exc:
-        raise ApiError(
-            400,
-            "invalid_json",
-            f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+        raise InvalidRequest(
+            f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", code="invalid_json"
         ) from None
     except RecursionError:
-        raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
+        raise InvalidRequest("the body is nested too deeply", code="invalid_json") from None
 
 
 async def read_json(request: web.Request, *, allow_empty: bool = False) -> object:
@@ -68,7 +66,7 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> objec
     if not request.body_exists:
         if allow_empty:
             return None
-        raise ApiError(400, "invalid_json", "the request needs a JSON body")
+        raise InvalidRequest("the request needs a JSON body", code="invalid_json")
     if request.content_type != "application/json":
         raise ApiError(
             415,
@@ -92,4 +90,4 @@ def session_id_of(request: web.Request) -> uuid.UUID:
     try:
         return uuid.UUID(raw)
     except ValueError:
-        raise ApiError(404, "session_not_found", "the session id is not a UUID") from None
+        raise NotFound("the session id is not a UUID", code="session_not_found") from None

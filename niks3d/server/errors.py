@@ -14,8 +14,8 @@ InvalidRequest, NixFormat   400
 NotFound                    404     the code says what (``session_not_found``, ``pin_not_found``)
 StateConflict               409     with ``Retry-After`` when ``details`` carry ``retry_after``
 MissingPrerequisite         422
-ApiError                    its own the HTTP layer's refusals
-StorageThrottled            429     ``Retry-After`` from S3's answer
+ApiError                    its own the HTTP layer's own refusals (408, 415)
+StorageThrottled            429     ``Retry-After`` from S3's answer (503 outside the API, for Nix)
 StorageError, DatabaseError 503     ``Retry-After: 5``
 OSError, db.pool.UNAVAILABLE        timeouts and lost connections to PostgreSQL: a warning, no traceback
 the client went away        499     nothing is sent; logged at INFO, counted under status 499 (nginx's use)
@@ -107,13 +107,16 @@ def error_response(
 
 
 def unavailable(request: web.Request, exc: BaseException) -> web.Response:
-    """The answer to a backend failure (logged here with its detail): 429 if S3 throttles, else 503."""
+    """The answer to a backend failure (logged here with its detail): 503, or 429 on the API if S3 throttles.
+
+    Nix retries a 503 (and has not always retried a 429), so what it reads answers S3's throttling as a 503 with
+    S3's ``Retry-After``."""
     if isinstance(exc, StorageThrottled):
         retry = max(1, int(exc.retry_after))
         logger.warning("S3 throttled %s %s: %s", request.method, request.path, exc)
         return error_response(
             request,
-            429,
+            429 if on_api(request) else 503,
             "throttled",
             "the storage backend is throttling; retry later",
             {"Retry-After": str(retry)},

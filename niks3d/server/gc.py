@@ -16,8 +16,9 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from niks3d.config import parse_duration
-from niks3d.errors import ApiError
-from niks3d.gc import GcContext, GcParams, GcRunning, runs
+from niks3d.db import paths as db_paths
+from niks3d.errors import InvalidRequest, NotFound
+from niks3d.gc import GcContext, GcParams, runs
 from niks3d.gc import delete_path as delete_store_path
 from niks3d.gc.background import BackgroundCollector
 from niks3d.nix.errors import NixFormatError
@@ -25,7 +26,6 @@ from niks3d.nix.storepath import StorePath, validate_hash_part
 from niks3d.server.auth import require
 from niks3d.server.body import read_json
 from niks3d.server.keys import bucket_key, collector_key, config_key, pool_key
-from niks3d.systemd import Notifier
 
 _MAX_LIST = 100
 _FIELDS = ("older_than", "grace_period", "force", "dry_run")
@@ -34,28 +34,19 @@ _FIELDS = ("older_than", "grace_period", "force", "dry_run")
 async def gc_context(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context: the background collector; on shutdown its run is cancelled and recorded as interrupted."""
     settings = app[config_key].settings
-    ctx = GcContext(pool=app[pool_key], bucket=app[bucket_key], settings=settings.gc, notifier=Notifier())
+    # No notifier: the daemon's STATUS= belongs to `serve` (cli/serve.py). A run started here reports its progress
+    # in gc_runs and the log; a second Notifier would replace "serving on ..." with "gc run N finished".
+    ctx = GcContext(pool=app[pool_key], bucket=app[bucket_key], settings=settings.gc, notifier=None)
     collector = BackgroundCollector(ctx)
     app[collector_key] = collector
     yield
     await collector.close()
 
 
-def _busy(exc: GcRunning) -> ApiError:
-    run = exc.run
-    return ApiError(
-        409,
-        "gc_running",
-        str(exc),
-        run_id=run.id if run else None,
-        since=run.started_at.isoformat() if run else None,
-    )
-
-
 def _flag(value: Any, where: str) -> bool:
     if isinstance(value, bool):
         return value
-    raise ApiError(400, "invalid_request", f"{where}: must be true or false, got {type(value).__name__}")
+    raise InvalidRequest(f"{where}: must be true or false, got {type(value).__name__}")
 
 
 def _params(body: object, request: web.Request) -> GcParams:
@@ -63,17 +54,17 @@ def _params(body: object, request: web.Request) -> GcParams:
     if body is None:
         body = {}
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_request", 'the body must be a JSON object such as {"dry_run": true}')
+        raise InvalidRequest('the body must be a JSON object such as {"dry_run": true}')
     unknown = sorted(set(body) - set(_FIELDS))
     if unknown:
-        raise ApiError(400, "invalid_request", f"unknown field(s) {', '.join(map(repr, unknown))}")
+        raise InvalidRequest(f"unknown field(s) {', '.join(map(repr, unknown))}")
     durations = {}
     for name in ("older_than", "grace_period"):
         if body.get(name) is not None:
             try:
                 durations[name] = parse_duration(body[name])
             except ValueError as exc:
-                raise ApiError(400, "invalid_request", f"{name}: {exc}") from None
+                raise InvalidRequest(f"{name}: {exc}") from None
     return GcParams(
         older_than=durations.get("older_than", gc.older_than),
         grace_period=durations.get("grace_period", gc.grace_period),
@@ -87,10 +78,7 @@ async def start_run(request: web.Request) -> web.Response:
     """``POST /api/v1/gc``: 202 with the new run's id, or 409 ``gc_running`` naming the active run."""
     require(request, "gc")
     params = _params(await read_json(request, allow_empty=True), request)
-    try:
-        row = await request.app[collector_key].start(params)
-    except GcRunning as exc:
-        raise _busy(exc) from None
+    row = await request.app[collector_key].start(params)
     return web.json_response(
         {"run_id": row.id, "state": row.state, "started_at": row.started_at.isoformat(), "params": row.params},
         status=202,
@@ -103,11 +91,11 @@ async def get_run(request: web.Request) -> web.Response:
     require(request, "gc", "read")
     raw = request.match_info["run_id"]
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise ApiError(404, "run_not_found", f"no gc run {raw[:40]!r}: run ids are numbers")
+        raise NotFound(f"no gc run {raw[:40]!r}: run ids are numbers", code="run_not_found")
     async with request.app[pool_key].acquire() as conn:
         row = await runs.get_run(conn, int(raw))
     if row is None:
-        raise ApiError(404, "run_not_found", f"no gc run {raw}")
+        raise NotFound(f"no gc run {raw}", code="run_not_found")
     return web.json_response(row.to_json())
 
 
@@ -116,7 +104,7 @@ async def list_runs(request: web.Request) -> web.Response:
     require(request, "gc", "read")
     raw = request.query.get("limit", "20")
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= _MAX_LIST:
-        raise ApiError(400, "invalid_request", f"limit: must be a number from 1 to {_MAX_LIST}")
+        raise InvalidRequest(f"limit: must be a number from 1 to {_MAX_LIST}")
     async with request.app[pool_key].acquire() as conn:
         rows = await runs.list_runs(conn, int(raw))
     return web.json_response({"runs": [r.to_json() for r in rows]})
@@ -128,7 +116,7 @@ def _query_flag(request: web.Request, name: str) -> bool:
         return True
     if value in ("0", "false", "no", ""):
         return False
-    raise ApiError(400, "invalid_request", f"{name}: must be 1 or 0, got {value[:20]!r}")
+    raise InvalidRequest(f"{name}: must be 1 or 0, got {value[:20]!r}")
 
 
 def _hash_of(raw: str) -> tuple[str, str | None]:
@@ -145,7 +133,7 @@ def _hash_of(raw: str) -> tuple[str, str | None]:
             return path.hash, path.name
         return validate_hash_part(text), None
     except NixFormatError as exc:
-        raise ApiError(400, "invalid_request", f"path: {exc}") from None
+        raise InvalidRequest(f"path: {exc}") from None
 
 
 async def delete_path(request: web.Request) -> web.Response:
@@ -155,22 +143,19 @@ async def delete_path(request: web.Request) -> web.Response:
     closure, force = _query_flag(request, "closure"), _query_flag(request, "force")
     unknown = sorted(set(request.query) - {"closure", "force"})
     if unknown:
-        raise ApiError(400, "invalid_request", f"unknown query parameter(s) {', '.join(map(repr, unknown))}")
+        raise InvalidRequest(f"unknown query parameter(s) {', '.join(map(repr, unknown))}")
     app = request.app
     async with app[pool_key].acquire() as conn:
-        known = await conn.fetchval("SELECT name FROM store_paths WHERE hash = $1", hash_part)
+        known = await db_paths.path_name(conn, hash_part)
     if known is None or (name is not None and known != name):
-        raise ApiError(404, "path_not_found", f"{request.match_info['path'][:200]} is not in the cache")
+        raise NotFound(f"{request.match_info['path'][:200]} is not in the cache", code="path_not_found")
     ctx = app[collector_key].ctx
-    try:
-        answer = await delete_store_path(
-            ctx,
-            hash_part,
-            closure=closure,
-            force=force,
-            older_than=app[config_key].settings.gc.older_than,
-            requested_by=identity.name,
-        )
-    except GcRunning as exc:
-        raise _busy(exc) from None
+    answer = await delete_store_path(
+        ctx,
+        hash_part,
+        closure=closure,
+        force=force,
+        older_than=app[config_key].settings.gc.older_than,
+        requested_by=identity.name,
+    )
     return web.json_response(answer)

@@ -1,4 +1,8 @@
-"""Typed keys for the state kept on the aiohttp application and requests."""
+"""Typed keys for the state kept on the aiohttp application.
+
+A key whose value is a class of niks3d.server lives beside that class (``tokens_key`` and ``identity_key`` in
+auth.py, ``metrics_key`` in metrics.py, ``proxy_key`` in proxy.py), so that this module imports no server module
+that imports it."""
 
 from __future__ import annotations
 
@@ -7,9 +11,7 @@ __all__ = [
     "collector_key",
     "config_key",
     "figures_key",
-    "metrics_key",
     "pool_key",
-    "proxy_key",
     "push_key",
 ]
 
@@ -23,8 +25,6 @@ if TYPE_CHECKING:
     from niks3d.config import Config
     from niks3d.gc.background import BackgroundCollector
     from niks3d.server.figures import FiguresReader
-    from niks3d.server.metrics import Metrics
-    from niks3d.server.proxy import ReadProxy
     from niks3d.storage.s3 import Bucket
     from niks3d.uploads.context import PushContext
 
@@ -32,9 +32,7 @@ config_key: web.AppKey[Config] = web.AppKey("config_key")
 pool_key: web.AppKey[asyncpg.Pool] = web.AppKey("pool_key")
 bucket_key: web.AppKey[Bucket] = web.AppKey("bucket_key")
 push_key: web.AppKey[PushContext] = web.AppKey("push_key")
-metrics_key: web.AppKey[Metrics] = web.AppKey("metrics_key")
-# The read proxy's state (set only when server.read_proxy is not "off"), and the figures of the landing page.
-proxy_key: web.AppKey[ReadProxy] = web.AppKey("proxy_key")
+# The figures of the landing page and /metrics.
 figures_key: web.AppKey[FiguresReader] = web.AppKey("figures_key")
 # The garbage collector running in this daemon (niks3d.server.gc).
 collector_key: web.AppKey[BackgroundCollector] = web.AppKey("collector_key")

@@ -17,7 +17,7 @@ Bearer or as Basic password.
 
 from __future__ import annotations
 
-__all__ = ["Metrics", "metrics"]
+__all__ = ["Metrics", "metrics", "metrics_key"]
 
 import bisect
 import itertools
@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from niks3d.server.auth import require
 from niks3d.server.figures import FiguresReader
-from niks3d.server.keys import config_key, metrics_key
+from niks3d.server.keys import config_key
 from niks3d.server.narinfo_cache import NarinfoCache
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -220,6 +220,9 @@ class _StateCollector(Collector):
                     "niks3d_gc_last_run_end_timestamp_seconds", "End of the latest GC run", last.finished_at.timestamp()
                 )
             yield _gauge("niks3d_gc_last_run_freed_bytes", "Bytes freed by the latest GC run", last.bytes_freed)
+
+
+metrics_key: web.AppKey[Metrics] = web.AppKey("metrics_key")
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ import asyncpg
 from aiohttp import web
 
 from niks3d.db import paths as db_paths
-from niks3d.errors import ApiError
+from niks3d.errors import InvalidRequest, NotFound
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.storepath import StorePath
 from niks3d.server.auth import require
@@ -23,7 +23,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def _name(request: web.Request) -> str:
     name = request.match_info["name"]
     if not _NAME_RE.fullmatch(name):
-        raise ApiError(400, "invalid_request", f"pin name {name[:140]!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")
+        raise InvalidRequest(f"pin name {name[:140]!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")
     return name
 
 
@@ -32,13 +32,13 @@ async def put_pin(request: web.Request) -> web.Response:
     name = _name(request)
     body = await read_json(request)
     if not isinstance(body, dict) or set(body) != {"path"}:
-        raise ApiError(400, "invalid_request", 'the body must be {"path": "/nix/store/..."}')
+        raise InvalidRequest('the body must be {"path": "/nix/store/..."}')
     raw = body["path"]
     try:
         path = StorePath.parse(raw) if isinstance(raw, str) and raw.startswith("/") else StorePath.from_basename(raw)
     except NixFormatError as exc:
-        raise ApiError(400, "invalid_request", f"path: {exc}") from None
-    missing = ApiError(404, "path_not_found", f"{path.path} is not in the cache; push it first")
+        raise InvalidRequest(f"path: {exc}") from None
+    missing = NotFound(f"{path.path} is not in the cache; push it first", code="path_not_found")
     try:
         async with request.app[pool_key].acquire() as conn, conn.transaction():
             if await db_paths.path_name(conn, path.hash) != path.name:
@@ -62,7 +62,7 @@ async def get_pin(request: web.Request) -> web.Response:
     async with request.app[pool_key].acquire() as conn:
         pin = await db_paths.get_pin(conn, name)
     if pin is None:
-        raise ApiError(404, "pin_not_found", f"no pin named {name!r}")
+        raise NotFound(f"no pin named {name!r}", code="pin_not_found")
     return web.json_response(pin.to_json())
 
 
@@ -72,5 +72,5 @@ async def delete_pin(request: web.Request) -> web.Response:
     async with request.app[pool_key].acquire() as conn:
         deleted = await db_paths.delete_pin(conn, name)
     if not deleted:
-        raise ApiError(404, "pin_not_found", f"no pin named {name!r}")
+        raise NotFound(f"no pin named {name!r}", code="pin_not_found")
     return web.Response(status=204)

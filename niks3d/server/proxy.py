@@ -9,13 +9,23 @@
 
 Every key is taken from the raw request path (Nix does not percent-encode ``?``, ``=`` or ``+`` in log names),
 decoded once, and validated with :func:`~niks3d.nix.bucketkeys.parse_bucket_key`: anything outside the cache's
-key space is a 404 and never reaches S3. Missing objects are 404; S3 trouble before the first byte is a 503
-with ``Retry-After``. In private mode every request needs a token with the ``read`` scope.
+key space is a 404 and never reaches S3. Missing objects are 404; S3 or PostgreSQL trouble before the first byte
+is a 503 with ``Retry-After``. In private mode every request needs a token with the ``read`` scope. Every refusal
+and failure is raised and answered by :mod:`niks3d.server.errors`, as plain text like all of this surface.
 """
 
 from __future__ import annotations
 
-__all__ = ["ROOT_NAME_RE", "ReadProxy", "cache_file", "nar", "narinfo", "nix_cache_info", "open_read_proxy"]
+__all__ = [
+    "ROOT_NAME_RE",
+    "ReadProxy",
+    "cache_file",
+    "nar",
+    "narinfo",
+    "nix_cache_info",
+    "open_read_proxy",
+    "proxy_key",
+]
 
 import logging
 import re
@@ -29,12 +39,13 @@ from aiohttp import web
 
 from niks3d.config import Config
 from niks3d.db.paths import narinfo_by_hash
-from niks3d.errors import DatabaseError, ObjectNotFound, StorageError, StorageThrottled
+from niks3d.errors import DatabaseError, NotFound, ObjectNotFound
 from niks3d.nix.bucketkeys import BucketKey, parse_bucket_key
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.narinfo import render_nix_cache_info
 from niks3d.server.auth import require
-from niks3d.server.keys import metrics_key, proxy_key
+from niks3d.server.errors import error_response
+from niks3d.server.metrics import metrics_key
 from niks3d.server.narinfo_cache import NarinfoCache, running_cache
 from niks3d.server.relay import (
     Relay,
@@ -50,7 +61,6 @@ from niks3d.storage import Bucket, RangeNotSatisfiable
 
 logger = logging.getLogger(__name__)
 
-RETRY_AFTER = 5
 # A named root in the cache URL, ``<prefix>/roots/<name>/`` (the same names as pins).
 ROOT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # The application_name of the connection that listens for narinfo changes (visible in pg_stat_activity).
@@ -102,6 +112,10 @@ class ReadProxy:
         return split[0] if split else None
 
 
+# Set only when server.read_proxy is not "off".
+proxy_key: web.AppKey[ReadProxy] = web.AppKey("proxy_key")
+
+
 @asynccontextmanager
 async def open_read_proxy(config: Config, pool: asyncpg.Pool, bucket: Bucket) -> AsyncIterator[ReadProxy]:
     """The proxy's resources: the narinfo cache (with its notification connection) and the S3 relay."""
@@ -141,18 +155,8 @@ async def open_read_proxy(config: Config, pool: asyncpg.Pool, bucket: Bucket) ->
         )
 
 
-def _text(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=text + "\n", headers=headers)
-
-
-def _not_found(what: str) -> web.Response:
-    return _text(404, f"{what} is not in this cache")
-
-
-def _unavailable(request: web.Request, exc: StorageError) -> web.Response:
-    logger.error("%s %s: S3 failed before the first byte: %s", request.method, request.path, exc)
-    retry = max(1, int(exc.retry_after)) if isinstance(exc, StorageThrottled) else RETRY_AFTER
-    return _text(503, "the storage backend is unavailable; retry later", {"Retry-After": str(retry)})
+def _missing(what: str) -> NotFound:
+    return NotFound(f"{what} is not in this cache")
 
 
 def _count(request: web.Request, kind: str, result: tuple[int, bool]) -> None:
@@ -177,12 +181,12 @@ async def narinfo(request: web.Request) -> web.Response:
         try:
             key = parse_bucket_key(name)
         except NixFormatError:
-            return _not_found(repr(name[:80]))
+            raise _missing(repr(name[:80])) from None
         if key.kind != "narinfo" or key.hash_part is None:
-            return _not_found(repr(name[:80]))
+            raise _missing(repr(name[:80]))
         entry = await proxy.cache.get(key.hash_part)
         if entry is None:
-            return _not_found(name)
+            raise _missing(name)
     condition = request.headers.get("If-None-Match")
     if condition is not None and etag_matches(condition, entry.etag):
         return web.Response(status=304, headers={"ETag": entry.etag})
@@ -236,23 +240,19 @@ async def nar(request: web.Request) -> web.StreamResponse:
         require(request, "read")
     key = proxy.key_of(request)
     if key is None or key.kind != "nar":
-        return _not_found("this NAR")
+        raise _missing("this NAR")
     if proxy.redirect:
-        try:
-            url = await proxy.relay.redirects.get(key.key)
-        except StorageError as exc:
-            return _unavailable(request, exc)
+        url = await proxy.relay.redirects.get(key.key)
         return web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
     try:
         upstream = await _open(request, proxy.relay, key.key, nar=True)
     except ObjectNotFound:
-        return _not_found(key.key)
+        raise _missing(key.key) from None
     except RangeNotSatisfiable as exc:
         headers = {"Content-Range": f"bytes */{exc.size}"} if exc.size is not None else {}
-        return _text(416, "the requested range is not satisfiable", {**headers, "Accept-Ranges": "bytes"})
-    except StorageError as exc:
-        return _unavailable(request, exc)
-    # Never a Content-Encoding on a NAR (protocol.md 5.1): Nix decompresses per the narinfo's Compression.
+        message = "the requested range is not satisfiable"
+        return error_response(request, 416, "range_not_satisfiable", message, {**headers, "Accept-Ranges": "bytes"})
+    # Never a Content-Encoding on a NAR (docs/protocol.md 5.1): Nix decompresses per the narinfo's Compression.
     headers = {"Content-Type": NAR_TYPE, "Accept-Ranges": "bytes"}
     if upstream.etag:
         headers["ETag"] = upstream.etag
@@ -288,13 +288,11 @@ async def cache_file(request: web.Request) -> web.StreamResponse:
         require(request, "read")
     key = proxy.key_of(request)
     if key is None or key.kind not in _DEFAULT_TYPES:
-        return _not_found("this file")
+        raise _missing("this file")
     try:
         upstream = await _open(request, proxy.relay, key.key, nar=False)
     except ObjectNotFound:
-        return _not_found(key.key)
-    except StorageError as exc:
-        return _unavailable(request, exc)
+        raise _missing(key.key) from None
     encoding = (upstream.content_encoding or "").strip().lower() or None
     headers = {"Content-Type": upstream.content_type or _DEFAULT_TYPES[key.kind]}
     decoder = None

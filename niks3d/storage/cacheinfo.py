@@ -1,7 +1,7 @@
 """Keeping the bucket's ``nix-cache-info`` equal to what the configuration announces.
 
 Nix reads ``nix-cache-info`` before anything else and, when it is missing, tries to create it with a PUT
-(protocol.md §4.1), so the daemon writes it at start-up. It is rewritten only when the text differs, so
+(docs/protocol.md §4.1), so the daemon writes it at start-up. It is rewritten only when the text differs, so
 replicas starting together do not rewrite it needlessly (they would write the same bytes anyway).
 """
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from niks3d.db import paths as db_paths
 from niks3d.db import uploads as db
-from niks3d.errors import ApiError
+from niks3d.errors import ApiError, InvalidRequest, NotFound, StateConflict
+from niks3d.logsetup import log_event
 from niks3d.nix.bucketkeys import narinfo_key, staging_key
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.multipart import abort_uploads
@@ -34,7 +35,7 @@ async def get_session(ctx: PushContext, session_id: uuid.UUID) -> db.SessionRow:
     async with ctx.pool.acquire() as conn:
         session = await db.load_session(conn, session_id)
     if session is None:
-        raise ApiError(404, "session_not_found", f"no upload session {session_id}")
+        raise NotFound(f"no upload session {session_id}", code="session_not_found")
     return session
 
 
@@ -55,9 +56,9 @@ async def abort_session(ctx: PushContext, session_id: uuid.UUID) -> dict[str, An
     async with ctx.pool.acquire() as conn, conn.transaction():
         session = await db.load_session(conn, session_id, for_update=True)
         if session is None:
-            raise ApiError(404, "session_not_found", f"no upload session {session_id}")
+            raise NotFound(f"no upload session {session_id}", code="session_not_found")
         if session.state == "completed":
-            raise ApiError(409, "session_closed", f"session {session_id} is completed and cannot be aborted")
+            raise StateConflict(f"session {session_id} is completed and cannot be aborted", code="session_closed")
         uploads = await conn.fetch(
             "DELETE FROM session_claims WHERE session_id = $1 RETURNING key, upload_id, uploader", session_id
         )
@@ -66,10 +67,14 @@ async def abort_session(ctx: PushContext, session_id: uuid.UUID) -> dict[str, An
             await conn.execute("UPDATE upload_sessions SET state = 'aborted' WHERE id = $1", session_id)
     await abort_uploads(ctx, [(session_id, r["key"], r["upload_id"]) for r in uploads if r["upload_id"]])
     await ctx.bucket.delete_many([staging_key(str(session_id), r["key"]) for r in uploads if r["uploader"]])
-    logger.info(
+    log_event(
+        logger,
+        logging.INFO,
+        "session.aborted",
         "session %s aborted",
         session_id,
-        extra={"event": "session.aborted", "fields": {"session": str(session_id), "narinfos_withdrawn": withdrawn}},
+        session=str(session_id),
+        narinfos_withdrawn=withdrawn,
     )
     return {"session_id": str(session_id), "state": "aborted"}
 
@@ -84,7 +89,7 @@ async def _withdraw_narinfos(ctx: PushContext, conn: asyncpg.Connection, session
     todo = [p for p in req.paths if p.path.hash not in published]
     try:
         levels = reference_levels(todo)
-    except ApiError:
+    except InvalidRequest:
         return 0  # a reference cycle: complete refused it before writing anything
     for group in reversed(levels):
         await ctx.bucket.delete_many([narinfo_key(p.path.hash) for p in group])

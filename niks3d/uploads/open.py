@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 from niks3d.db import paths as db_paths
 from niks3d.db import uploads as db
 from niks3d.db.retry import Conflict, retry_transaction
-from niks3d.errors import ApiError
+from niks3d.errors import ApiError, InvalidRequest, MissingPrerequisite, StateConflict
 from niks3d.eventloop import Pauser
+from niks3d.logsetup import log_event
 from niks3d.nix.bucketkeys import narinfo_key
 from niks3d.nix.storepath import StorePath
 from niks3d.uploads.context import PushContext
@@ -58,10 +59,9 @@ async def check_names(conn: asyncpg.Connection, req: SessionRequest) -> None:
     if clashes:
         asked, held = clashes[0]
         more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
-        raise ApiError(
-            409,
-            "path_conflict",
+        raise StateConflict(
             f"{asked} is not in the cache: its hash part is taken by {held}{more}",
+            code="path_conflict",
             conflicts=[{"path": a, "cached": c} for a, c in clashes],
         )
 
@@ -78,10 +78,9 @@ async def _check_references(ctx: PushContext, req: SessionRequest) -> None:
     unknown = [r.path for h, r in outside if h not in published]
     if unknown:
         shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
-        raise ApiError(
-            422,
-            "unknown_references",
+        raise MissingPrerequisite(
             f"references are neither in this push nor in the cache nor named as upstream: {shown}",
+            code="unknown_references",
             references=unknown,
         )
 
@@ -106,10 +105,9 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
                 existing = await db.find_session_by_key(conn, token_name, req.idempotency_key)
                 if existing is not None:
                     if existing.request_digest != digest:
-                        raise ApiError(
-                            409,
-                            "idempotency_conflict",
+                        raise StateConflict(
                             f"idempotency_key {req.idempotency_key!r} was used for a different request",
+                            code="idempotency_conflict",
                         )
                     # Only an open session is resumed; a push repeated after completion is a new push (its
                     # roots' last-push time must move forward).
@@ -138,10 +136,9 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
                 raise Conflict  # GC deleted a row between the two statements: decide again
             gone = set(outside) - await db_paths.published_hashes(conn, outside)
             if gone:
-                raise ApiError(
-                    422,
-                    "unknown_references",
+                raise MissingPrerequisite(
                     "references were deleted from the cache while this push opened: " + ", ".join(sorted(gone)[:10]),
+                    code="unknown_references",
                     references=sorted(gone),
                 )
             busy = await db.live_uploaders(conn, keys, exclude=session_id)
@@ -156,15 +153,16 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
     await start_multipart_uploads(ctx, session_id)
     answer = await build_response(ctx, session_id)
     if created:
-        logger.info(
+        log_event(
+            logger,
+            logging.INFO,
+            "session.opened",
             "opened upload session %s for %d paths (%d roots)",
             session_id,
             len(req.paths),
             len(req.roots),
-            extra={
-                "event": "session.opened",
-                "fields": {"session": str(session_id), "paths": len(req.paths)},
-            },
+            session=str(session_id),
+            paths=len(req.paths),
         )
     return answer, created
 
@@ -220,9 +218,9 @@ async def refresh_urls(ctx: PushContext, session: db.SessionRow, wanted: dict[st
     for key, parts in wanted.items():
         claim = claims.get(key)
         if claim is None or key not in by_key:
-            raise ApiError(400, "invalid_request", f"objects: {key!r} is not an object of this session")
+            raise InvalidRequest(f"objects: {key!r} is not an object of this session")
         if parts and claim.upload_id is None:
-            raise ApiError(400, "invalid_request", f"objects: {key!r} is not a multipart upload; ask without parts")
+            raise InvalidRequest(f"objects: {key!r} is not a multipart upload; ask without parts")
         specs.append(
             await object_spec(
                 ctx.bucket,

@@ -1,5 +1,5 @@
 """Completing a session: check that every object is there, sign the narinfos, publish them references first,
-and commit paths, references, files and roots in one transaction (design.md, push protocol step 4).
+and commit paths, references, files and roots in one transaction (docs/design.md, push protocol step 4).
 
 Nothing is published unless all of it can be: missing objects give a 422 with fresh upload specs, objects that
 another live session is still uploading give a 409 with ``retry_after``. Narinfos are written while their rows
@@ -26,7 +26,8 @@ from niks3d.db import upstream as db_upstream
 from niks3d.db.notify import notify_store_paths
 from niks3d.db.retry import retry_transaction
 from niks3d.db.upstream import UpstreamRecord
-from niks3d.errors import ApiError
+from niks3d.errors import InvalidRequest, MissingPrerequisite, NotFound, StateConflict
+from niks3d.logsetup import log_event
 from niks3d.nix.bucketkeys import narinfo_key, realisation_key
 from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.narinfo import NarInfo
@@ -45,9 +46,9 @@ _PUT_CONCURRENCY = 32
 PENDING_RETRY_AFTER = 2
 
 
-def closed_error(session: db.SessionRow) -> ApiError:
+def closed_error(session: db.SessionRow) -> StateConflict:
     state = "expired" if session.is_expired(datetime.now(UTC)) else session.state
-    return ApiError(409, "session_closed", f"session {session.id} is {state}; open a new one")
+    return StateConflict(f"session {session.id} is {state}; open a new one", code="session_closed")
 
 
 async def complete_session(
@@ -56,7 +57,7 @@ async def complete_session(
     async with ctx.pool.acquire() as conn:
         session = await db.load_session(conn, session_id)
     if session is None:
-        raise ApiError(404, "session_not_found", f"no upload session {session_id}")
+        raise NotFound(f"no upload session {session_id}", code="session_not_found")
     if session.state == "completed" and session.result is not None:
         return session.result
     if session.state != "open" or session.is_expired(datetime.now(UTC)):
@@ -65,16 +66,17 @@ async def complete_session(
     req = ctx.requests.get(session.id, session.request)
     await _check_objects(ctx, session, req, {m["key"]: m["reason"] for m in failed})
     result = await retry_transaction(lambda: _publish(ctx, session_id, req))
-    logger.info(
+    log_event(
+        logger,
+        logging.INFO,
+        "session.completed",
         "session %s completed: %d published, %d already cached, %d roots",
         session_id,
         len(result["published"]),
         len(result["cached"]),
         len(result["roots"]),
-        extra={
-            "event": "session.completed",
-            "fields": {"session": str(session_id), "published": len(result["published"])},
-        },
+        session=str(session_id),
+        published=len(result["published"]),
     )
     return result
 
@@ -134,21 +136,19 @@ async def _check_objects(
             )
             for k in sorted(mine)
         ]
-        raise ApiError(
-            422,
-            "objects_missing",
+        raise MissingPrerequisite(
             f"{len(mine)} object(s) of this session are not in the bucket: "
             + ", ".join(sorted(mine)[:5])
             + (" ..." if len(mine) > 5 else ""),
+            code="objects_missing",
             missing=[{"key": k, "reason": reasons.get(k, "not uploaded or not reported")} for k in sorted(mine)],
             objects=specs,
             pending=pending,
         )
     if pending:
-        raise ApiError(
-            409,
-            "objects_pending",
+        raise StateConflict(
             f"{len(pending)} object(s) are still being uploaded by another session: " + ", ".join(pending[:5]),
+            code="objects_pending",
             pending=pending,
             retry_after=PENDING_RETRY_AFTER,
         )
@@ -230,10 +230,9 @@ async def _upstream_of(
     lost = [h for h in outside if h not in local and h not in named]
     if lost:
         # The session claimed their narinfos, so GC cannot have taken them; this is a defect, not a race.
-        raise ApiError(
-            422,
-            "unknown_references",
+        raise MissingPrerequisite(
             "references are neither in this push nor in the cache nor named as upstream: " + ", ".join(lost[:10]),
+            code="unknown_references",
             references=lost,
         )
     return await prove_upstream_async([named[h] for h in outside if h not in local], ctx.upstream_keys)

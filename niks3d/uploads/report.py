@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 from niks3d.db import uploads as db
-from niks3d.errors import ApiError, ObjectNotFound, StorageError, StorageThrottled
+from niks3d.errors import ApiError, InvalidRequest, ObjectNotFound, StorageError, StorageThrottled
 from niks3d.nix.bucketkeys import nar_key, parse_bucket_key, staging_key
 from niks3d.nix.hashes import format_sha256
 from niks3d.nix.storepath import StorePath
@@ -59,7 +59,7 @@ async def report_objects(
     for key, report in sorted(reports.items()):
         claim = claims.get(key)
         if claim is None:
-            raise ApiError(400, "invalid_request", f"objects: {key!r} is not an object of this session")
+            raise InvalidRequest(f"objects: {key!r} is not an object of this session")
         if states.get(key, ("pending",))[0] == "present":
             accepted.append(key)
             superseded.append(claim)  # another session's upload may have been verified first: drop this one's copy

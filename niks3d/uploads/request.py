@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from niks3d.errors import ApiError
+from niks3d.errors import InvalidRequest
 from niks3d.nix.bucketkeys import parse_bucket_key
 from niks3d.nix.derivation import MAX_DERIVATION_BYTES, parse_derivation, text_store_path
 from niks3d.nix.errors import NixFormatError
@@ -44,8 +44,8 @@ _IDEMPOTENCY_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _CA_RE = re.compile(r"(?:fixed:(?:r:|git:)?|text:)(?:sha256|sha1|sha512|md5):[0-9A-Za-z+/=]{16,128}")
 
 
-def _bad(where: str, message: str) -> ApiError:
-    return ApiError(400, "invalid_request", f"{where}: {message}")
+def _bad(where: str, message: str) -> InvalidRequest:
+    return InvalidRequest(f"{where}: {message}")
 
 
 def _object(value: object, where: str, fields: Mapping[str, bool]) -> dict[str, Any]:

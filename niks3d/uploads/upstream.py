@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Sequence
 
 from niks3d.db.upstream import UpstreamRecord
-from niks3d.errors import ApiError
+from niks3d.errors import MissingPrerequisite
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.hashes import format_sha256
 from niks3d.nix.signing import PublicKey, fingerprint, parse_signature
@@ -44,13 +44,12 @@ def _prove(entry: UpstreamPath, keys: dict[str, PublicKey]) -> tuple[str | None,
     return None, f"the signature by {signers} does not match these NarHash, NarSize and references"
 
 
-def unproven_error(problems: Sequence[tuple[str, str]]) -> ApiError:
+def unproven_error(problems: Sequence[tuple[str, str]]) -> MissingPrerequisite:
     shown = "; ".join(f"{path}: {why}" for path, why in problems[:5])
     more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
-    return ApiError(
-        422,
-        "upstream_unproven",
+    return MissingPrerequisite(
         f"{len(problems)} upstream reference(s) are not proven by an upstream signature: {shown}{more}",
+        code="upstream_unproven",
         upstream=[{"path": path, "reason": why} for path, why in problems],
     )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +20,7 @@ from niks3d.config import DatabaseSettings
 from niks3d.db.migrate import MIGRATION_LOCK_KEY, Migration, check_schema, load_migrations, migrate
 from niks3d.db.pool import create_pool, describe_target, open_pool, ping
 from niks3d.errors import DatabaseError
+from niks3d.logsetup import JsonFormatter, event_fields
 
 pytestmark = pytest.mark.postgres
 
@@ -329,3 +332,18 @@ async def test_a_refused_login_is_a_database_error(database_dsn: str) -> None:
 )
 def test_describe_target_names_hosts_sockets_and_never_a_password(url: str, described: str) -> None:
     assert describe_target(url) == described
+
+
+async def test_connecting_and_migrating_log_their_fields_where_the_journal_and_json_read_them(
+    db_settings: DatabaseSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="niks3d.db")
+    async with open_pool(db_settings, None) as pool:
+        await migrate(pool)
+    events = [r for r in caplog.records if hasattr(r, "event")]
+    # Fields passed as extra={...} beside "fields" never reached event_fields() (the journal) nor JSON lines.
+    connected = next(r for r in events if r.event == "db.connected")
+    assert event_fields("db.connected", connected.fields) == {"NIKS3_EVENT": "db.connected", "NIKS3_POOL_MAX_SIZE": "4"}
+    migration = next(r for r in events if r.event == "db.migration")
+    assert event_fields("db.migration", migration.fields)["NIKS3_VERSION"] == "1"
+    assert json.loads(JsonFormatter().format(migration))["fields"] == {"version": 1}

@@ -20,7 +20,7 @@ from niks3d.db.pool import open_pool
 
 pytestmark = pytest.mark.postgres
 
-# Hash parts from protocol.md's fixtures; any 32 nix32 characters would do.
+# Hash parts from docs/protocol.md's fixtures; any 32 nix32 characters would do.
 TEST = "b3rplkk2fihip23mj9kdvzxdw7zwh64b"  # prototest-1.0, references DEP and itself
 DEP = "w253jl7q3l5ia8blv4z6y1mkji7hs53l"  # protodep
 OTHER = "i9pmrzmpshapij2kin22pff6fc2adavx"  # hello.txt

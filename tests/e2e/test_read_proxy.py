@@ -88,7 +88,7 @@ def test_nix_substitutes_reads_logs_and_verifies_through_the_public_proxy(start_
         nix_fixtures.prototest,
         options={"trusted-public-keys": impostor},
     )
-    assert untrusted.returncode == 2, untrusted.stderr  # 2: untrusted (protocol.md 5.5)
+    assert untrusted.returncode == 2, untrusted.stderr  # 2: untrusted (docs/protocol.md 5.5)
 
 
 @pytest.mark.parametrize("nar_mode", ["stream", "redirect"])

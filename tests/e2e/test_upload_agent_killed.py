@@ -28,7 +28,7 @@ import asyncpg
 import pytest
 
 from niks3d.client.queue import Queue
-from niks3d.devenv.nixfixtures import make_closure
+from testkit.nixfixtures import make_closure
 from tests.client.storekit import delete
 from tests.e2e.test_push import _sessions, _token_file
 from tests.e2e.test_push_killed import closure_problems

@@ -18,6 +18,7 @@ from niks3d.gc.runs import GC_LOCK_KEY
 from tests.fixtures.daemon import niks3d_argv
 from tests.server.bucketview import bucket_keys
 from tests.server.pushkit import PushKit, make_closure
+from tests.server.test_socket_activation import NotifyListener
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]
 
@@ -138,3 +139,27 @@ async def test_deleting_a_pushed_secret_removes_it_everywhere_at_once(daemon: An
     keys = bucket_keys(daemon.s3)
     assert f"{dep.hash}.narinfo" in keys
     assert not {k for k in keys if k.startswith((secret.hash, app.hash))}
+
+
+async def test_a_run_started_over_the_api_leaves_the_daemons_status_line_alone(
+    make_daemon_config: Any, start_daemon: Any, tmp_path: Path
+) -> None:
+    notify = NotifyListener(tmp_path / "notify.sock")
+    try:
+        daemon = make_daemon_config()
+        daemon.extra_env["NOTIFY_SOCKET"] = str(notify.path)
+        start_daemon(daemon)
+        serving = [m for m in notify.wait_for("READY=1", 30) if m.startswith("STATUS=serving")]
+        serving += [m for m in notify.read(0.5) if m.startswith("STATUS=serving")]
+        assert serving, notify.messages
+        async with aiohttp.ClientSession() as http:
+            collector = PushKit(http, daemon.url, daemon.tokens["collector"])
+            started = await collector.call("POST", "/api/v1/gc", {"dry_run": True}, expect=202)
+            assert (await _follow(collector, started["run_id"]))["state"] == "finished"
+        notify.read(1.0)
+        # The run's progress is in gc_runs and the log; systemctl status keeps saying what the daemon does.
+        statuses = [line for m in notify.messages for line in m.split("\n") if line.startswith("STATUS=")]
+        assert statuses[-1].startswith("STATUS=serving on"), statuses
+        assert not [s for s in statuses if "gc run" in s], statuses
+    finally:
+        notify.sock.close()

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from niks3d.errors import ApiError
+from niks3d.errors import NotFound, StateConflict
 from niks3d.gc import GcContext, GcParams, GcRunning, claim_run, delete_path
 from tests.gc.gckit import Cache, Seeded
 
@@ -38,16 +38,16 @@ async def test_a_path_that_something_holds_is_refused_with_the_names_of_the_hold
         await conn.execute(
             "INSERT INTO session_claims (session_id, key, uploader) VALUES ($1, $2, false)", session, secret.narinfo_key
         )
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(StateConflict) as refused:
         await _delete(ctx, secret)
     error = refused.value
-    assert (error.status, error.code) == (409, "path_in_use")
+    assert error.code == "path_in_use"
     assert error.details == {"pins": ["release"], "referrers": [app.path.path], "sessions": [str(session)]}
     assert "pinned as release" in error.message and app.path.path in error.message and "force=1" in error.message
     assert await cache.published() == {secret.hash, app.hash}
-    with pytest.raises(ApiError) as missing:
+    with pytest.raises(NotFound) as missing:
         await delete_path(ctx, "0" * 32, closure=False, force=False, older_than=timedelta(days=30), requested_by="test")
-    assert (missing.value.status, missing.value.code) == (404, "path_not_found")
+    assert missing.value.code == "path_not_found"
 
 
 async def test_force_deletes_the_path_and_everything_that_references_it(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from niks3d.devenv.nixfixtures import build_expr
 from niks3d.nix import nix32
+from testkit.nixfixtures import build_expr
 from tests.client.storekit import delete
 from tests.e2e.gcchecks import assert_closure_consistent
 from tests.fixtures.daemon import niks3d_argv

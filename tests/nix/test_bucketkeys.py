@@ -33,7 +33,7 @@ DRV = "lvmwl5rasr8xhmlh3d1hwjzck3653mqh-prototest-1.0.drv"
 FILE_HASH_XZ = "0ndnh4brx1jnjz8jingz6pfjc858m537zf9damy4dm1fvddclbjg"
 REALISATION_ID = "sha256:cf6bb86c7c41d538bbf2fb364a2945ff148fe494d91d53acf6cda8d1287d0ad5!out"
 
-# protocol.md 7's key regexes (plus the two realisation layouts), as an oracle for the fuzz test.
+# docs/protocol.md 7's key regexes (plus the two realisation layouts), as an oracle for the fuzz test.
 _H = r"[0-9a-df-np-sv-z]{32}"
 _N = r"(?!\.\.?(?:-|\Z))[0-9A-Za-z+\-._?=]{1,211}"
 SPEC_KEY_RES = [
@@ -161,7 +161,7 @@ def test_constructors_build_the_keys_nix_uses():
     assert log_key(DRV) == f"log/{DRV}"
     assert realisation_key(REALISATION_ID) == f"realisations/{REALISATION_ID}.doi"
     assert build_trace_key(DRV, "out") == f"build-trace-v2/{DRV}/out.doi"
-    # The prototest NAR, xz-compressed by nix copy (protocol.md 2.4): the key is the nix32 of the file hash.
+    # The prototest NAR, xz-compressed by nix copy (docs/protocol.md 2.4): the key is the nix32 of the file hash.
     assert nar_key(parse_sha256(f"sha256:{FILE_HASH_XZ}"), "xz") == f"nar/{FILE_HASH_XZ}.nar.xz"
 
 

@@ -1,4 +1,4 @@
-"""sha256 hashes in every textual form Nix accepts (protocol.md 1.4)."""
+"""sha256 hashes in every textual form Nix accepts (docs/protocol.md 1.4)."""
 
 from __future__ import annotations
 

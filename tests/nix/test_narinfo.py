@@ -1,4 +1,4 @@
-"""narinfo parsing and rendering (protocol.md 2) and narinfo signing (protocol.md 3)."""
+"""narinfo parsing and rendering (docs/protocol.md 2) and narinfo signing (docs/protocol.md 3)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from niks3d.nix.storepath import StorePath
 TEST_SECRET = "test-cache-1:PqggjRI4Ue4L9QFtQg+/rYIn5t2c/6jiUk2Q/I+mAHbhNpTF4pJOuaJN1Mck2jYg1kt/Z3hJlFyljAuoyAmKUg=="
 NIXOS_PUBLIC = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
 
-# The narinfos of protocol.md 2.4, exactly as Nix wrote them.
+# The narinfos of docs/protocol.md 2.4, exactly as Nix wrote them.
 PROTOTEST = """\
 StorePath: /nix/store/b3rplkk2fihip23mj9kdvzxdw7zwh64b-prototest-1.0
 URL: nar/0ndnh4brx1jnjz8jingz6pfjc858m537zf9damy4dm1fvddclbjg.nar.xz

@@ -1,4 +1,4 @@
-"""nix32: Nix's base-32 encoding of hashes (protocol.md 1.5)."""
+"""nix32: Nix's base-32 encoding of hashes (docs/protocol.md 1.5)."""
 
 from __future__ import annotations
 

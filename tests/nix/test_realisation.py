@@ -1,4 +1,4 @@
-"""CA-derivation realisations (``.doi`` files, protocol.md 4.4)."""
+"""CA-derivation realisations (``.doi`` files, docs/protocol.md 4.4)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from niks3d.nix.signing import SecretKey
 DRV_HASH = "cf6bb86c7c41d538bbf2fb364a2945ff148fe494d91d53acf6cda8d1287d0ad5"
 ID = f"sha256:{DRV_HASH}!out"
 OUT = "x64h0kmmmddwg1bmb10lzx39m89x09a0-proto-ca"
-# Observed from Nix 2.8 (protocol.md 4.4).
+# Observed from Nix 2.8 (docs/protocol.md 4.4).
 BODY = (
     '{"dependentRealisations":{},"id":"sha256:cf6bb86c7c41d538bbf2fb364a2945ff148fe494d91d53acf6cda8d1287d0ad5!out",'
     '"outPath":"x64h0kmmmddwg1bmb10lzx39m89x09a0-proto-ca","signatures":[]}'

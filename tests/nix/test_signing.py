@@ -1,4 +1,4 @@
-"""Ed25519 keys, signatures and fingerprints in Nix's formats (protocol.md 3)."""
+"""Ed25519 keys, signatures and fingerprints in Nix's formats (docs/protocol.md 3)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from niks3d.nix.errors import (
 from niks3d.nix.hashes import parse_sha256
 from niks3d.nix.signing import PublicKey, SecretKey, fingerprint, parse_signature
 
-# Throwaway key pair from protocol.md 3.3.
+# Throwaway key pair from docs/protocol.md 3.3.
 TEST_SECRET = "test-cache-1:PqggjRI4Ue4L9QFtQg+/rYIn5t2c/6jiUk2Q/I+mAHbhNpTF4pJOuaJN1Mck2jYg1kt/Z3hJlFyljAuoyAmKUg=="
 TEST_PUBLIC = "test-cache-1:4TaUxeKSTrmiTdTHJNo2INZLf2d4SZRcpYwLqMgJilI="
 NIXOS_PUBLIC = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="

@@ -1,4 +1,4 @@
-"""Store paths validated with Nix HEAD's strictest rules (protocol.md 7)."""
+"""Store paths validated with Nix HEAD's strictest rules (docs/protocol.md 7)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from niks3d.nix.storepath import (
 
 HASH = "b3rplkk2fihip23mj9kdvzxdw7zwh64b"
 NAME_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz+-._?="
-# protocol.md 7's validators, with \Z so that a trailing newline cannot slip through, as the oracle.
+# docs/protocol.md 7's validators, with \Z so that a trailing newline cannot slip through, as the oracle.
 SPEC_BASENAME_RE = re.compile(r"[0-9a-df-np-sv-z]{32}-(?!\.\.?(?:-|\Z))[0-9A-Za-z+\-._?=]{1,211}")
 
 

@@ -7,7 +7,18 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from niks3d.errors import ApiError, DatabaseError, StorageError, StorageThrottled
+from niks3d.errors import (
+    ApiError,
+    DatabaseError,
+    Forbidden,
+    InvalidRequest,
+    MissingPrerequisite,
+    NotFound,
+    StateConflict,
+    StorageError,
+    StorageThrottled,
+    Unauthenticated,
+)
 from niks3d.nix.errors import InvalidStorePath
 from niks3d.server.errors import error_middleware
 
@@ -24,7 +35,14 @@ def _raiser(exc: BaseException):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     ("exc", "status", "code", "retry_after"),
     [
-        (ApiError(409, "session_closed", "session x is aborted"), 409, "session_closed", None),
+        (StateConflict("session x is aborted", code="session_closed"), 409, "session_closed", None),
+        (StateConflict("busy", code="objects_pending", retry_after=2), 409, "objects_pending", "2"),
+        (InvalidRequest("paths[0]: bad"), 400, "invalid_request", None),
+        (NotFound("no pin named 'x'", code="pin_not_found"), 404, "pin_not_found", None),
+        (MissingPrerequisite("2 objects missing", code="objects_missing"), 422, "objects_missing", None),
+        (Unauthenticated("the token is not known"), 401, "unauthorized", None),
+        (Forbidden("token 'r' lacks the scope"), 403, "forbidden", None),
+        (ApiError(415, "unsupported_media_type", "send JSON"), 415, "unsupported_media_type", None),
         (InvalidStorePath("store path 'x': is not inside /nix/store"), 400, "invalid_request", None),
         (StorageThrottled(SECRET_DETAIL, retry_after=7.5), 429, "throttled", "7"),
         (StorageError(SECRET_DETAIL), 503, "unavailable", "5"),

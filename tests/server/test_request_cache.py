@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from niks3d.errors import ApiError
+from niks3d.errors import InvalidRequest
 from niks3d.uploads import context
 from niks3d.uploads.context import RequestCache
 from niks3d.uploads.request import SessionRequest
@@ -46,6 +46,6 @@ def test_a_stored_request_that_no_longer_parses_is_an_error_every_time():
     cache = RequestCache()
     session = uuid.uuid4()
     for _ in range(2):  # nothing is kept for a request that failed
-        with pytest.raises(ApiError, match="must not be empty"):
+        with pytest.raises(InvalidRequest, match="must not be empty"):
             cache.get(session, {"roots": [], "paths": []})
     assert cache.get(session, _stored("fixed")).paths[0].path.name == "fixed"

@@ -27,7 +27,7 @@ async def test_nix_cache_info_is_written_once_then_left_alone(bucket: Bucket):
 
 
 async def test_nix_cache_info_is_rewritten_when_the_text_changes(bucket: Bucket):
-    # What Nix itself PUTs when it finds no nix-cache-info (protocol.md 4.1).
+    # What Nix itself PUTs when it finds no nix-cache-info (docs/protocol.md 4.1).
     await bucket.put("nix-cache-info", b"StoreDir: /nix/store\n", content_type="text/x-nix-cache-info")
     assert await ensure_nix_cache_info(bucket, TEXT) is True
     assert await bucket.get("nix-cache-info") == TEXT.encode()
