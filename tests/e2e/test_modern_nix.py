@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from niks3d.devenv.modernnix import ModernNix
 from niks3d.errors import ServiceError
 from niks3d.nix.signing import SecretKey
+from testkit.modernnix import ModernNix
 from tests.server.bucketview import bucket_keys, get_object
 
 pytestmark = [pytest.mark.modern_nix, pytest.mark.postgres, pytest.mark.s3]

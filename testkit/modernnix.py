@@ -5,7 +5,7 @@ under a lock) a minimal Debian chroot with ``nix-bin``, ``python3`` and a venv h
 dependencies (pyproject's ``[project] dependencies``), in ``/var/cache/niks3d-modern-nix/<suite>-<recipe hash>``
 (``NIKS3_MODERN_NIX_CACHE`` moves it). A chroot is reused while its stamp matches the recipe; a change of the
 recipe gives a new directory, so worktrees with different recipes never rebuild each other's. ``.ci/setup``
-runs ``python -m niks3d.devenv.modernnix`` so that CI fails early when the chroot cannot be made.
+runs ``python -m testkit.modernnix`` so that CI fails early when the chroot cannot be made.
 
 :class:`ModernNix` runs commands in the chroot. Every command gets its own private mount namespace
 (``unshare --mount``) in which ``/proc``, ``/dev`` (with ``/dev/pts``), the per-test state directory (as
@@ -70,7 +70,7 @@ APT_PACKAGES = ("nix-bin", "python3", "python3-venv", "ca-certificates")
 VENV = "/opt/niks3"
 SOURCE_MOUNT = "/niks3-src"
 STAMP = ".niks3-stamp"
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
 NIX_CONFIG = "\n".join(
     [
         "build-users-group =",
@@ -320,7 +320,7 @@ class ModernNix:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m niks3d.devenv.modernnix [SUITE]``: build the chroot if needed and print its directory."""
+    """``python -m testkit.modernnix [SUITE]``: build the chroot if needed and print its directory."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
     suite = args[0] if args else DEFAULT_SUITE

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from niks3d.devenv import modernnix
-from niks3d.devenv.modernnix import ModernNix
 from niks3d.errors import ServiceError
+from testkit import modernnix
+from testkit.modernnix import ModernNix
 
 EXPR = """derivation {
   name = "modern-hello";
