@@ -19,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "COMPRESSION_EXTENSIONS",
+    "CONTENT_TYPES",
     "STAGING_PREFIX",
     "BucketKey",
     "BucketKind",
@@ -57,6 +58,18 @@ COMPRESSION_EXTENSIONS: Mapping[str, str] = MappingProxyType(
         "lzip": ".lzip",
         "lz4": ".lz4",
         "br": ".br",
+    }
+)
+# kind -> the Content-Type of what is stored under that kind of key (docs/protocol.md 4.7): the uploads'
+# presigned PUTs, the objects niks3d writes, and the read proxy's answers all take it from here.
+CONTENT_TYPES: Mapping[BucketKind, str] = MappingProxyType(
+    {
+        "nix-cache-info": "text/x-nix-cache-info",
+        "narinfo": "text/x-nix-narinfo",
+        "nar": "application/x-nix-nar",
+        "ls": "application/json",
+        "log": "text/plain; charset=utf-8",
+        "realisation": "application/json",
     }
 )
 # The longest valid key is a build-trace-v2 one: 15 + 244 + 1 + 211 + 4 = 475 characters.

@@ -40,7 +40,7 @@ from aiohttp import web
 from niks3d.config import Config
 from niks3d.db.paths import narinfo_by_hash
 from niks3d.errors import DatabaseError, NotFound, ObjectNotFound
-from niks3d.nix.bucketkeys import BucketKey, parse_bucket_key
+from niks3d.nix.bucketkeys import CONTENT_TYPES, BucketKey, parse_bucket_key
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.narinfo import render_nix_cache_info
 from niks3d.server.auth import require
@@ -65,9 +65,10 @@ logger = logging.getLogger(__name__)
 ROOT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # The application_name of the connection that listens for narinfo changes (visible in pg_stat_activity).
 LISTENER_NAME = "niks3d narinfo-cache"
-NARINFO_TYPE = "text/x-nix-narinfo"
-NAR_TYPE = "application/x-nix-nar"
-_DEFAULT_TYPES = {"ls": "application/json", "log": "text/plain; charset=utf-8", "realisation": "application/json"}
+NARINFO_TYPE = CONTENT_TYPES["narinfo"]
+NAR_TYPE = CONTENT_TYPES["nar"]
+# The kinds cache_file serves, and their Content-Type when S3 has none.
+_DEFAULT_TYPES = {kind: CONTENT_TYPES[kind] for kind in ("ls", "log", "realisation")}
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ async def nix_cache_info(request: web.Request) -> web.Response:
     proxy = request.app[proxy_key]
     if proxy.private:
         require(request, "read")
-    return web.Response(body=proxy.cache_info, content_type="text/x-nix-cache-info")
+    return web.Response(body=proxy.cache_info, content_type=CONTENT_TYPES["nix-cache-info"])
 
 
 async def narinfo(request: web.Request) -> web.Response:

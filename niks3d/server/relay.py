@@ -42,10 +42,10 @@ import aiohttp
 import zstandard
 from aiohttp import web
 
-from niks3d.errors import ObjectNotFound, StorageError, StorageThrottled
-from niks3d.storage import Bucket, RangeNotSatisfiable
-from niks3d.storage.errors import DEFAULT_RETRY_AFTER
-from niks3d.storage.models import normalize_etag, size_from_content_range
+from niks3d.errors import ObjectNotFound, StorageError
+from niks3d.storage import Bucket
+from niks3d.storage.errors import answer_error
+from niks3d.storage.models import normalize_etag
 from niks3d.storage.s3 import range_header
 
 logger = logging.getLogger(__name__)
@@ -213,13 +213,8 @@ class Relay:
             resp.release()
         m = _XML_CODE_RE.search(body)
         code = m.group(1).decode(errors="replace") if m else ""
-        if resp.status == 404 or (resp.status == 403 and code in ("AccessDenied", "NoSuchKey")):
-            raise ObjectNotFound(key)
-        if resp.status == 416:
-            raise RangeNotSatisfiable(key, size_from_content_range(resp.headers.get("Content-Range")))
-        if resp.status in (429, 503) or code == "SlowDown":
-            raise StorageThrottled(f"{what}: S3 is throttling ({resp.status} {code})", DEFAULT_RETRY_AFTER)
-        raise StorageError(f"{what} failed: S3 answered {resp.status} {code}".rstrip())
+        # The same rules as every other S3 call (throttling codes, S3's Retry-After): storage/errors.py.
+        raise answer_error(what, key, resp.status, code, resp.headers)
 
 
 def _http_date(moment: datetime) -> str:

@@ -12,12 +12,13 @@ __all__ = ["NIX_CACHE_INFO_CONTENT_TYPE", "NIX_CACHE_INFO_KEY", "ensure_nix_cach
 import logging
 
 from niks3d.errors import ObjectNotFound
+from niks3d.nix.bucketkeys import CONTENT_TYPES
 from niks3d.storage.s3 import Bucket
 
 log = logging.getLogger(__name__)
 
 NIX_CACHE_INFO_KEY = "nix-cache-info"
-NIX_CACHE_INFO_CONTENT_TYPE = "text/x-nix-cache-info"
+NIX_CACHE_INFO_CONTENT_TYPE = CONTENT_TYPES["nix-cache-info"]
 
 
 async def ensure_nix_cache_info(bucket: Bucket, text: str) -> bool:

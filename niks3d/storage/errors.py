@@ -18,16 +18,19 @@ __all__ = [
     "DEFAULT_RETRY_AFTER",
     "RangeNotSatisfiable",
     "UploadNotFound",
+    "answer_error",
     "error_code",
     "error_status",
     "is_throttle",
+    "is_throttle_answer",
+    "retry_after_of",
     "storage_errors",
     "translate_error",
 ]
 
 import email.utils
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import aiohttp
@@ -113,8 +116,11 @@ def _header(exc: ClientError, name: str) -> str | None:
 
 
 def _retry_after(exc: ClientError) -> float:
-    """The server's Retry-After (seconds or an HTTP date), clamped to [1, 300] s; the default without one."""
-    raw = _header(exc, "retry-after")
+    return retry_after_of(_header(exc, "retry-after"))
+
+
+def retry_after_of(raw: str | None) -> float:
+    """A Retry-After value (seconds or an HTTP date), clamped to [1, 300] s; the default without one."""
     if raw is None:
         return DEFAULT_RETRY_AFTER
     try:
@@ -129,7 +135,26 @@ def _retry_after(exc: ClientError) -> float:
 
 def is_throttle(exc: ClientError) -> bool:
     """Whether S3 refused because of load (429, 503, or a throttling code) rather than the request itself."""
-    return error_status(exc) in (429, 503) or error_code(exc) in _THROTTLE_CODES
+    return is_throttle_answer(error_status(exc), error_code(exc))
+
+
+def is_throttle_answer(status: int, code: str) -> bool:
+    """The throttling rule for any S3 answer: botocore's (:func:`is_throttle`) and a presigned request's."""
+    return status in (429, 503) or code in _THROTTLE_CODES
+
+
+def answer_error(what: str, key: str, status: int, code: str, headers: Mapping[str, str]) -> StorageError:
+    """The StorageError for an S3 error answer to a plain HTTP request (a presigned GET of ``key``), by the
+    same rules as botocore's: not found, bad range, throttling with S3's Retry-After, anything else."""
+    if status == 404 or (status == 403 and code in ("AccessDenied", "NoSuchKey")):
+        return ObjectNotFound(key)
+    if status == 416 or code == "InvalidRange":
+        return RangeNotSatisfiable(key, size_from_content_range(headers.get("Content-Range")))
+    if is_throttle_answer(status, code):
+        return StorageThrottled(
+            f"{what}: S3 is throttling ({status} {code})".replace(" )", ")"), retry_after_of(headers.get("Retry-After"))
+        )
+    return StorageError(f"{what} failed: S3 answered {status} {code}".rstrip())
 
 
 def _what(operation: str, bucket: str, key: str | None) -> str:

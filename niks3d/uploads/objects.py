@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from niks3d.nix.bucketkeys import CONTENT_TYPES as BUCKET_CONTENT_TYPES
 from niks3d.nix.bucketkeys import log_key, ls_key, nar_key, narinfo_key, realisation_key, staging_key
 
 if TYPE_CHECKING:
@@ -22,13 +23,11 @@ if TYPE_CHECKING:
     from niks3d.storage.s3 import Bucket
     from niks3d.uploads.request import PathRequest
 
-# kind -> (Content-Type, Content-Encoding) of what is stored under that kind of key
+# kind -> (Content-Type, Content-Encoding) of what is stored under that kind of key; build logs are stored zstd.
 CONTENT_TYPES: dict[str, tuple[str, str | None]] = {
-    "nar": ("application/x-nix-nar", None),
-    "ls": ("application/json", None),
-    "log": ("text/plain; charset=utf-8", "zstd"),
-    "narinfo": ("text/x-nix-narinfo", None),
-    "realisation": ("application/json", None),
+    kind: (content_type, "zstd" if kind == "log" else None)
+    for kind, content_type in BUCKET_CONTENT_TYPES.items()
+    if kind != "nix-cache-info"
 }
 _INITIAL_PARTS = 16
 

@@ -35,10 +35,11 @@ from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.realisation import parse_realisation_id
 from niks3d.nix.signing import parse_signature
 from niks3d.nix.storepath import StorePath
+from niks3d.storage.multipart import MAX_PART_NUMBER
 
 MAX_PATHS_PER_SESSION = 100_000
 MAX_REFERENCES = 10_000
-MAX_PARTS = 10_000
+MAX_PARTS = MAX_PART_NUMBER  # S3's limit (storage/multipart.py)
 MAX_SIGNATURES = 16
 _IDEMPOTENCY_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _CA_RE = re.compile(r"(?:fixed:(?:r:|git:)?|text:)(?:sha256|sha1|sha512|md5):[0-9A-Za-z+/=]{16,128}")

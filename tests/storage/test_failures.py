@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from niks3d.config import S3Settings
 from niks3d.errors import StorageError, StorageThrottled
+from niks3d.server.relay import open_relay
 from niks3d.storage import open_bucket
 from niks3d.storage.errors import DEFAULT_RETRY_AFTER, translate_error
 
@@ -176,3 +177,22 @@ def test_a_plain_refusal_is_not_called_throttling():
 def test_a_bodiless_refusal_does_not_repeat_its_status():
     error = translate_error(_client_error(403, "403", {}), operation="HeadObject", bucket="b", key="k")
     assert str(error) == "HeadObject of 'k' in bucket 'b' failed: S3 answered 403: m"
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "retry_after", "expected"),
+    [
+        (503, "SlowDown", "7", 7.0),  # S3's delay is passed on (the relay used to drop it)
+        (400, "RequestLimitExceeded", None, DEFAULT_RETRY_AFTER),  # a throttling code on another status
+        (429, "TooManyRequests", "120", 120.0),
+    ],
+)
+async def test_the_read_proxys_relay_maps_throttling_like_every_other_s3_call(
+    fake_s3: FakeS3, status: int, code: str, retry_after: str | None, expected: float
+):
+    fake_s3.status, fake_s3.code, fake_s3.retry_after = status, code, retry_after
+    settings = S3Settings(bucket="cache", endpoint_url=fake_s3.url, max_attempts=1)
+    async with open_bucket(settings, "AKID", "SECRET") as bucket, open_relay(bucket) as relay:
+        with pytest.raises(StorageThrottled) as caught:
+            await relay.open("nar/x.nar.zst")
+    assert caught.value.retry_after == expected
