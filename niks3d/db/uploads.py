@@ -14,6 +14,7 @@ __all__ = [
     "StalledUpload",
     "claims_of_session",
     "clear_idempotency_key",
+    "clear_upload_ids",
     "ensure_objects",
     "find_session_by_key",
     "insert_claims",
@@ -279,6 +280,15 @@ async def set_upload_id(conn: Connection, session_id: uuid.UUID, key: str, uploa
         session_id,
         key,
         upload_id,
+    )
+
+
+async def clear_upload_ids(conn: Connection, session_id: uuid.UUID, keys: Sequence[str]) -> None:
+    """Forget the multipart upload ids of ``keys`` in this session's claims, in one statement."""
+    await conn.execute(
+        "UPDATE session_claims SET upload_id = NULL WHERE session_id = $1 AND key = ANY($2::text[])",
+        session_id,
+        list(keys),
     )
 
 

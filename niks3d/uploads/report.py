@@ -100,8 +100,7 @@ async def report_objects(
     missing.extend(failed)
     if reset:
         async with ctx.pool.acquire() as conn:
-            for key in reset:
-                await db.set_upload_id(conn, session.id, key, None)
+            await db.clear_upload_ids(conn, session.id, reset)
         await start_multipart_uploads(ctx, session.id)
     if good:
         async with ctx.pool.acquire() as conn, conn.transaction():
@@ -109,8 +108,7 @@ async def report_objects(
             # of them lock the same object and claim rows in different orders and deadlock.
             await db.load_session(conn, session.id, for_update=True)
             await db.mark_present(conn, good)
-            for key, _, _ in good:
-                await db.set_upload_id(conn, session.id, key, None)
+            await db.clear_upload_ids(conn, session.id, [key for key, _, _ in good])
             # Accepted objects are upload progress: the session keeps the uploads it still has to do.
             await db.renew_leases(conn, session.id, ctx.settings.gc.claim_lease)
         accepted.extend(k for k, _, _ in good)

@@ -1,0 +1,72 @@
+"""How many SQL statements one ``complete`` costs (issue 11 item 6): the daemon's app runs in this process, and
+every statement asyncpg sends on any connection is counted while ``complete`` runs. The figure is printed
+(``-s``) and held to a ceiling, so that a change that adds round trips is noticed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+
+from niks3d.config import load_config
+from niks3d.server.app import create_app
+from tests.server.pushkit import PushKit, make_closure
+
+pytestmark = [pytest.mark.postgres, pytest.mark.s3]
+
+# Measured with this test (5 paths, 1 root, every object reported in the complete request): 43 statements
+# before issue 11 (one UPDATE per accepted object), 34 after; pool resets on release count too.
+CEILING = 34
+_METHODS = ("execute", "executemany", "fetch", "fetchrow", "fetchval")
+
+
+class StatementCounter:
+    """Counts asyncpg Connection calls (one call = one statement round trip; executemany counts once)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.on = False
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@pytest.fixture
+def counter(monkeypatch: pytest.MonkeyPatch) -> Iterator[StatementCounter]:
+    counter = StatementCounter()
+    for name in _METHODS:
+        original = getattr(asyncpg.connection.Connection, name)
+
+        def wrapped(self: Any, *args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
+            if counter.on:
+                sql = args[0] if args else kwargs.get("query", "")
+                counter.counts[f"{_name}: {' '.join(str(sql).split())[:70]}"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(asyncpg.connection.Connection, name, wrapped)
+    yield counter
+
+
+async def test_statements_per_complete(make_daemon_config: Any, tmp_path: Path, counter: StatementCounter) -> None:
+    daemon = make_daemon_config()
+    app = create_app(load_config(daemon.config_path))
+    paths = make_closure(tmp_path, seed=77, n=5)
+    async with TestServer(app) as server, aiohttp.ClientSession() as http:
+        kit = PushKit(http, str(server.make_url("")).rstrip("/"), daemon.tokens["pusher"])
+        session = await kit.open(paths, paths[-1:])
+        reports = await kit.upload(session, paths)
+        counter.on = True
+        result = await kit.complete(session["session_id"], reports)
+        counter.on = False
+    assert len(result["published"]) == 5
+    print(f"\nSQL statements in one complete (5 paths): {counter.total}")
+    for what, n in sorted(counter.counts.items()):
+        print(f"  {n:3d}  {what}")
+    assert counter.total <= CEILING
