@@ -15,6 +15,7 @@ that is wrong (a file, a TOML key, a narinfo line, a store path, a bucket key)::
     │   ├── NotFound           what the request names does not exist (404)
     │   ├── StateConflict      the request collides with the state of the cache (409)
     │   ├── MissingPrerequisite   what it relies on is not there (yet): objects, references (422)
+    │   ├── Unsupported        a format or encoding this cache does not take (415)
     │   └── AccessDenied       the request's credentials do not allow it
     │       ├── Unauthenticated   none, unusable or unknown credentials (401)
     │       └── Forbidden         a known identity without the scope (403)
@@ -55,6 +56,7 @@ __all__ = [
     "StorageError",
     "StorageThrottled",
     "Unauthenticated",
+    "Unsupported",
 ]
 
 from dataclasses import dataclass
@@ -140,6 +142,12 @@ class StateConflict(RequestError):
 
 class MissingPrerequisite(RequestError):
     """What the request relies on is not there (yet): objects not uploaded, references not in the cache."""
+
+
+class Unsupported(RequestError):
+    """The request comes in a format or encoding this cache does not take (a compression, a media type)."""
+
+    default_code = "unsupported_media_type"
 
 
 class AccessDenied(RequestError):

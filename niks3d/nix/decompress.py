@@ -6,7 +6,7 @@ decompression bomb costs CPU, never memory). Concatenated streams (parallel xz/b
 are read as one, as Nix reads them. A damaged stream raises :class:`~niks3d.nix.errors.InvalidNar`; so does
 :meth:`StreamDecompressor.finish` when the input stopped inside a stream.
 
-:func:`sniff_compression` names the compression of a file from its first bytes (protocol.md 4.6: Nix gives
+:func:`sniff_compression` names the compression of a file from its first bytes (docs/protocol.md 4.6: Nix gives
 ``none`` and ``gzip`` NARs the same file name, so the name alone does not say).
 """
 

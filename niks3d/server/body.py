@@ -17,7 +17,7 @@ import uuid
 
 from aiohttp import web
 
-from niks3d.errors import ApiError, InvalidRequest, NotFound
+from niks3d.errors import ApiError, InvalidRequest, NotFound, Unsupported
 from niks3d.server.keys import config_key
 
 # The most digits a JSON integer may have: 2**63 has 19.
@@ -68,11 +68,7 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> objec
             return None
         raise InvalidRequest("the request needs a JSON body", code="invalid_json")
     if request.content_type != "application/json":
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"send Content-Type: application/json, not {request.content_type!r}",
-        )
+        raise Unsupported(f"send Content-Type: application/json, not {request.content_type!r}")
     limit = request.app[config_key].settings.server.body_timeout
     try:
         # Bounded in size by the application's client_max_size (413 past it), and in time by server.body_timeout.

@@ -14,7 +14,8 @@ InvalidRequest, NixFormat   400
 NotFound                    404     the code says what (``session_not_found``, ``pin_not_found``)
 StateConflict               409     with ``Retry-After`` when ``details`` carry ``retry_after``
 MissingPrerequisite         422
-ApiError                    its own the HTTP layer's own refusals (408, 415)
+Unsupported                 415
+ApiError                    its own the HTTP layer's own refusals (408, 413, 424)
 StorageThrottled            429     ``Retry-After`` from S3's answer (503 outside the API, for Nix)
 StorageError, DatabaseError 503     ``Retry-After: 5``
 OSError, db.pool.UNAVAILABLE        timeouts and lost connections to PostgreSQL: a warning, no traceback
@@ -50,6 +51,7 @@ from niks3d.errors import (
     StorageError,
     StorageThrottled,
     Unauthenticated,
+    Unsupported,
 )
 from niks3d.nix.errors import NixFormatError
 
@@ -72,6 +74,7 @@ _REQUEST_STATUS: tuple[tuple[type[RequestError], int], ...] = (
     (NotFound, 404),
     (StateConflict, 409),
     (MissingPrerequisite, 422),
+    (Unsupported, 415),
     (RequestError, 400),
 )
 API_CHALLENGE = 'Bearer realm="niks3d"'

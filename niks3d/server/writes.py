@@ -6,7 +6,7 @@ under ``roots/<name>/`` for a named root), read the body and call :mod:`niks3d.w
 
 A failed PUT aborts ``nix copy`` with the status and this server's message. Server trouble (S3 or PostgreSQL)
 is answered with 424, never a 5xx: Nix up to 2.33 retries a PUT after a 5xx without sending its body again and
-then hangs (protocol.md 5.4), so a 4xx that says what happened serves it better.
+then hangs (docs/protocol.md 5.4), so a 4xx that says what happened serves it better.
 """
 
 from __future__ import annotations
@@ -21,13 +21,21 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from niks3d import writes
 from niks3d.db import writes as db_writes
-from niks3d.errors import ApiError, DatabaseError, StorageError
+from niks3d.errors import (
+    ApiError,
+    DatabaseError,
+    InvalidRequest,
+    MissingPrerequisite,
+    NotFound,
+    StorageError,
+    Unsupported,
+)
 from niks3d.nix.bucketkeys import BucketKey
 from niks3d.nix.decompress import StreamDecompressor
 from niks3d.nix.errors import InvalidNar
 from niks3d.server.auth import require
-from niks3d.server.keys import config_key, pool_key, proxy_key, push_key
-from niks3d.server.proxy import ROOT_NAME_RE
+from niks3d.server.keys import config_key, pool_key, push_key
+from niks3d.server.proxy import ROOT_NAME_RE, proxy_key
 from niks3d.writes.nar import BLOCK
 
 logger = logging.getLogger(__name__)
@@ -44,7 +52,7 @@ async def _decoded(request: web.Request) -> bytes:
     raw = await request.read()  # 413 past client_max_size
     encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
     if encoding not in _ENCODINGS:
-        raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not accepted; use zstd or xz")
+        raise Unsupported(f"Content-Encoding {encoding!r} is not accepted; use zstd or xz", code="unsupported_encoding")
     compression = _ENCODINGS[encoding]
     if compression is None:
         return raw
@@ -61,7 +69,7 @@ async def _decoded(request: web.Request) -> bytes:
         decoder.feed(raw)
         decoder.finish()
     except InvalidNar as exc:
-        raise ApiError(400, "invalid_encoding", f"the body is not valid {encoding}: {exc.reason}") from None
+        raise InvalidRequest(f"the body is not valid {encoding}: {exc.reason}", code="invalid_encoding") from None
     return bytes(out)
 
 
@@ -70,7 +78,7 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
         async for chunk in request.content.iter_chunked(BLOCK):
             yield chunk
     except (HttpProcessingError, ConnectionError) as exc:
-        raise ApiError(400, "truncated_body", f"the body ended early: {exc}") from None
+        raise InvalidRequest(f"the body ended early: {exc}", code="truncated_body") from None
 
 
 def _target(request: web.Request) -> tuple[BucketKey | None, str | None]:
@@ -90,7 +98,9 @@ async def put_file(request: web.Request) -> web.StreamResponse:
     try:
         if key.kind == "nar":
             if request.headers.get("Content-Encoding", "identity").lower() != "identity":
-                raise ApiError(415, "unsupported_encoding", "a NAR is sent as it is stored, without Content-Encoding")
+                raise Unsupported(
+                    "a NAR is sent as it is stored, without Content-Encoding", code="unsupported_encoding"
+                )
             nar = await writes.ingest_nar(
                 ctx, key.key, _body(request), length=request.content_length, token_name=token_name
             )
@@ -114,10 +124,9 @@ async def put_file(request: web.Request) -> web.StreamResponse:
         if key.kind == "nix-cache-info":
             writes.put_cache_info(ctx.settings.cache.store_dir, await request.read())
             return _text(200, "nix-cache-info: this cache's own is kept")
-        raise ApiError(
-            422,
-            "unsupported_upload",
+        raise MissingPrerequisite(
             f"{key.key}: realisations are accepted through `niks3 push` only; use it for CA derivations",
+            code="unsupported_upload",
         )
     except (StorageError, DatabaseError) as exc:
         logger.error("PUT %s failed: %s", key.key, exc, exc_info=True)
@@ -129,7 +138,7 @@ async def put_file(request: web.Request) -> web.StreamResponse:
 def _root_name(request: web.Request) -> str:
     name = request.match_info["name"]
     if not ROOT_NAME_RE.fullmatch(name):
-        raise ApiError(400, "invalid_root", f"root name {name[:80]!r} must match {ROOT_NAME_RE.pattern}")
+        raise InvalidRequest(f"root name {name[:80]!r} must match {ROOT_NAME_RE.pattern}", code="invalid_root")
     return name
 
 
@@ -139,7 +148,7 @@ async def get_root(request: web.Request) -> web.Response:
     async with request.app[pool_key].acquire() as conn:
         members = await db_writes.list_root(conn, name)
     if not members:
-        raise ApiError(404, "root_not_found", f"no named root {name!r}")
+        raise NotFound(f"no named root {name!r}", code="root_not_found")
     return web.json_response(
         {
             "name": name,
@@ -154,5 +163,5 @@ async def delete_root(request: web.Request) -> web.Response:
     async with request.app[pool_key].acquire() as conn:
         count = await db_writes.delete_root(conn, name)
     if not count:
-        raise ApiError(404, "root_not_found", f"no named root {name!r}")
+        raise NotFound(f"no named root {name!r}", code="root_not_found")
     return web.json_response({"name": name, "deleted": count})

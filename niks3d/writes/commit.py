@@ -26,7 +26,8 @@ from niks3d.db import uploads as db
 from niks3d.db import writes as db_writes
 from niks3d.db.notify import notify_store_paths
 from niks3d.db.retry import retry_transaction
-from niks3d.errors import ApiError
+from niks3d.errors import MissingPrerequisite, StateConflict
+from niks3d.logsetup import log_event
 from niks3d.nix.bucketkeys import log_key, ls_key, narinfo_key, parse_bucket_key
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.hashes import format_sha256, parse_sha256
@@ -50,10 +51,9 @@ def _same_fingerprint(a: NarInfo, b: NarInfo) -> bool:
 def _check_nar(info: NarInfo, facts: db_writes.NarFacts | None) -> None:
     """Refuse (422) unless the NAR the narinfo names was checked and matches every field."""
     if facts is None:
-        raise ApiError(
-            422,
-            "nar_missing",
+        raise MissingPrerequisite(
             f"the NAR {info.url} named by {info.store_path.path} was not uploaded to this cache; PUT it first",
+            code="nar_missing",
         )
     problems = []
     if facts.compression != info.compression:
@@ -68,7 +68,7 @@ def _check_nar(info: NarInfo, facts: db_writes.NarFacts | None) -> None:
         problems.append(f"FileSize is {info.file_size}, the file has {facts.file_size} bytes")
     if problems:
         what = f"{info.store_path.path}: the narinfo does not describe {info.url}: "
-        raise ApiError(422, "nar_mismatch", what + "; ".join(problems))
+        raise MissingPrerequisite(what + "; ".join(problems), code="nar_mismatch")
 
 
 def parse_put_narinfo(hash_part: str, body: bytes) -> NarInfo:
@@ -77,9 +77,11 @@ def parse_put_narinfo(hash_part: str, body: bytes) -> NarInfo:
     try:
         key = parse_bucket_key(info.url)
     except NixFormatError as exc:
-        raise ApiError(422, "invalid_narinfo", f"narinfo URL {info.url!r} is not a NAR in this cache: {exc}") from None
+        raise MissingPrerequisite(
+            f"narinfo URL {info.url!r} is not a NAR in this cache: {exc}", code="invalid_narinfo"
+        ) from None
     if key.kind != "nar":
-        raise ApiError(422, "invalid_narinfo", f"narinfo URL {info.url!r} is not a NAR in this cache")
+        raise MissingPrerequisite(f"narinfo URL {info.url!r} is not a NAR in this cache", code="invalid_narinfo")
     return info
 
 
@@ -100,11 +102,10 @@ async def commit_narinfo(
             published = await db_writes.published_narinfo(conn, hash_part)
             if published is not None:
                 if not _same_fingerprint(parse_narinfo(published), info):
-                    raise ApiError(
-                        409,
-                        "path_published",
+                    raise StateConflict(
                         f"{info.store_path.path} is already published with another NarHash, NarSize or References;"
                         " a published path is never replaced",
+                        code="path_published",
                     )
                 await _roots(conn, hash_part, root, token_name)
                 return CommitOutcome(info.store_path.path, False)
@@ -116,11 +117,10 @@ async def commit_narinfo(
             found = await db_paths.published_hashes(conn, ref_hashes)
             missing = [r for r in references if r[:32] not in found]
             if missing:
-                raise ApiError(
-                    422,
-                    "reference_missing",
+                raise MissingPrerequisite(
                     f"cannot add {info.store_path.path}: its reference /nix/store/{missing[0]} is not in this cache"
                     + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                    code="reference_missing",
                     missing=[f"/nix/store/{m}" for m in missing],
                 )
             files = await _files(conn, hash_part, info)
@@ -172,11 +172,15 @@ async def commit_narinfo(
 
     outcome = await retry_transaction(attempt)
     if outcome.created:
-        logger.info(
+        log_event(
+            logger,
+            logging.INFO,
+            "write.narinfo",
             "published %s from a narinfo PUT by %s",
             outcome.path,
             token_name,
-            extra={"event": "write.narinfo", "fields": {"path": outcome.path, "token": token_name}},
+            path=outcome.path,
+            token=token_name,
         )
     return outcome
 

@@ -25,7 +25,8 @@ from asyncpg import Connection
 from niks3d.db import uploads as db
 from niks3d.db import writes as db_writes
 from niks3d.db.retry import retry_transaction
-from niks3d.errors import ApiError
+from niks3d.errors import InvalidRequest, MissingPrerequisite, StateConflict
+from niks3d.logsetup import log_event
 from niks3d.nix.hashes import format_sha256
 from niks3d.uploads.context import PushContext
 from niks3d.writes.logproof import proven_outputs
@@ -47,11 +48,11 @@ def put_cache_info(store_dir: str, body: bytes) -> None:
     try:
         text = body.decode()
     except UnicodeDecodeError:
-        raise ApiError(400, "invalid_cache_info", "nix-cache-info must be UTF-8 text") from None
+        raise InvalidRequest("nix-cache-info must be UTF-8 text", code="invalid_cache_info") from None
     fields = {k.strip(): v.strip() for k, sep, v in (line.partition(":") for line in text.splitlines()) if sep}
     theirs = fields.get("StoreDir")
     if theirs is not None and theirs != store_dir:
-        raise ApiError(409, "store_dir_mismatch", f"this cache is for {store_dir}, not {theirs}")
+        raise StateConflict(f"this cache is for {store_dir}, not {theirs}", code="store_dir_mismatch")
 
 
 async def _immutable(conn: Connection, key: str, digest: str, what: str) -> bool:
@@ -62,7 +63,9 @@ async def _immutable(conn: Connection, key: str, digest: str, what: str) -> bool
         return False
     if stored == digest:
         return True
-    raise ApiError(409, "file_published", f"{what} {key} is already published with other contents; it is immutable")
+    raise StateConflict(
+        f"{what} {key} is already published with other contents; it is immutable", code="file_published"
+    )
 
 
 async def put_listing(ctx: PushContext, hash_part: str, key: str, body: bytes, encoding: str | None) -> FileOutcome:
@@ -75,8 +78,8 @@ async def put_listing(ctx: PushContext, hash_part: str, key: str, body: bytes, e
             if await db_writes.published_narinfo(conn, hash_part) is not None:
                 if await _immutable(conn, key, digest, "the listing"):
                     return FileOutcome(key, False)
-                raise ApiError(
-                    409, "path_published", f"{key}: the path is already published; its listing cannot be added now"
+                raise StateConflict(
+                    f"{key}: the path is already published; its listing cannot be added now", code="path_published"
                 )
             await ctx.bucket.put(key, body, content_type=LS_TYPE, content_encoding=encoding)
             await db_writes.record_path_file(conn, [], key, "ls", size=len(body), digest=digest)
@@ -107,10 +110,9 @@ async def put_log(
                 else await proven_outputs(conn, ctx.bucket, drv, identity)
             )
             if not owners:
-                raise ApiError(
-                    422,
-                    "no_published_output",
+                raise MissingPrerequisite(
                     f"{key}: no path built by /nix/store/{drv} is in this cache; copy its outputs first",
+                    code="no_published_output",
                 )
             if await _immutable(conn, key, digest, "the build log"):
                 await db_writes.record_path_file(conn, owners, key, "log", size=len(body), digest=digest)
@@ -120,5 +122,5 @@ async def put_log(
             return FileOutcome(key, True)
 
     outcome = await retry_transaction(attempt)
-    logger.info("build log %s stored by PUT (%d bytes)", key, len(text), extra={"event": "write.log"})
+    log_event(logger, logging.INFO, "write.log", "build log %s stored by PUT (%d bytes)", key, len(text))
     return outcome

@@ -2,14 +2,14 @@
 
 Nix names a NAR ``nar/<nix32 sha256 of the file>.nar<ext>``, so the key says what the bytes must be. While the
 body streams in, niks3d hashes it (FileHash, FileSize) and decompresses it on the fly into the NAR validator
-(NarHash, NarSize, and every parser rule of protocol.md 1.3). Nothing becomes visible under the key before the
+(NarHash, NarSize, and every parser rule of docs/protocol.md 1.3). Nothing becomes visible under the key before the
 check passed: a body up to :data:`PART_SIZE` is held in memory and written in one PUT afterwards; a larger one
 goes to S3 as a multipart upload whose parts stay invisible until CompleteMultipartUpload, which is sent only
 after the whole body checked out, and the upload is aborted otherwise. So a wrong body never replaces the
 object another writer relies on, and the only object an accepted body can write is exactly the one its key
 names. Memory stays at about two parts per PUT in flight, whatever the NAR's size.
 
-The object's row exists (pending) before anything is written (design.md invariant 4); a checked NAR becomes
+The object's row exists (pending) before anything is written (docs/design.md invariant 4); a checked NAR becomes
 present with its facts in ``nar_facts``. An upload that never gets its narinfo is an object no path names, which
 GC deletes after the grace period; an interrupted one leaves only its pending row and an aborted multipart upload.
 """
@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from niks3d.db import uploads as db
 from niks3d.db import writes as db_writes
 from niks3d.db.retry import retry_transaction
-from niks3d.errors import ApiError
+from niks3d.errors import InvalidRequest, Unsupported
+from niks3d.logsetup import log_event
 from niks3d.nix import nix32
 from niks3d.nix.decompress import SNIFF_BYTES, StreamDecompressor, sniff_compression
 from niks3d.nix.errors import InvalidNar
@@ -47,7 +48,7 @@ MAX_PARTS = 9_000
 # Input is checked in blocks of about this size, in a worker thread (hashing and decompression release the GIL).
 BLOCK = 1 << 20
 NAR_TYPE = "application/x-nix-nar"
-# File extension -> the compressions a NAR with that name may have (protocol.md 4.6).
+# File extension -> the compressions a NAR with that name may have (docs/protocol.md 4.6).
 _BY_EXTENSION = {"": ("none", "gzip"), ".xz": ("xz",), ".zst": ("zstd",), ".bz2": ("bzip2",)}
 
 
@@ -64,10 +65,9 @@ def _expected(key: str) -> tuple[bytes, tuple[str, ...]]:
     digest_text, _, extension = name.partition(".nar")
     allowed = _BY_EXTENSION.get(extension)
     if allowed is None:
-        raise ApiError(
-            415,
-            "unsupported_compression",
+        raise Unsupported(
             f"{key}: NARs compressed as {extension!r} are not accepted; use compression=zstd, xz, bzip2 or none",
+            code="unsupported_compression",
         )
     return nix32.decode(digest_text, 32), allowed
 
@@ -198,7 +198,8 @@ async def ingest_nar(
 ) -> NarOutcome:
     """Receive the NAR ``key`` (a validated ``nar/`` key) from ``body``; see the module docstring.
 
-    Raises :class:`ApiError` 400 when the body is not what the key names (the bucket is left as it was).
+    Raises :class:`~niks3d.errors.InvalidRequest` when the body is not what the key names (the bucket is left as
+    it was).
     """
     expected, allowed = _expected(key)
     async with ctx.pool.acquire() as conn:
@@ -218,18 +219,17 @@ async def ingest_nar(
             await upload.add(block)
         compression, nar_size, nar_hash = await asyncio.to_thread(checker.finish)
         if checker.file_digest.digest() != expected:
-            raise ApiError(
-                400,
-                "nar_mismatch",
+            raise InvalidRequest(
                 f"{key}: the body's SHA-256 is {format_sha256(checker.file_digest.digest())}, "
                 f"not the hash its name gives; nothing was stored",
+                code="nar_mismatch",
             )
         # The row again, in case a forced GC removed it meanwhile: the object must never be untracked.
         await _ensure_row(ctx, key)
         await upload.commit()
         committed = True
     except InvalidNar as exc:
-        raise ApiError(400, "invalid_nar", f"{key}: {exc}; nothing was stored") from None
+        raise InvalidRequest(f"{key}: {exc}; nothing was stored", code="invalid_nar") from None
     finally:
         if not committed:
             await upload.abort()
@@ -242,12 +242,17 @@ async def ingest_nar(
             await db_writes.record_nar(conn, facts, token_name)
 
     await retry_transaction(record)
-    logger.info(
+    log_event(
+        logger,
+        logging.INFO,
+        "write.nar",
         "received %s by PUT: %s, %d bytes, NAR %d bytes",
         key,
         compression,
         checker.file_size,
         nar_size,
-        extra={"event": "write.nar", "fields": {"key": key, "file_size": checker.file_size, "nar_size": nar_size}},
+        key=key,
+        file_size=checker.file_size,
+        nar_size=nar_size,
     )
     return NarOutcome(key, True, facts)

@@ -16,10 +16,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from niks3d.devenv.modernnix import ModernNix
-from niks3d.devenv.nixfixtures import build_expr
 from niks3d.nix.narinfo import parse_narinfo
 from niks3d.nix.storepath import StorePath
+from testkit.modernnix import ModernNix
+from testkit.nixfixtures import build_expr
 from tests.client.storekit import delete
 from tests.e2e.test_push import NIX
 
