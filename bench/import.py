@@ -7,7 +7,7 @@ narinfos in a reference DAG, as many small NAR objects and a listing for every o
 finds everything registered); the figures are its wall time, its own phase timings and its peak resident memory
 (VmHWM, read by the child itself).
 
-    .venv/bin/python bench/import.py [--paths 20000] [--batch-size 1000] [--keep DIR]
+    .venv/bin/python -m bench.import [--paths 20000] [--batch-size 1000] [--keep DIR]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ thread asks for a missing narinfo every few milliseconds on one keep-alive conne
 open the session, the request and answer sizes, the daemon's RSS before, at its peak and after, and the longest
 a probe waited (how long the event loop was blocked, plus one request).
 
-    .venv/bin/python bench/session.py [--paths 100000] [--port 5799]
+    .venv/bin/python -m bench.session [--paths 100000] [--port 5799]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ and niks3d's CPU per MiB received next to the floor this machine needs for the w
 SHA-256 of the file and of the NAR) measured on the same bytes. Then ``--big-mib`` of random data in one path is
 copied with ``nix copy --to niks3d`` while niks3d's resident memory is sampled: it must stay flat.
 
-    .venv/bin/python bench/write.py [--paths 60] [--closure-mib 300] [--big-mib 1024]
+    .venv/bin/python -m bench.write [--paths 60] [--closure-mib 300] [--big-mib 1024]
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).parent))
 from push import NIX, choose_files, closure_expr, dev_server, nar_size, push, timed, warm
 
-from niks3d.devenv.nixfixtures import build_expr
 from niks3d.devenv.process import free_port
-from niks3d.devenv.proctree import process_tree
 from niks3d.nix.signing import SecretKey
+from testkit.nixfixtures import build_expr
+from testkit.proctree import process_tree
 
 NGINX_CONF = """
 daemon off;

@@ -15,6 +15,7 @@ that is wrong (a file, a TOML key, a narinfo line, a store path, a bucket key)::
     │   ├── NotFound           what the request names does not exist (404)
     │   ├── StateConflict      the request collides with the state of the cache (409)
     │   ├── MissingPrerequisite   what it relies on is not there (yet): objects, references (422)
+    │   ├── InvalidUpload      an uploaded object is not what its session declared (422)
     │   ├── Unsupported        a format or encoding this cache does not take (415)
     │   └── AccessDenied       the request's credentials do not allow it
     │       ├── Unauthenticated   none, unusable or unknown credentials (401)
@@ -46,6 +47,7 @@ __all__ = [
     "DatabaseError",
     "Forbidden",
     "InvalidRequest",
+    "InvalidUpload",
     "MissingPrerequisite",
     "Niks3Error",
     "NotFound",
@@ -142,6 +144,12 @@ class StateConflict(RequestError):
 
 class MissingPrerequisite(RequestError):
     """What the request relies on is not there (yet): objects not uploaded, references not in the cache."""
+
+
+class InvalidUpload(RequestError):
+    """What a writer uploaded is not what its session declared (a NAR that fails verification): 422."""
+
+    default_code = "objects_invalid"
 
 
 class Unsupported(RequestError):

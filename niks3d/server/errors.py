@@ -14,6 +14,7 @@ InvalidRequest, NixFormat   400
 NotFound                    404     the code says what (``session_not_found``, ``pin_not_found``)
 StateConflict               409     with ``Retry-After`` when ``details`` carry ``retry_after``
 MissingPrerequisite         422
+InvalidUpload               422     an upload that fails verification; its session is aborted
 Unsupported                 415
 ApiError                    its own the HTTP layer's own refusals (408, 413, 424)
 StorageThrottled            429     ``Retry-After`` from S3's answer (503 outside the API, for Nix)
@@ -44,6 +45,7 @@ from niks3d.errors import (
     ApiError,
     DatabaseError,
     Forbidden,
+    InvalidUpload,
     MissingPrerequisite,
     NotFound,
     RequestError,
@@ -74,6 +76,7 @@ _REQUEST_STATUS: tuple[tuple[type[RequestError], int], ...] = (
     (NotFound, 404),
     (StateConflict, 409),
     (MissingPrerequisite, 422),
+    (InvalidUpload, 422),
     (Unsupported, 415),
     (RequestError, 400),
 )

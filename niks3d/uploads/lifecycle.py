@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from niks3d.db import paths as db_paths
 from niks3d.db import uploads as db
-from niks3d.errors import ApiError, InvalidRequest, NotFound, StateConflict
+from niks3d.errors import InvalidRequest, NotFound, StateConflict
 from niks3d.logsetup import log_event
 from niks3d.nix.bucketkeys import narinfo_key, staging_key
 from niks3d.uploads.context import PushContext

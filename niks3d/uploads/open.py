@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from niks3d.db import paths as db_paths
 from niks3d.db import uploads as db
 from niks3d.db.retry import Conflict, retry_transaction
-from niks3d.errors import ApiError, InvalidRequest, MissingPrerequisite, StateConflict
+from niks3d.errors import InvalidRequest, MissingPrerequisite, StateConflict
 from niks3d.eventloop import Pauser
 from niks3d.logsetup import log_event
 from niks3d.nix.bucketkeys import narinfo_key

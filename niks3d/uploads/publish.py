@@ -26,7 +26,7 @@ from niks3d.db import upstream as db_upstream
 from niks3d.db.notify import notify_store_paths
 from niks3d.db.retry import retry_transaction
 from niks3d.db.upstream import UpstreamRecord
-from niks3d.errors import InvalidRequest, MissingPrerequisite, NotFound, StateConflict
+from niks3d.errors import MissingPrerequisite, NotFound, StateConflict
 from niks3d.logsetup import log_event
 from niks3d.nix.bucketkeys import narinfo_key, realisation_key
 from niks3d.nix.hashes import format_sha256, parse_sha256

@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 from niks3d.db import uploads as db
-from niks3d.errors import ApiError, InvalidRequest, ObjectNotFound, StorageError, StorageThrottled
+from niks3d.errors import InvalidRequest, InvalidUpload, ObjectNotFound, StorageError, StorageThrottled
 from niks3d.nix.bucketkeys import nar_key, parse_bucket_key, staging_key
 from niks3d.nix.hashes import format_sha256
 from niks3d.nix.storepath import StorePath
@@ -90,9 +90,7 @@ async def report_objects(
         # its claims stop holding up other sessions that need the same objects (docs/security.md, rule 1).
         await abort_session(ctx, session.id)
         shown = "; ".join(f"{r['key']}: {r['reason']}" for r in invalid[:3])
-        raise ApiError(
-            422,
-            "objects_invalid",
+        raise InvalidUpload(
             f"{len(invalid)} uploaded object(s) are not what this session declared, so it was aborted: {shown}",
             invalid=[{"key": r["key"], "reason": r["reason"]} for r in invalid],
         )

@@ -443,7 +443,7 @@ def reference_levels(paths: list[PathRequest]) -> list[list[PathRequest]]:
             return depth[h]
         refs = [r.hash for r in by_hash[h].references if r.hash in by_hash and r.hash != h]
         if any(r in trail for r in refs):
-            raise ApiError(400, "invalid_request", f"reference cycle through {by_hash[h].path.path}")
+            raise InvalidRequest(f"reference cycle through {by_hash[h].path.path}")
         depth[h] = 1 + max((level(r, trail | {h}) for r in refs), default=-1)
         return depth[h]
 

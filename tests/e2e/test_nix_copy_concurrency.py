@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from niks3d.devenv.nixfixtures import build_expr
 from niks3d.nix.storepath import StorePath
+from testkit.nixfixtures import build_expr
 from tests.client.storekit import delete
 from tests.e2e.gcchecks import assert_closure_consistent, bucket_state
 from tests.e2e.test_gc import _niks3
