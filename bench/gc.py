@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from benchkit import run_niks3d, write_config
 
+from bench.benchkit import run_niks3d, write_config
 from niks3d.config import DatabaseSettings
 from niks3d.db.migrate import migrate
 from niks3d.db.pool import open_pool

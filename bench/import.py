@@ -3,7 +3,7 @@ figures in docs/operations.md).
 
 A throwaway PostgreSQL (default durability: fsync on) and SeaweedFS are started; the bucket gets ``--paths``
 narinfos in a reference DAG, as many small NAR objects and a listing for every other path
-(``niks3d.devenv.synthbucket``). Then ``niks3d import --json`` runs as a child process, twice (the second run
+(``testkit.synthbucket``). Then ``niks3d import --json`` runs as a child process, twice (the second run
 finds everything registered); the figures are its wall time, its own phase timings and its peak resident memory
 (VmHWM, read by the child itself).
 
@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchkit import run_niks3d, write_config
-
+from bench.benchkit import run_niks3d, write_config
 from niks3d.config import S3Settings
 from niks3d.devenv.postgres import postgres_server
 from niks3d.devenv.seaweedfs import seaweed_server
-from niks3d.devenv.synthbucket import write_synth_bucket
+from testkit.synthbucket import write_synth_bucket
 from niks3d.storage import open_bucket
 
 BUCKET = "bench-import"

@@ -25,7 +25,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,9 +33,7 @@ from pathlib import Path
 
 import zstandard
 
-sys.path.insert(0, str(Path(__file__).parent))
-from push import NIX, choose_files, closure_expr, dev_server, nar_size, push, timed, warm
-
+from bench.push import NIX, choose_files, closure_expr, dev_server, nar_size, push, timed, warm
 from niks3d.devenv.process import free_port
 from niks3d.nix.signing import SecretKey
 from testkit.nixfixtures import build_expr
