@@ -27,8 +27,8 @@ from bench.benchkit import run_niks3d, write_config
 from niks3d.config import S3Settings
 from niks3d.devenv.postgres import postgres_server
 from niks3d.devenv.seaweedfs import seaweed_server
-from testkit.synthbucket import write_synth_bucket
 from niks3d.storage import open_bucket
+from testkit.synthbucket import write_synth_bucket
 
 BUCKET = "bench-import"
 DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}

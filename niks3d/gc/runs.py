@@ -152,9 +152,11 @@ async def unlock(conn: Connection) -> None:
 @asynccontextmanager
 async def collector_lock_held(conn: Connection) -> AsyncIterator[None]:
     """Hold the collector's lock on ``conn`` for a whole import or check (``niks3d import``, ``niks3d fsck``);
-    raises Niks3Error at once if a GC run, an import or a check holds it."""
+    raises StateConflict (code ``gc_running``) at once if a GC run, an import or a check holds it."""
     if not await try_lock(conn):
-        raise Niks3Error("a garbage collection, import or check is running; try again when it has finished")
+        raise StateConflict(
+            "a garbage collection, import or check is running; try again when it has finished", code="gc_running"
+        )
     try:
         yield
     finally:

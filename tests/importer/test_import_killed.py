@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 
 from niks3d.config import S3Settings
-from testkit.synthbucket import write_synth_bucket
 from niks3d.storage import open_bucket
+from testkit.synthbucket import write_synth_bucket
 from tests.fixtures.daemon import niks3d_argv
 from tests.importer.importkit import TABLES, niks3d, snapshot, wait_for_paths
 
