@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 
 from niks3d.config import S3Settings
-from niks3d.devenv.synthbucket import write_synth_bucket
 from niks3d.storage import open_bucket
+from testkit.synthbucket import write_synth_bucket
 from tests.fixtures.daemon import niks3d_argv
 from tests.importer.importkit import niks3d, wait_for_paths
 from tests.server.bucketview import s3_client
