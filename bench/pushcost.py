@@ -34,7 +34,7 @@ import zstandard
 from bench import synthclosure
 from bench.push import NIKS3, NIX, Run, timed
 from bench.pushstack import NIX_BUCKET, Counts, Stack, stack
-from niks3d.devenv import modernnix
+from testkit import modernnix
 
 
 @dataclass

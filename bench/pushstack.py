@@ -34,9 +34,9 @@ import tomli_w
 
 from niks3d.devenv.postgres import postgres_server
 from niks3d.devenv.process import free_port
-from niks3d.devenv.proctree import process_tree
 from niks3d.devenv.seaweedfs import seaweed_server
 from niks3d.nix.signing import SecretKey
+from testkit.proctree import process_tree
 
 NIKS3D = [sys.executable, "-c", "from niks3d.cli.main import main; raise SystemExit(main())"]
 BUCKET = "niks3"
