@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from urllib.parse import quote
 
 import aiohttp
-import jwt
 
 from niks3d.errors import ClientError
 
@@ -31,6 +30,8 @@ _TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 def _expiry(token: str) -> float | None:
     """The token's ``exp`` (unverified: the server verifies; this only decides when to fetch a new one)."""
+    import jwt  # noqa: PLC0415 -- PyJWT and cryptography cost every run ~0.1 s of CPU to import
+
     try:
         exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
     except jwt.PyJWTError:

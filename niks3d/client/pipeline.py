@@ -21,6 +21,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -39,6 +40,8 @@ from niks3d.client.store import LocalStore
 from niks3d.client.upload import PresignedRequest, UploadFailed, put_presigned
 from niks3d.errors import ClientError
 from niks3d.nix.storepath import StorePath
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,8 @@ class UploadPipeline:
         info = work.info
         with self._new_spool() as spool:
             async with self._cpu:
-                outcome = await asyncio.to_thread(
+                outcome = await _off_loop(
+                    info.nar_size,
                     stream_nar,
                     info,
                     self.store.real_path(info.path),
@@ -190,7 +194,8 @@ class UploadPipeline:
     async def _listing_only(self, work: PathWork) -> NarOutcome:
         info = work.info
         async with self._cpu:
-            return await asyncio.to_thread(
+            return await _off_loop(
+                info.nar_size,
                 stream_nar,
                 info,
                 self.store.real_path(info.path),
@@ -252,6 +257,18 @@ class UploadPipeline:
     async def run(self, works: Sequence[PathWork]) -> list[Uploaded]:
         """Upload everything in ``works``; on the first failure stop the rest and raise it."""
         return await run_all([self._path(w) for w in works], on_failure=self.cancel.set)
+
+
+# Work on at most this many bytes runs on the event loop itself: a worker thread's hand-over (a queue put, a
+# wake-up, the GIL passed back and forth) costs more CPU than compressing a small NAR (bench/push.py, cost).
+INLINE_BYTES = 64 << 10
+
+
+async def _off_loop(size: int, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``func(*args, **kwargs)``: in a worker thread, or on the loop for inputs of at most INLINE_BYTES."""
+    if size <= INLINE_BYTES:
+        return func(*args, **kwargs)
+    return await asyncio.to_thread(func, *args, **kwargs)
 
 
 def _describe(done: Uploaded) -> str:
