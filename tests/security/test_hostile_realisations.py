@@ -13,7 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from niks3d.nix.hashes import format_sha256
 from niks3d.nix.nar import nar_str
+from niks3d.nix.narinfo import parse_narinfo
+from niks3d.nix.storepath import StorePath
 from tests.e2e.test_modern_nix import CA_EXPR, _build, _keys, _push, _reader, _substitute, _write
 from tests.security.kit import ATTACKERS, made_up
 from tests.server.bucketview import bucket_keys, get_object
@@ -45,6 +48,14 @@ async def _repoint(daemon: Any, token: str, ids: list[str], name: str) -> dict[s
     return answer
 
 
+async def _open_and_complete(daemon: Any, token: str, meta: dict[str, Any]) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http:
+        kit = PushKit(http, daemon.url, daemon.tokens[token])
+        session = await kit.call("POST", "/api/v1/sessions", {"roots": [meta["path"]], "paths": [meta]}, expect=201)
+        answer: dict[str, Any] = await kit.complete(session["session_id"], {})
+    return answer
+
+
 def test_a_published_realisation_is_never_repointed(start_daemon, modern_nix, tmp_path):
     daemon = start_daemon()
     salt = secrets.token_hex(6)
@@ -63,6 +74,21 @@ def test_a_published_realisation_is_never_repointed(start_daemon, modern_nix, tm
         assert sorted(r["id"] for r in refused) == ids, answer
         held = {f"/nix/store/{b['outPath']}" for b in before.values()}
         assert all(r["published"] in held and "already" in r["reason"] for r in refused), refused
+
+    # A realisation for a derivation of the attacker's naming, pointing at the victim's (cached) output: the
+    # session publishes nothing, so it writes no realisation either (a guard: this held before rule 7 too).
+    info = parse_narinfo(get_object(daemon.s3, f"{StorePath.parse(out).hash}.narinfo")[0])
+    made_up_id = f"sha256:{secrets.token_hex(32)}!out"
+    meta = {
+        "path": out,
+        "nar_hash": format_sha256(info.nar_hash),
+        "nar_size": info.nar_size,
+        "references": [f"/nix/store/{r}" for r in info.references],
+        "realisations": [{"id": made_up_id, "out_path": out}],
+    }
+    answer = asyncio.run(_open_and_complete(daemon, "intruder", meta))
+    assert answer["cached"] == [out] and not answer["published"], answer
+    assert f"realisations/{made_up_id}.doi" not in _realisations(daemon)
 
     reader = _reader(tmp_path, modern_nix)
     assert _substitute(reader, expr, salt, f"{daemon.s3.endpoint_url}/{daemon.s3.bucket}", _keys(daemon)) == out
