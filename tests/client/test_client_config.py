@@ -93,3 +93,63 @@ def test_a_private_token_does_not_warn(tmp_path, caplog):
 def test_bad_server_urls_are_refused(url):
     with pytest.raises(ClientError, match="--server"):
         normalize_server_url(url, "--server")
+
+
+def _pki(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.server.certkit import CA
+
+    ca = CA("client config CA")
+    cert, key = ca.issue("ci-1").write(tmp_path, "client")
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pass"),
+        )
+    )
+    return ca.write(tmp_path / "ca.crt"), cert, key, encrypted
+
+
+def test_tls_files_come_from_options_environment_or_the_config_directory(tmp_path):
+    ca, cert, key, _ = _pki(tmp_path)
+    url = "https://cache.example.org"
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    plain = load_client_config(server=url, environ=env, token_required=False)
+    assert plain.ssl_context is None and plain.tls_source is None
+    # A client certificate is enough: no token is required.
+    config = load_client_config(server=url, environ=env, client_cert=str(cert), client_key=str(key), ca_file=str(ca))
+    assert config.token is None and config.ssl_context is not None
+    assert config.tls_source == f"client certificate {cert}, CA file {ca}"
+    assert config.ssl_context.get_ca_certs()[0]["subject"][-1][0][1] == "client config CA"
+    from_env = load_client_config(
+        server=url, environ={**env, "NIKS3_CLIENT_CERT": str(cert), "NIKS3_CLIENT_KEY": str(key)}
+    )
+    assert from_env.tls_source == f"client certificate {cert}"
+    directory = tmp_path / "xdg" / "niks3"
+    directory.mkdir(parents=True)
+    for name, source in (("client.crt", cert), ("client.key", key), ("ca.crt", ca)):
+        (directory / name).write_bytes(source.read_bytes())
+    defaults = load_client_config(server=url, environ=env)
+    assert defaults.tls_source == f"client certificate {directory / 'client.crt'}, CA file {directory / 'ca.crt'}"
+
+
+def test_bad_tls_files_are_named(tmp_path):
+    ca, cert, key, encrypted = _pki(tmp_path)
+    url = "https://cache.example.org"
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    cases = [
+        ({"server": "http://cache", "client_cert": str(cert), "client_key": str(key)}, "is not https://"),
+        ({"client_key": str(key)}, "needs its certificate"),
+        ({"ca_file": str(tmp_path / "missing.crt")}, f"CA file {tmp_path / 'missing.crt'} does not exist"),
+        ({"ca_file": str(key)}, "holds no usable PEM certificate"),
+        ({"client_cert": str(cert), "client_key": str(encrypted)}, "is encrypted"),
+        ({"client_cert": str(cert), "client_key": str(ca)}, f"cannot use the client certificate {cert}"),
+        ({"client_cert": str(tmp_path / "nope.crt")}, "does not exist"),
+    ]
+    for options, reason in cases:
+        with pytest.raises(ClientError, match=reason):
+            load_client_config(**{"server": url, **options}, environ=env, token_required=False)
