@@ -41,6 +41,8 @@ from typing import Any
 
 from asyncpg import Connection
 
+from niks3d.db.sessions import ReleasedClaim
+
 
 @dataclass(frozen=True, slots=True)
 class SessionRow:
@@ -244,10 +246,10 @@ async def insert_claims(conn: Connection, session_id: uuid.UUID, claims: Iterabl
 
 async def take_over(
     conn: Connection, session_id: uuid.UUID, keys: Sequence[str], lease: timedelta
-) -> list[tuple[uuid.UUID, str, str]]:
+) -> list[ReleasedClaim]:
     """Make ``session_id`` the uploader of ``keys`` (their previous uploader's lease ran out), with a fresh lease;
-    returns the dropped ``(session_id, key, upload_id)`` multipart uploads of the previous uploaders, which the
-    caller aborts."""
+    returns the previous uploaders' claims as released ones, whose multipart uploads the caller aborts
+    (uploads/closing.py)."""
     # The previous uploader keeps its claim as a waiting one: its late report of the key is then accepted once
     # the key is present, and its session still protects the key from GC.
     dropped = await conn.fetch(
@@ -266,7 +268,7 @@ async def take_over(
         list(keys),
         lease,
     )
-    return [(r["session_id"], r["key"], r["upload_id"]) for r in dropped if r["upload_id"]]
+    return [ReleasedClaim(r["session_id"], r["key"], r["upload_id"], True) for r in dropped]
 
 
 async def claims_of_session(conn: Connection, session_id: uuid.UUID) -> dict[str, Claim]:

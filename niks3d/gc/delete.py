@@ -16,17 +16,20 @@ from __future__ import annotations
 __all__ = ["delete_path"]
 
 import logging
+import uuid
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
 from asyncpg import Connection
 
+from niks3d.db import sessions as db_sessions
 from niks3d.errors import NotFound, StateConflict
 from niks3d.gc import mark, sweep
 from niks3d.gc.collector import GcContext
 from niks3d.gc.runs import GcRunning, running_run, try_lock, unlock
 from niks3d.logsetup import log_event
+from niks3d.uploads.closing import tidy_released
 
 logger = logging.getLogger(__name__)
 
@@ -92,17 +95,9 @@ async def _release(conn: Connection, ctx: GcContext, targets: list[str], holders
     """With force: drop the pins on the targets and abort the sessions that claim them."""
     async with conn.transaction():
         await conn.execute("DELETE FROM pins WHERE hash = ANY($1::text[])", targets)
-        await conn.execute(
-            "UPDATE upload_sessions SET state = 'aborted' WHERE id = ANY($1::uuid[]) AND state = 'open'",
-            holders["sessions"],
-        )
-        uploads = await conn.fetch(
-            "DELETE FROM session_claims WHERE session_id = ANY($1::uuid[]) RETURNING key, upload_id",
-            holders["sessions"],
-        )
-    for row in uploads:
-        if row["upload_id"]:
-            await ctx.bucket.abort_multipart(row["key"], row["upload_id"])
+        released = await db_sessions.close_sessions(conn, [uuid.UUID(s) for s in holders["sessions"]], "aborted")
+    # their clients did not ask: what they staged waits for the staging sweep (uploads/closing.py's policy)
+    await tidy_released(ctx.bucket, released, delete_staged=False)
 
 
 async def _doomed(conn: Connection, targets: list[str], *, closure: bool, retention: datetime) -> None:

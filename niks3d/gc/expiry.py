@@ -1,11 +1,11 @@
 """The first steps of a run: expire stale upload sessions, forget old closed ones, drop expired pushed roots.
 
-A session open past its ``expires_at`` becomes ``expired``: its claims go (so the keys it held are no longer
-roots) and its multipart uploads are aborted. Expiring takes the session row's lock, so a ``complete`` that is
-publishing holds it off and wins (the row is then ``completed`` and stays). Closed sessions are kept for one more
-``gc.session_expiry`` after they ended, so that a client retrying ``complete`` still gets its answer, and then
-deleted. A pushed root expires when its last push is older than ``older_than``; a push that renews it
-concurrently either lands first (the row no longer matches) or re-inserts it.
+A session open past its ``expires_at`` becomes ``expired``: its claims go (so the keys it held are no longer roots)
+and its multipart uploads are aborted, best effort (the policy of :mod:`niks3d.uploads.closing`). Expiring takes the
+session row's lock, so a ``complete`` that is publishing holds it off and wins (the row is then ``completed`` and
+stays). Closed sessions are kept for one more ``gc.session_expiry`` after they ended, so that a client retrying
+``complete`` still gets its answer, and then deleted. A pushed root expires when its last push is older than
+``older_than``; a push that renews it concurrently either lands first (the row no longer matches) or re-inserts it.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import logging
 from collections import Counter
 from datetime import datetime, timedelta
 
+from niks3d.db import sessions as db_sessions
 from niks3d.db.pool import DbPool
-from niks3d.nix.bucketkeys import staging_key
 from niks3d.storage.s3 import Bucket
+from niks3d.uploads.closing import tidy_released
 
 logger = logging.getLogger(__name__)
 
@@ -28,29 +29,15 @@ async def expire_sessions(pool: DbPool, bucket: Bucket, *, now: datetime, keep_c
     ``now - keep_closed``. Counts ``sessions_expired``, ``sessions_forgotten``, ``uploads_aborted``."""
     counts: Counter[str] = Counter()
     async with pool.acquire() as conn, conn.transaction():
-        expired = await conn.fetch(
-            "UPDATE upload_sessions SET state = 'expired' WHERE state = 'open' AND expires_at <= $1 RETURNING id",
-            now,
-        )
-        ids = [r["id"] for r in expired]
-        uploads = await conn.fetch(
-            "DELETE FROM session_claims WHERE session_id = ANY($1::uuid[]) RETURNING session_id, key, upload_id", ids
-        )
-        forgotten = await conn.execute(
-            """DELETE FROM upload_sessions
-               WHERE state IN ('completed', 'aborted', 'expired')
-                 AND greatest(expires_at, coalesce(completed_at, expires_at)) < $1""",
-            now - keep_closed,
-        )
+        ids, released = await db_sessions.expire_due(conn, now)
+        counts["sessions_forgotten"] = await db_sessions.forget_closed(conn, now - keep_closed)
     counts["sessions_expired"] = len(ids)
-    counts["sessions_forgotten"] = int(forgotten.rsplit(" ", 1)[-1])
     for session_id in ids:
         logger.info("upload session %s expired", session_id)
-    for row in uploads:
-        if row["upload_id"]:
-            # a session's multipart uploads live under its staging keys (docs/security.md, rule 2)
-            await bucket.abort_multipart(staging_key(str(row["session_id"]), row["key"]), row["upload_id"])
-            counts["uploads_aborted"] += 1
+    # a client may still be writing through a presigned URL: its staged objects wait for the staging sweep
+    tidied = await tidy_released(bucket, released, delete_staged=False)
+    counts["uploads_aborted"] += tidied["uploads_aborted"]
+    counts["cleanup_errors"] += tidied["cleanup_errors"]
     return counts
 
 
@@ -64,8 +51,6 @@ async def drop_expired_roots(pool: DbPool, *, retention: datetime) -> int:
 async def count_expirable(pool: DbPool, *, now: datetime, retention: datetime) -> Counter[str]:
     """For a dry run: the sessions that would expire and the roots that would be dropped."""
     async with pool.acquire() as conn:
-        sessions = await conn.fetchval(
-            "SELECT count(*) FROM upload_sessions WHERE state = 'open' AND expires_at <= $1", now
-        )
+        sessions = await db_sessions.count_due(conn, now)
         roots = await conn.fetchval("SELECT count(*) FROM roots WHERE last_pushed_at <= $1", retention)
     return Counter({"sessions_expired": int(sessions), "roots_expired": int(roots)})

@@ -30,6 +30,7 @@ COUNT_NAMES = (
     "sessions_forgotten",
     "roots_expired",
     "uploads_aborted",
+    "cleanup_errors",
     "bucket_objects",
     "orphans",
     "orphan_bytes",

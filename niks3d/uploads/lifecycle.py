@@ -17,12 +17,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from niks3d.db import paths as db_paths
+from niks3d.db import sessions as db_sessions
 from niks3d.db import uploads as db
 from niks3d.errors import InvalidRequest, NotFound, StateConflict
 from niks3d.logsetup import log_event
-from niks3d.nix.bucketkeys import narinfo_key, staging_key
+from niks3d.nix.bucketkeys import narinfo_key
+from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
-from niks3d.uploads.multipart import abort_uploads
 from niks3d.uploads.request import reference_levels
 
 if TYPE_CHECKING:
@@ -59,14 +60,10 @@ async def abort_session(ctx: PushContext, session_id: uuid.UUID) -> dict[str, An
             raise NotFound(f"no upload session {session_id}", code="session_not_found")
         if session.state == "completed":
             raise StateConflict(f"session {session_id} is completed and cannot be aborted", code="session_closed")
-        uploads = await conn.fetch(
-            "DELETE FROM session_claims WHERE session_id = $1 RETURNING key, upload_id, uploader", session_id
-        )
+        released = await db_sessions.close_sessions(conn, [session_id], "aborted")
         withdrawn = await _withdraw_narinfos(ctx, conn, session)
-        if session.state == "open":
-            await conn.execute("UPDATE upload_sessions SET state = 'aborted' WHERE id = $1", session_id)
-    await abort_uploads(ctx, [(session_id, r["key"], r["upload_id"]) for r in uploads if r["upload_id"]])
-    await ctx.bucket.delete_many([staging_key(str(session_id), r["key"]) for r in uploads if r["uploader"]])
+    # its client said it is done: what it staged goes now (uploads/closing.py's policy for S3 failures)
+    await tidy_released(ctx.bucket, released, delete_staged=True)
     log_event(
         logger,
         logging.INFO,

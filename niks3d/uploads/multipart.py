@@ -1,9 +1,9 @@
-"""The multipart uploads a session owns: created for large NARs it uploads (under its staging key), aborted when
-it gives them up."""
+"""The multipart uploads a session owns: created for large NARs it uploads (under its staging key). They are
+aborted, when the session gives them up, by :mod:`niks3d.uploads.closing`."""
 
 from __future__ import annotations
 
-__all__ = ["abort_uploads", "start_multipart_uploads"]
+__all__ = ["start_multipart_uploads"]
 
 import logging
 import uuid
@@ -14,15 +14,6 @@ from niks3d.uploads.context import PushContext
 from niks3d.uploads.objects import CONTENT_TYPES, wanted_objects
 
 logger = logging.getLogger(__name__)
-
-
-async def abort_uploads(ctx: PushContext, uploads: list[tuple[uuid.UUID, str, str]]) -> None:
-    """Abort ``(session_id, key, upload_id)`` multipart uploads (they live under the session's staging key)."""
-    for session_id, key, upload_id in uploads:
-        try:
-            await ctx.bucket.abort_multipart(staging_key(str(session_id), key), upload_id)
-        except Exception:
-            logger.warning("could not abort multipart upload %s of %s", upload_id, key, exc_info=True)
 
 
 async def start_multipart_uploads(ctx: PushContext, session_id: uuid.UUID) -> None:

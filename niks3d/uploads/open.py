@@ -23,9 +23,10 @@ from niks3d.eventloop import Pauser
 from niks3d.logsetup import log_event
 from niks3d.nix.bucketkeys import narinfo_key
 from niks3d.nix.storepath import StorePath
+from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.leases import refresh_stalled
-from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
+from niks3d.uploads.multipart import start_multipart_uploads
 from niks3d.uploads.objects import WantedObject, object_spec, wanted_objects
 from niks3d.uploads.request import SessionRequest
 from niks3d.uploads.upstream import prove_upstream_async
@@ -146,7 +147,7 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
             # A claim whose lease ran out blocks nobody: this session takes the upload over (uploads/leases.py).
             await db.insert_claims(conn, session_id, [(k, False) for k in keys])
             aborted = await db.take_over(conn, session_id, stale, gc.claim_lease)
-        await abort_uploads(ctx, aborted)
+        await tidy_released(ctx.bucket, aborted, delete_staged=False)
         return session_id, True
 
     session_id, created = await retry_transaction(attempt)

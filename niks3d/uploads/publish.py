@@ -21,10 +21,12 @@ from typing import Any
 from asyncpg import Connection
 
 from niks3d.db import paths as db_paths
+from niks3d.db import sessions as db_sessions
 from niks3d.db import uploads as db
 from niks3d.db import upstream as db_upstream
 from niks3d.db.notify import notify_store_paths
 from niks3d.db.retry import retry_transaction
+from niks3d.db.sessions import ReleasedClaim
 from niks3d.db.upstream import UpstreamRecord
 from niks3d.errors import MissingPrerequisite, NotFound, StateConflict
 from niks3d.logsetup import log_event
@@ -32,9 +34,10 @@ from niks3d.nix.bucketkeys import narinfo_key, realisation_key
 from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.narinfo import NarInfo
 from niks3d.nix.realisation import Realisation
+from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.leases import refresh_stalled
-from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
+from niks3d.uploads.multipart import start_multipart_uploads
 from niks3d.uploads.objects import CONTENT_TYPES, object_spec, wanted_objects
 from niks3d.uploads.open import check_names
 from niks3d.uploads.report import report_objects
@@ -107,7 +110,7 @@ async def _check_objects(
     orphaned = [k for k in absent if k not in busy and k not in mine]
     if orphaned:
         # Their uploader went away: this session uploads them now.
-        async def take() -> list[tuple[uuid.UUID, str, str]]:
+        async def take() -> list[ReleasedClaim]:
             async with ctx.pool.acquire() as conn, conn.transaction():
                 await db.ensure_objects(conn, [(k, needed[k].kind) for k in orphaned])
                 await db.lock_objects(conn, orphaned)
@@ -117,7 +120,8 @@ async def _check_objects(
                 taken = [k for k in orphaned if k not in busy_now]
                 return await db.take_over(conn, session.id, taken, ctx.settings.gc.claim_lease)
 
-        await abort_uploads(ctx, await retry_transaction(take))
+        # the previous uploader's session may still be open: its staged objects wait for GC's staging sweep
+        await tidy_released(ctx.bucket, await retry_transaction(take), delete_staged=False)
         await start_multipart_uploads(ctx, session.id)
         async with ctx.pool.acquire() as conn:
             claims = await db.claims_of_session(conn, session.id)
@@ -207,12 +211,7 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
             result["realisations_refused"] = [refused[k] for k in sorted(refused)]
         if leaning:
             result["upstream"] = sorted({f"/nix/store/{upstream[u].hash}-{upstream[u].name}" for _, u in leaning})
-        await conn.execute(
-            "UPDATE upload_sessions SET state = 'completed', completed_at = now(), result = $2 WHERE id = $1",
-            session_id,
-            result,
-        )
-        await conn.execute("DELETE FROM session_claims WHERE session_id = $1", session_id)
+        await db_sessions.complete_session(conn, session_id, result)
         return result
 
 

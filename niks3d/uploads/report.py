@@ -19,15 +19,17 @@ import logging
 from typing import Any
 
 from niks3d.db import uploads as db
+from niks3d.db.sessions import ReleasedClaim
 from niks3d.errors import InvalidRequest, InvalidUpload, ObjectNotFound, StorageError, StorageThrottled
 from niks3d.nix.bucketkeys import nar_key, parse_bucket_key, staging_key
 from niks3d.nix.hashes import format_sha256
 from niks3d.nix.storepath import StorePath
 from niks3d.storage.errors import UploadNotFound
+from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.leases import LeaseKeeper
 from niks3d.uploads.lifecycle import abort_session
-from niks3d.uploads.multipart import abort_uploads, start_multipart_uploads
+from niks3d.uploads.multipart import start_multipart_uploads
 from niks3d.uploads.objects import CONTENT_TYPES
 from niks3d.uploads.request import ObjectReport, SessionRequest
 from niks3d.uploads.verify import verify_nar_object
@@ -80,8 +82,9 @@ async def report_objects(
     async with LeaseKeeper(ctx, session.id) as keeper:
         results = await asyncio.gather(*(check(r, c) for r, c in to_check))
     if superseded:
-        await abort_uploads(ctx, [(session.id, c.key, c.upload_id) for c in superseded if c.upload_id])
-        await ctx.bucket.delete_many([staging_key(str(session.id), c.key) for c in superseded])
+        # this session's copies are not needed: gone, under uploads/closing.py's policy for S3 failures
+        dropped = [ReleasedClaim(session.id, c.key, c.upload_id, True) for c in superseded]
+        await tidy_released(ctx.bucket, dropped, delete_staged=True)
     good = [r for r in results if isinstance(r, tuple)]
     failed = [r for r in results if isinstance(r, dict)]
     invalid = [r for r in failed if r.pop("invalid", False)]

@@ -12,6 +12,7 @@ import pytest
 
 from niks3d.errors import NotFound, StateConflict
 from niks3d.gc import GcContext, GcParams, GcRunning, claim_run, delete_path
+from niks3d.nix.bucketkeys import STAGING_PREFIX, staging_key
 from tests.gc.gckit import Cache, Seeded
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]
@@ -93,3 +94,32 @@ async def test_a_deletion_waits_for_no_run_and_says_one_is_active(cache: Cache, 
             await _delete(ctx, path)
         assert busy.value.run is not None and busy.value.run.id == held.row.id
     assert (await _delete(ctx, path))["deleted"] == [path.path.path]
+
+
+async def test_force_aborts_the_claiming_sessions_multipart_uploads_under_their_staging_keys(
+    cache: Cache, ctx: GcContext, pool: asyncpg.Pool
+) -> None:
+    secret = await cache.add_path("secret")
+    session = uuid.uuid4()
+    staged = staging_key(str(session), secret.narinfo_key)
+    upload_id = await ctx.bucket.create_multipart(staged, content_type="application/octet-stream")
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO upload_sessions (id, token_name, expires_at, request, request_digest)
+               VALUES ($1, 'ci', now() + interval '1 hour', '{}', 'x')""",
+            session,
+        )
+        await conn.execute(
+            "INSERT INTO session_claims (session_id, key, uploader, upload_id) VALUES ($1, $2, true, $3)",
+            session,
+            secret.narinfo_key,
+            upload_id,
+        )
+    answer = await _delete(ctx, secret, force=True)
+    assert answer["deleted"] == [secret.path.path]
+    assert [r["state"] for r in await cache.fetch("SELECT state FROM upload_sessions WHERE id = $1", session)] == [
+        "aborted"
+    ]
+    assert await cache.fetch("SELECT * FROM session_claims") == []
+    left = [u.upload_id async for u in ctx.bucket.iter_multipart_uploads(STAGING_PREFIX)]
+    assert upload_id not in left, "the session's multipart upload lives under its staging key and must be aborted"
