@@ -7,7 +7,7 @@ transaction that changes the rows, so PostgreSQL delivers it at commit, and neve
 
 from __future__ import annotations
 
-__all__ = ["CHANNEL", "notify_store_paths"]
+__all__ = ["CHANNEL", "keep_alive", "notify_store_paths"]
 
 from collections.abc import Iterable
 
@@ -32,3 +32,8 @@ async def notify_store_paths(
         for start in range(0, len(ordered), _HASHES_PER_NOTIFY):
             payload = sign + ",".join(ordered[start : start + _HASHES_PER_NOTIFY])
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+
+
+async def keep_alive(conn: asyncpg.Connection) -> None:
+    """One round trip on a listening connection, so that a connection lost without a FIN is noticed."""
+    await conn.fetchval("SELECT 1")

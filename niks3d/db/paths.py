@@ -5,7 +5,9 @@ from __future__ import annotations
 __all__ = [
     "PinRow",
     "PublishedPath",
+    "count_roots_before",
     "delete_pin",
+    "drop_roots_before",
     "get_pin",
     "insert_published",
     "list_pins",
@@ -163,6 +165,17 @@ async def touch_roots(conn: Connection, hashes: Iterable[str], session_id: Any) 
         list(hashes),
         session_id,
     )
+
+
+async def drop_roots_before(conn: Connection, retention: datetime) -> int:
+    """Delete the pushed roots last pushed at or before ``retention`` (GC's expiry); returns how many."""
+    status: str = await conn.execute("DELETE FROM roots WHERE last_pushed_at <= $1", retention)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def count_roots_before(conn: Connection, retention: datetime) -> int:
+    """How many pushed roots :func:`drop_roots_before` would delete (a dry run's count)."""
+    return int(await conn.fetchval("SELECT count(*) FROM roots WHERE last_pushed_at <= $1", retention))
 
 
 def _pin(row: Any) -> PinRow:

@@ -65,7 +65,7 @@ _UNREFERENCED = "NOT EXISTS (SELECT 1 FROM upstream_references r WHERE r.referen
 
 async def forgettable_count(conn: Connection) -> int:
     """For a dry run, on the collector's connection after marking: how many records no path would reference
-    once the dead paths (``gc_dead``, niks3d/gc/mark.py) are gone."""
+    once the dead paths (``gc_dead``, niks3d/db/gc/mark.py) are gone."""
     return int(
         await conn.fetchval(
             """SELECT count(*) FROM upstream_paths u

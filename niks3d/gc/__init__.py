@@ -16,6 +16,7 @@ __all__ = [
     "delete_path",
 ]
 
+from niks3d.db.gc.runs import RunRow
 from niks3d.gc.collector import GcContext, claim_run, collect
 from niks3d.gc.delete import delete_path
-from niks3d.gc.runs import GcParams, GcRunning, RunRow
+from niks3d.gc.runs import GcParams, GcRunning

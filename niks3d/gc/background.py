@@ -10,8 +10,9 @@ import contextlib
 import logging
 from contextlib import AsyncExitStack
 
+from niks3d.db.gc.runs import RunRow
 from niks3d.gc.collector import GcContext, claim_run, collect
-from niks3d.gc.runs import GcParams, RunRow
+from niks3d.gc.runs import GcParams
 
 logger = logging.getLogger(__name__)
 

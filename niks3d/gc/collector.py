@@ -29,31 +29,21 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 
 from asyncpg import Connection
 
 from niks3d.config import GcSettings
 from niks3d.db import upstream as db_upstream
+from niks3d.db.gc import candidates, mark
+from niks3d.db.gc.runs import RunRow, finish_run, insert_run, interrupt_abandoned, running_run, try_lock, unlock
 from niks3d.db.maintenance import unfinished_import
 from niks3d.db.pool import DbPool
 from niks3d.errors import Niks3Error, StateConflict
-from niks3d.gc import candidates, mark, sweep
+from niks3d.gc import sweep
 from niks3d.gc.expiry import count_expirable, drop_expired_roots, expire_sessions
 from niks3d.gc.orphans import abort_stale_uploads, adopt_orphans
 from niks3d.gc.progress import RunProgress
-from niks3d.gc.runs import (
-    GcParams,
-    GcRunning,
-    RunRow,
-    finish_run,
-    insert_run,
-    interrupt_abandoned,
-    run_owner,
-    running_run,
-    try_lock,
-    unlock,
-)
+from niks3d.gc.runs import GcParams, GcRunning, run_owner
 from niks3d.gc.staging import sweep_staging
 from niks3d.logsetup import log_event
 from niks3d.storage.s3 import Bucket
@@ -108,7 +98,9 @@ async def claim_run(pool: DbPool, params: GcParams) -> AsyncIterator[HeldRun]:
             await _refuse_after_unfinished_import(conn)
             for run_id in await interrupt_abandoned(conn):
                 logger.warning("gc run %d was left running by a process that stopped; marked interrupted", run_id)
-            row = await insert_run(conn, params, run_owner())
+            row = await insert_run(
+                conn, params.to_json(), dry_run=params.dry_run, forced=params.force, owner=run_owner()
+            )
             yield HeldRun(conn, row)
         finally:
             try:
@@ -285,7 +277,7 @@ async def collect(ctx: GcContext, params: GcParams, held: HeldRun) -> RunRow:
     progress.start()
     state, error = "finished", None
     try:
-        start: datetime = await held.conn.fetchval("SELECT now()")
+        start = await mark.now(held.conn)
         cutoffs = mark.Cutoffs(
             start=start,
             retention=start - params.older_than,

@@ -23,11 +23,15 @@ from typing import Any
 
 from asyncpg import Connection
 
+from niks3d.db import paths as db_paths
 from niks3d.db import sessions as db_sessions
+from niks3d.db.gc import deletion as db
+from niks3d.db.gc import mark
+from niks3d.db.gc.runs import running_run, try_lock, unlock
 from niks3d.errors import NotFound, StateConflict
-from niks3d.gc import mark, sweep
+from niks3d.gc import sweep
 from niks3d.gc.collector import GcContext
-from niks3d.gc.runs import GcRunning, running_run, try_lock, unlock
+from niks3d.gc.runs import GcRunning
 from niks3d.logsetup import log_event
 from niks3d.uploads.closing import tidy_released
 
@@ -43,36 +47,15 @@ def _names(items: list[str]) -> str:
 
 async def _targets(conn: Connection, hash_part: str, *, force: bool) -> list[str]:
     """The named path, and with ``force`` every path that references it, transitively."""
-    if not force:
-        return [hash_part]
-    records = await conn.fetch(
-        """WITH RECURSIVE up(hash) AS (
-               SELECT $1::text
-               UNION SELECT r.referrer FROM path_references r JOIN up ON r.reference = up.hash)
-           SELECT hash FROM up ORDER BY hash""",
-        hash_part,
-    )
-    return [r["hash"] for r in records]
+    return await db.referrers_closure(conn, hash_part) if force else [hash_part]
 
 
 async def _holders(conn: Connection, hash_part: str, targets: list[str]) -> dict[str, list[str]]:
     """Pins on the targets, other paths that reference the named path, open sessions that claim a target."""
-    pins = await conn.fetch("SELECT name FROM pins WHERE hash = ANY($1::text[]) ORDER BY name", targets)
-    referrers = await conn.fetch(
-        """SELECT '/nix/store/' || s.hash || '-' || s.name AS path FROM path_references r
-           JOIN store_paths s ON s.hash = r.referrer
-           WHERE r.reference = $1 AND r.referrer <> $1 ORDER BY s.hash""",
-        hash_part,
-    )
-    sessions = await conn.fetch(
-        """SELECT DISTINCT c.session_id::text AS id FROM session_claims c
-           JOIN store_paths s ON s.narinfo_key = c.key WHERE s.hash = ANY($1::text[]) ORDER BY 1""",
-        targets,
-    )
     return {
-        "pins": [r["name"] for r in pins],
-        "referrers": [r["path"] for r in referrers],
-        "sessions": [r["id"] for r in sessions],
+        "pins": await db.pin_names(conn, targets),
+        "referrers": await db.referrer_paths(conn, hash_part),
+        "sessions": await db.claiming_sessions(conn, targets),
     }
 
 
@@ -94,7 +77,7 @@ def _refusal(path: str, holders: dict[str, list[str]]) -> StateConflict:
 async def _release(conn: Connection, ctx: GcContext, targets: list[str], holders: dict[str, list[str]]) -> None:
     """With force: drop the pins on the targets and abort the sessions that claim them."""
     async with conn.transaction():
-        await conn.execute("DELETE FROM pins WHERE hash = ANY($1::text[])", targets)
+        await db.delete_pins(conn, targets)
         released = await db_sessions.close_sessions(conn, [uuid.UUID(s) for s in holders["sessions"]], "aborted")
     # their clients did not ask: what they staged waits for the staging sweep (uploads/closing.py's policy)
     await tidy_released(ctx.bucket, released, delete_staged=False)
@@ -103,28 +86,18 @@ async def _release(conn: Connection, ctx: GcContext, targets: list[str], holders
 async def _doomed(conn: Connection, targets: list[str], *, closure: bool, retention: datetime) -> None:
     """Fill ``gc_dead`` with the targets and, with ``closure``, what only they keep alive."""
     await mark.create_tables(conn)
-    await conn.execute("INSERT INTO gc_target (hash) SELECT unnest($1::text[])", targets)
+    await db.target(conn, targets)
     if closure:
-        start: datetime = await conn.fetchval("SELECT now()")
+        start = await mark.now(conn)
         await mark.mark(conn, mark.Cutoffs(start=start, retention=retention, grace=None))
-        await conn.execute(
-            """INSERT INTO gc_dead (hash)
-               WITH RECURSIVE down(hash) AS (
-                   SELECT hash FROM gc_target
-                   UNION SELECT r.reference FROM path_references r JOIN down ON r.referrer = down.hash
-                         WHERE NOT EXISTS (SELECT 1 FROM gc_live l WHERE l.hash = r.reference))
-               SELECT hash FROM down"""
-        )
+        await db.doom_closure(conn)
     else:
-        await conn.execute("INSERT INTO gc_dead (hash) SELECT hash FROM gc_target")
+        await db.doom_targets(conn)
 
 
 async def _sweep(conn: Connection, ctx: GcContext, levels: int, now: datetime) -> sweep.SweepOutcome:
     total = sweep.SweepOutcome()
-    files = await conn.fetch(
-        """SELECT s.nar_key AS key FROM store_paths s JOIN gc_dead d ON d.hash = s.hash
-           UNION SELECT f.key FROM path_files f JOIN gc_dead d ON d.hash = f.hash"""
-    )
+    files = await db.dead_files(conn)
     for level in range(levels):
         after = ""
         while hashes := await mark.dead_page(conn, level, after, 1000):
@@ -133,9 +106,8 @@ async def _sweep(conn: Connection, ctx: GcContext, levels: int, now: datetime) -
             total.add(outcome)
             if keys:
                 total.add(await sweep.delete_narinfos(ctx.pool, ctx.bucket, keys, grace=now))
-    keys = [r["key"] for r in files]
-    for start in range(0, len(keys), 1000):
-        outcome, doomed = await sweep.retire_objects(ctx.pool, keys[start : start + 1000], grace=now)
+    for start in range(0, len(files), 1000):
+        outcome, doomed = await sweep.retire_objects(ctx.pool, files[start : start + 1000], grace=now)
         total.add(outcome)
         if doomed:
             total.add(await sweep.delete_objects(ctx.pool, ctx.bucket, doomed))
@@ -181,7 +153,7 @@ async def delete_path(
 async def _delete_locked(
     conn: Connection, ctx: GcContext, hash_part: str, *, closure: bool, force: bool, older_than: timedelta
 ) -> dict[str, Any]:
-    name = await conn.fetchval("SELECT name FROM store_paths WHERE hash = $1", hash_part)
+    name = await db_paths.path_name(conn, hash_part)
     if name is None:
         raise NotFound(f"no published store path has the hash {hash_part}", code="path_not_found")
     path = f"/nix/store/{hash_part}-{name}"
@@ -191,20 +163,17 @@ async def _delete_locked(
         if not force:
             raise _refusal(path, holders)
         await _release(conn, ctx, targets, holders)
-    now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    now = await mark.clock_now(conn)
     await _doomed(conn, targets, closure=closure, retention=now - older_than)
     levels, _ = await mark.order_dead(conn)
     total = await _sweep(conn, ctx, levels, now)
-    kept = await conn.fetch(
-        """SELECT '/nix/store/' || s.hash || '-' || s.name AS path FROM store_paths s
-           JOIN gc_dead d ON d.hash = s.hash ORDER BY s.hash"""
-    )
+    kept = await db.still_published(conn)
     counts = Counter({k: v for k, v in total.counts.items() if k.endswith("_deleted")})
     objects = sum(v for k, v in counts.items() if k != "paths_deleted")
     return {
         "path": path,
         "deleted": sorted(total.paths),
-        "kept": [r["path"] for r in kept],
+        "kept": kept,
         "objects_deleted": objects,
         "counts": dict(sorted(counts.items())),
         "bytes_freed": total.bytes_freed,

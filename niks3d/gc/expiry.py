@@ -16,6 +16,7 @@ import logging
 from collections import Counter
 from datetime import datetime, timedelta
 
+from niks3d.db import paths as db_paths
 from niks3d.db import sessions as db_sessions
 from niks3d.db.pool import DbPool
 from niks3d.storage.s3 import Bucket
@@ -44,13 +45,12 @@ async def expire_sessions(pool: DbPool, bucket: Bucket, *, now: datetime, keep_c
 async def drop_expired_roots(pool: DbPool, *, retention: datetime) -> int:
     """Delete pushed roots last pushed before ``retention``; returns how many."""
     async with pool.acquire() as conn:
-        status: str = await conn.execute("DELETE FROM roots WHERE last_pushed_at <= $1", retention)
-    return int(status.rsplit(" ", 1)[-1])
+        return await db_paths.drop_roots_before(conn, retention)
 
 
 async def count_expirable(pool: DbPool, *, now: datetime, retention: datetime) -> Counter[str]:
     """For a dry run: the sessions that would expire and the roots that would be dropped."""
     async with pool.acquire() as conn:
         sessions = await db_sessions.count_due(conn, now)
-        roots = await conn.fetchval("SELECT count(*) FROM roots WHERE last_pushed_at <= $1", retention)
-    return Counter({"sessions_expired": int(sessions), "roots_expired": int(roots)})
+        roots = await db_paths.count_roots_before(conn, retention)
+    return Counter({"sessions_expired": sessions, "roots_expired": roots})

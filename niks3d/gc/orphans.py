@@ -17,6 +17,7 @@ import logging
 from collections import Counter
 from datetime import datetime
 
+from niks3d.db.gc import orphans as db
 from niks3d.db.pool import DbPool
 from niks3d.nix.bucketkeys import parse_bucket_key
 from niks3d.nix.errors import NixFormatError
@@ -60,28 +61,11 @@ def _cache_kind(key: str) -> str | None:
 
 async def _adopt_page(pool: DbPool, page: list[tuple[ObjectInfo, str]], *, dry_run: bool) -> list[ObjectInfo]:
     """The objects of ``page`` that have no row; unless ``dry_run``, give them pending rows."""
-    keys = [info.key for info, _ in page]
     async with pool.acquire() as conn:
         if dry_run:
-            records = await conn.fetch(
-                """SELECT k AS key FROM unnest($1::text[]) AS x(k)
-                   WHERE NOT EXISTS (SELECT 1 FROM objects o WHERE o.key = x.k)""",
-                keys,
-            )
+            found = await db.untracked(conn, [info.key for info, _ in page])
         else:
-            records = await conn.fetch(
-                """INSERT INTO objects (key, kind, state, size, created_at)
-                   SELECT k, t, 'pending', s, m
-                   FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[]) AS x(k, t, s, m)
-                   WHERE object_key_kind(k) = t
-                   ON CONFLICT (key) DO NOTHING
-                   RETURNING key""",
-                keys,
-                [kind for _, kind in page],
-                [info.size for info, _ in page],
-                [info.last_modified for info, _ in page],
-            )
-    found = {r["key"] for r in records}
+            found = await db.adopt(conn, [(info.key, kind, info.size, info.last_modified) for info, kind in page])
     return [info for info, _ in page if info.key in found]
 
 
@@ -125,16 +109,8 @@ async def adopt_orphans(pool: DbPool, bucket: Bucket, *, grace: datetime, dry_ru
 async def _unclaimed(pool: DbPool, uploads: list[UploadInfo]) -> list[UploadInfo]:
     """The uploads that no claim names: neither by upload id, nor as an uploader still about to record its id."""
     async with pool.acquire() as conn:
-        by_id = await conn.fetch(
-            "SELECT upload_id FROM session_claims WHERE upload_id = ANY($1::text[])",
-            [u.upload_id for u in uploads],
-        )
-        starting = await conn.fetch(
-            "SELECT key FROM session_claims WHERE key = ANY($1::text[]) AND uploader AND upload_id IS NULL",
-            [u.key for u in uploads],
-        )
-    claimed_ids = {r["upload_id"] for r in by_id}
-    claimed_keys = {r["key"] for r in starting}
+        claimed_ids = await db.claimed_upload_ids(conn, [u.upload_id for u in uploads])
+        claimed_keys = await db.starting_uploads(conn, [u.key for u in uploads])
     return [u for u in uploads if u.upload_id not in claimed_ids and u.key not in claimed_keys]
 
 

@@ -16,8 +16,8 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 
+from niks3d.db.gc.runs import update_run
 from niks3d.db.pool import DbPool
-from niks3d.gc.runs import update_run
 from niks3d.gc.sweep import SweepOutcome
 from niks3d.systemd import Notifier
 

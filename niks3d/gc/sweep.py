@@ -1,7 +1,8 @@
 """Sweeping: the batch transactions that delete store paths and objects without ever racing a push into a loss.
 
 Every deletion goes in two steps, each a short transaction that first locks its rows ``FOR UPDATE`` (in key
-order) and then re-checks, in a new statement, that nothing needs them (docs/database.md, locking rules):
+order) and then re-checks, in a new statement, that nothing needs them (docs/database.md, locking rules; the
+statements are in :mod:`niks3d.db.gc.sweep`):
 
 1. **retire**: a store path loses its ``store_paths`` row (its references, files and root go with it), and its
    narinfo object row becomes ``pending``; an object nothing needs any more becomes ``pending``. Committed, this
@@ -19,7 +20,6 @@ even when a session claims the key; only the row then stays, for the claim.
 from __future__ import annotations
 
 __all__ = [
-    "KIND_COUNTS",
     "SweepOutcome",
     "delete_narinfos",
     "delete_objects",
@@ -33,31 +33,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from asyncpg import Connection
-
+from niks3d.db.gc import sweep as db
+from niks3d.db.gc.sweep import KIND_COUNTS
 from niks3d.db.notify import notify_store_paths
 from niks3d.db.pool import DbPool
 from niks3d.db.retry import retry_transaction
 from niks3d.storage.s3 import Bucket
 
 logger = logging.getLogger(__name__)
-
-# objects.kind -> the name of its count in a run's counts
-KIND_COUNTS = {
-    "narinfo": "narinfos_deleted",
-    "nar": "nars_deleted",
-    "ls": "listings_deleted",
-    "log": "logs_deleted",
-    "realisation": "realisations_deleted",
-}
-
-# Nothing needs the object ``o``: no claim, no store path, no per-path file names it.
-_UNNEEDED = """
-    NOT EXISTS (SELECT 1 FROM session_claims c WHERE c.key = o.key)
-    AND NOT EXISTS (SELECT 1 FROM store_paths s WHERE s.nar_key = o.key)
-    AND NOT EXISTS (SELECT 1 FROM store_paths s WHERE s.narinfo_key = o.key)
-    AND NOT EXISTS (SELECT 1 FROM path_files f WHERE f.key = o.key)
-"""
 
 
 @dataclass
@@ -74,10 +57,6 @@ class SweepOutcome:
         self.paths.extend(other.paths)
 
 
-async def _lock_objects(conn: Connection, keys: Sequence[str]) -> None:
-    await conn.execute("SELECT key FROM objects WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE", list(keys))
-
-
 async def retire_paths(
     pool: DbPool, hashes: Sequence[str], *, retention: datetime | None
 ) -> tuple[SweepOutcome, list[str]]:
@@ -92,34 +71,15 @@ async def retire_paths(
     async def attempt() -> tuple[SweepOutcome, list[str]]:
         outcome = SweepOutcome()
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SET CONSTRAINTS path_references_reference_fkey DEFERRED")
-            await _lock_objects(conn, [f"{h}.narinfo" for h in wanted])
-            await conn.execute(
-                "SELECT hash FROM store_paths WHERE hash = ANY($1::text[]) ORDER BY hash FOR UPDATE", wanted
-            )
-            records = await conn.fetch(
-                """SELECT p.hash, p.name, p.narinfo_key FROM store_paths p
-                   WHERE p.hash = ANY($1::text[])
-                     AND NOT EXISTS (SELECT 1 FROM session_claims c WHERE c.key = p.narinfo_key)
-                     AND NOT EXISTS (SELECT 1 FROM path_references r WHERE r.reference = p.hash
-                                                                      AND r.referrer <> p.hash)
-                     AND NOT EXISTS (SELECT 1 FROM pins WHERE pins.hash = p.hash)
-                     AND NOT EXISTS (SELECT 1 FROM root_members m WHERE m.hash = p.hash)
-                     AND NOT ($2::timestamptz IS NOT NULL AND EXISTS (
-                         SELECT 1 FROM roots WHERE roots.hash = p.hash AND roots.last_pushed_at > $2))
-                   ORDER BY p.hash""",
-                wanted,
-                retention,
-            )
+            await db.defer_reference_checks(conn)
+            await db.lock_objects(conn, [f"{h}.narinfo" for h in wanted])
+            await db.lock_paths(conn, wanted)
+            records = await db.retirable_paths(conn, wanted, retention)
             going = [r["hash"] for r in records]
             keys = [r["narinfo_key"] for r in records]
             if going:
-                await conn.execute("DELETE FROM store_paths WHERE hash = ANY($1::text[])", going)
-                await conn.execute(
-                    """UPDATE objects SET state = 'pending', present_at = NULL
-                       WHERE key = ANY($1::text[]) AND state = 'present'""",
-                    keys,
-                )
+                await db.delete_paths(conn, going)
+                await db.mark_pending(conn, keys)
                 # every daemon's read proxy forgets these narinfos when (and only if) this transaction commits
                 await notify_store_paths(conn, deleted=going)
             outcome.counts["paths_deleted"] += len(going)
@@ -150,20 +110,12 @@ async def delete_narinfos(pool: DbPool, bucket: Bucket, keys: Sequence[str], *, 
     async def attempt() -> SweepOutcome:
         outcome = SweepOutcome()
         async with pool.acquire() as conn, conn.transaction():
-            await _lock_objects(conn, wanted)
-            records = await conn.fetch(
-                """SELECT o.key, coalesce(o.size, 0) AS size, o.created_at < $2 AS old,
-                          EXISTS (SELECT 1 FROM session_claims c WHERE c.key = o.key) AS claimed
-                   FROM objects o
-                   WHERE o.key = ANY($1::text[]) AND o.kind = 'narinfo' AND o.state = 'pending'
-                     AND NOT EXISTS (SELECT 1 FROM store_paths s WHERE s.narinfo_key = o.key)""",
-                wanted,
-                grace,
-            )
+            await db.lock_objects(conn, wanted)
+            records = await db.deletable_narinfos(conn, wanted, grace)
             gone = await _delete_from_bucket(bucket, [r["key"] for r in records], outcome)
             rows = [r for r in records if r["key"] in gone and r["old"] and not r["claimed"]]
             if rows:
-                await conn.execute("DELETE FROM objects WHERE key = ANY($1::text[])", [r["key"] for r in rows])
+                await db.delete_object_rows(conn, [r["key"] for r in rows])
             outcome.counts["narinfos_deleted"] += len(rows)
             outcome.bytes_freed += sum(r["size"] for r in rows)
             return outcome
@@ -179,22 +131,10 @@ async def retire_objects(pool: DbPool, keys: Sequence[str], *, grace: datetime) 
     async def attempt() -> tuple[SweepOutcome, list[str]]:
         outcome = SweepOutcome()
         async with pool.acquire() as conn, conn.transaction():
-            await _lock_objects(conn, wanted)
-            records = await conn.fetch(
-                f"""SELECT o.key FROM objects o
-                    WHERE o.key = ANY($1::text[]) AND o.kind <> 'narinfo'
-                      AND coalesce(o.present_at, o.created_at) < $2 AND {_UNNEEDED}
-                    ORDER BY o.key""",  # noqa: S608 - constant SQL
-                wanted,
-                grace,
-            )
-            doomed = [r["key"] for r in records]
+            await db.lock_objects(conn, wanted)
+            doomed = await db.retirable_objects(conn, wanted, grace)
             if doomed:
-                await conn.execute(
-                    """UPDATE objects SET state = 'pending', present_at = NULL
-                       WHERE key = ANY($1::text[]) AND state = 'present'""",
-                    doomed,
-                )
+                await db.mark_pending(conn, doomed)
             outcome.counts["objects_kept"] += len(wanted) - len(doomed)
             return outcome, doomed
 
@@ -208,17 +148,12 @@ async def delete_objects(pool: DbPool, bucket: Bucket, keys: Sequence[str]) -> S
     async def attempt() -> SweepOutcome:
         outcome = SweepOutcome()
         async with pool.acquire() as conn, conn.transaction():
-            await _lock_objects(conn, wanted)
-            records = await conn.fetch(
-                f"""SELECT o.key, o.kind, coalesce(o.size, 0) AS size FROM objects o
-                    WHERE o.key = ANY($1::text[]) AND o.kind <> 'narinfo' AND o.state = 'pending'
-                      AND {_UNNEEDED}""",  # noqa: S608 - constant SQL
-                wanted,
-            )
+            await db.lock_objects(conn, wanted)
+            records = await db.deletable_objects(conn, wanted)
             gone = await _delete_from_bucket(bucket, [r["key"] for r in records], outcome)
             rows = [r for r in records if r["key"] in gone]
             if rows:
-                await conn.execute("DELETE FROM objects WHERE key = ANY($1::text[])", [r["key"] for r in rows])
+                await db.delete_object_rows(conn, [r["key"] for r in rows])
             for r in rows:
                 outcome.counts[KIND_COUNTS[r["kind"]]] += 1
             outcome.bytes_freed += sum(r["size"] for r in rows)

@@ -17,8 +17,9 @@ from aiohttp import web
 
 from niks3d.config import parse_duration
 from niks3d.db import paths as db_paths
+from niks3d.db.gc import runs
 from niks3d.errors import InvalidRequest, NotFound
-from niks3d.gc import GcContext, GcParams, runs
+from niks3d.gc import GcContext, GcParams
 from niks3d.gc import delete_path as delete_store_path
 from niks3d.gc.background import BackgroundCollector
 from niks3d.nix.errors import NixFormatError

@@ -20,8 +20,8 @@ from aiohttp import web
 
 from niks3d import __version__
 from niks3d.config import NIXOS_CACHE_KEY, S3Settings, Settings
+from niks3d.db.figures import CacheFigures
 from niks3d.server.auth import permits
-from niks3d.server.figures import CacheFigures
 from niks3d.server.keys import config_key, figures_key
 
 _STYLE = """\

@@ -32,7 +32,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from niks3d.db.notify import CHANNEL, notify_store_paths
+from niks3d.db.notify import CHANNEL, keep_alive, notify_store_paths
 
 if TYPE_CHECKING:
     import asyncpg
@@ -241,7 +241,7 @@ async def follow_changes(cache: NarinfoCache, connect: Connect) -> None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lost.wait(), KEEPALIVE)
                 if not lost.is_set():
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), KEEPALIVE / 3)
+                    await asyncio.wait_for(keep_alive(conn), KEEPALIVE / 3)
             raise ConnectionError("the server closed the connection")
         except asyncio.CancelledError:
             raise

@@ -14,7 +14,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from niks3d.gc.runs import GC_LOCK_KEY
+from niks3d.db.gc.runs import GC_LOCK_KEY
 from tests.fixtures.daemon import niks3d_argv
 from tests.server.bucketview import bucket_keys
 from tests.server.pushkit import PushKit, make_closure

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from niks3d.client.main import main
-from niks3d.gc.runs import GC_LOCK_KEY
+from niks3d.db.gc.runs import GC_LOCK_KEY
 from tests.server.bucketview import bucket_keys
 from tests.server.pushkit import PushKit, make_closure
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import pytest
 
-from niks3d.gc import mark
+from niks3d.db.gc import mark
 from tests.gc.gckit import Cache, Seeded
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]

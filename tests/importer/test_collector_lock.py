@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from niks3d.gc.runs import GC_LOCK_KEY
+from niks3d.db.gc.runs import GC_LOCK_KEY
 from tests.importer.importkit import niks3d
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]

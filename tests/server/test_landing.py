@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from niks3d.config import Settings
-from niks3d.server.figures import CacheFigures, GcRunSummary
+from niks3d.db.figures import CacheFigures, GcRunSummary
 from niks3d.server.landing import FIGURES_HIDDEN, render_landing, sign_in_methods
 from tests.server.landing_parse import parse
 from tests.server.proxykit import fetch, push_closure

@@ -1,9 +1,10 @@
 """Which objects a run looks at, chosen in one statement each into the temporary table ``gc_keys``.
 
 The choice is only a candidate list: every batch locks its rows and re-checks before it deletes anything
-(:mod:`niks3d.gc.sweep`). Choosing in one statement lets PostgreSQL use hash anti-joins over the whole tables,
-which costs one pass over ``objects`` however many of them are garbage; the sweep then pages through ``gc_keys``
-in key order. :func:`planned_counts` answers a dry run with the same rules, without deleting anything.
+(:mod:`niks3d.gc.sweep`, :mod:`niks3d.db.gc.sweep`). Choosing in one statement lets PostgreSQL use hash anti-joins
+over the whole tables, which costs one pass over ``objects`` however many of them are garbage; the sweep then pages
+through ``gc_keys`` in key order. :func:`planned_counts` answers a dry run with the same rules, without deleting
+anything.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from collections import Counter
 
 from asyncpg import Connection
 
-from niks3d.gc.mark import Cutoffs
-from niks3d.gc.sweep import KIND_COUNTS
+from niks3d.db.gc.mark import Cutoffs
+from niks3d.db.gc.sweep import KIND_COUNTS
 
 
 async def drop_table(conn: Connection) -> None:

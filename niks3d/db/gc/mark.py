@@ -17,7 +17,18 @@ Cost grows with the number of paths and references, not with the size of the obj
 
 from __future__ import annotations
 
-__all__ = ["Cutoffs", "create_tables", "dead_count", "dead_page", "drop_tables", "find_dead", "mark", "order_dead"]
+__all__ = [
+    "Cutoffs",
+    "clock_now",
+    "create_tables",
+    "dead_count",
+    "dead_page",
+    "drop_tables",
+    "find_dead",
+    "mark",
+    "now",
+    "order_dead",
+]
 
 import logging
 from dataclasses import dataclass
@@ -48,6 +59,18 @@ class Cutoffs:
     retention: datetime
     grace: datetime | None
     exclude_stale_claims: bool = False
+
+
+async def now(conn: Connection) -> datetime:
+    """The database's clock at the start of the current transaction: the instant cutoffs are measured from."""
+    value: datetime = await conn.fetchval("SELECT now()")
+    return value
+
+
+async def clock_now(conn: Connection) -> datetime:
+    """The database's clock now, even inside a transaction."""
+    value: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    return value
 
 
 def _rows(status: str) -> int:
