@@ -45,6 +45,7 @@ from aiohttp import web
 from niks3d.errors import ObjectNotFound, StorageError
 from niks3d.storage import Bucket
 from niks3d.storage.errors import answer_error
+from niks3d.storage.http import presigned_session
 from niks3d.storage.models import normalize_etag
 from niks3d.storage.s3 import range_header
 
@@ -309,21 +310,14 @@ def _close(request: web.Request) -> None:
 
 @asynccontextmanager
 async def open_relay(bucket: Bucket, *, connections: int = 256) -> AsyncIterator[Relay]:
-    """A :class:`Relay` with its own HTTP connection pool to S3, closed at the end of the block."""
-    connector = aiohttp.TCPConnector(limit=connections, ttl_dns_cache=300)
+    """A :class:`Relay` with its own HTTP connection pool to S3 (niks3d/storage/http.py says why it is apart from
+    the bucket's), closed at the end of the block."""
     settings = bucket.settings
-    timeout = aiohttp.ClientTimeout(
-        total=None,
-        connect=settings.connect_timeout,
-        sock_connect=settings.connect_timeout,
-        sock_read=settings.read_timeout,
-    )
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,
-        trust_env=False,
-        skip_auto_headers=("Accept-Encoding", "User-Agent"),
+    async with presigned_session(
+        connections=connections,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        pool_wait=settings.connect_timeout,
         read_bufsize=READ_BUFFER,
     ) as http:
         yield Relay(bucket, http)

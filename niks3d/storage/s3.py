@@ -26,7 +26,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
@@ -36,6 +35,7 @@ from niks3d.errors import ObjectNotFound, StorageError
 from niks3d.storage.copy import CopyOps
 from niks3d.storage.deadline import DeadlineClient
 from niks3d.storage.errors import error_status, storage_errors
+from niks3d.storage.http import presigned_session
 from niks3d.storage.models import (
     DeleteError,
     DeleteResult,
@@ -303,12 +303,8 @@ async def open_bucket(
                 f"cannot set up the S3 client for bucket {settings.bucket!r} at {settings.endpoint_url or 'AWS'}: {exc}"
             ) from exc
         http = await stack.enter_async_context(
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=max_pool_connections, ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout),
-                auto_decompress=False,
-                trust_env=False,
-                skip_auto_headers=("Accept-Encoding", "User-Agent"),
+            presigned_session(
+                connections=max_pool_connections, connect_timeout=connect_timeout, read_timeout=read_timeout
             )
         )
         bounded = cast("S3Client", DeadlineClient(client, settings.request_timeout))
