@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 # Sessions whose parsed request is kept; a push calls for one session at a time, a busy daemon for a few dozen.
 REQUEST_CACHE_SIZE = 64
+# ... and at most this many paths in all: a parsed path costs about 400 bytes (40 MiB for a session of 100,000,
+# measured from /proc), so 64 of the largest sessions would have held 2.5 GiB (issue 20).
+REQUEST_CACHE_PATHS = 250_000
 
 
 class RequestCache:
@@ -34,9 +37,16 @@ class RequestCache:
     cost more than the call's own work.
     """
 
-    def __init__(self, size: int = REQUEST_CACHE_SIZE) -> None:
+    def __init__(self, size: int = REQUEST_CACHE_SIZE, max_paths: int = REQUEST_CACHE_PATHS) -> None:
         self._size = size
+        self._max_paths = max_paths
+        self._paths = 0
         self._parsed: OrderedDict[uuid.UUID, SessionRequest] = OrderedDict()
+
+    @property
+    def paths(self) -> int:
+        """Paths of the requests kept now."""
+        return self._paths
 
     def get(self, session_id: uuid.UUID, stored: Mapping[str, Any]) -> SessionRequest:
         """The request of session ``session_id``, parsed from ``stored`` (its row's JSON) on first use."""
@@ -44,8 +54,11 @@ class RequestCache:
         if parsed is None:
             parsed = SessionRequest.from_json(stored)
             self._parsed[session_id] = parsed
-            if len(self._parsed) > self._size:
-                self._parsed.popitem(last=False)
+            self._paths += len(parsed.paths)
+            # The least recently used go first; the one just parsed stays, however large.
+            while len(self._parsed) > 1 and (len(self._parsed) > self._size or self._paths > self._max_paths):
+                _, dropped = self._parsed.popitem(last=False)
+                self._paths -= len(dropped.paths)
         else:
             self._parsed.move_to_end(session_id)
         return parsed
