@@ -7,7 +7,7 @@ narinfos in a reference DAG, as many small NAR objects and a listing for every o
 finds everything registered); the figures are its wall time, its own phase timings and its peak resident memory
 (VmHWM, read by the child itself).
 
-    .venv/bin/python -m bench.import [--paths 20000] [--batch-size 1000] [--keep DIR]
+    .venv/bin/python -m bench.import [--paths 20000] [--batch-size 1000] [--keep DIR] [--compare-reads]
 """
 
 from __future__ import annotations
@@ -47,6 +47,25 @@ async def fill(weed: Any, paths: int) -> int:
         return await write_synth_bucket(bucket, paths)
 
 
+async def compare_reads(weed: Any, rounds: int = 2) -> None:
+    """Read every narinfo with Bucket.get_many, through presigned GETs on aiohttp and through botocore alone,
+    alternating (so both see the same load), and print GET/s of each."""
+    settings = S3Settings(bucket=BUCKET, endpoint_url=weed.endpoint_url, region=weed.region)
+    async with open_bucket(settings, weed.access_key_id, weed.secret_access_key) as bucket:
+        keys = [info.key async for info in bucket.iter_objects() if info.key.endswith(".narinfo")]
+        http = bucket._http
+        rates: dict[str, list[float]] = {"aiohttp": [], "botocore": []}
+        for _ in range(rounds):
+            for way in rates:
+                bucket._http = http if way == "aiohttp" else None
+                t0 = time.monotonic()
+                got = await bucket.get_many(keys)
+                assert all(got.values()), "a narinfo was not read"
+                rates[way].append(len(keys) / (time.monotonic() - t0))
+        bucket._http = http
+    print("reading narinfos: " + ", ".join(f"{w} {' '.join(f'{r:.0f}' for r in v)} GET/s" for w, v in rates.items()))
+
+
 def bench(args: argparse.Namespace, workdir: Path) -> int:
     with (
         postgres_server(workdir / "pg", settings=DURABLE, keep=bool(args.keep)) as pg,
@@ -64,6 +83,8 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
         if report["counts"]["paths_registered"] != args.paths or report["problems"]:
             raise SystemExit(f"expected {args.paths} registered paths and no problems: {report['problems'][:5]}")
         show("second import, nothing to do", *run_niks3d(config, "import", *extra))
+        if args.compare_reads:
+            asyncio.run(compare_reads(weed))
     return 0
 
 
@@ -72,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paths", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
+    parser.add_argument(
+        "--compare-reads", action="store_true", help="then time get_many with and without the aiohttp path"
+    )
     args = parser.parse_args(argv)
     if args.keep:
         workdir = Path(args.keep)
