@@ -11,9 +11,11 @@ fresh NAR hashes too). Every command is logged before it runs; failures raise ``
 from __future__ import annotations
 
 __all__ = [
+    "CA_NIX",
     "Fixtures",
     "GraphFixture",
     "add_to_store",
+    "build_ca_closure",
     "build_expr",
     "build_standard_fixtures",
     "make_closure",
@@ -211,6 +213,36 @@ def build_expr(expr: str, workdir: Path, *, attr: str | None = None) -> list[str
     if attr is not None:
         argv += ["-A", attr]
     return [line for line in _run(argv).splitlines() if line.strip()]
+
+
+CA_NIX = ("--extra-experimental-features", "nix-command ca-derivations")
+
+
+def build_ca_closure(workdir: Path, store: Path, prefix: str) -> subprocess.CompletedProcess[str]:
+    """Build a content-addressed ``<prefix>catop`` whose output refers to a CA ``<prefix>cadep`` into ``store``.
+
+    The expression is written to ``workdir/ca.nix``. Debian's Nix 2.8 builds CA derivations only into a chroot
+    store (``--store``), whose sandbox must see ``/bin/sh``. The finished process is returned (stdout: the output
+    path), so that each caller decides what a failed build means for its test.
+    """
+    expr = f"""\
+let
+  mk = name: script: derivation {{
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    __contentAddressed = true;
+    outputHashMode = "recursive";
+    outputHashAlgo = "sha256";
+    args = [ "-c" script ];
+  }};
+  dep = mk "{prefix}cadep" "echo {prefix}ca-dependency > $out";
+in mk "{prefix}catop" "echo ${{dep}} > $out"
+"""
+    (workdir / "ca.nix").write_text(expr, encoding="utf-8")
+    argv = ["nix-build", str(workdir / "ca.nix"), "--store", str(store), "--no-out-link", *CA_NIX, *NO_SUBSTITUTERS]
+    argv += ["--option", "extra-sandbox-paths", "/bin /lib /lib64 /usr"]
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
 
 
 def add_to_store(file: Path) -> str:

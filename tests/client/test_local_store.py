@@ -8,7 +8,6 @@ from __future__ import annotations
 import bz2
 import json
 import subprocess
-import textwrap
 
 import pytest
 import zstandard
@@ -18,6 +17,7 @@ from niks3d.client.realisations import query_realisations
 from niks3d.client.store import LocalStore, resolve_store_path
 from niks3d.errors import ClientError
 from niks3d.nix.storepath import StorePath
+from testkit.nixfixtures import CA_NIX, build_ca_closure
 from tests.fixtures.environ import require_service
 
 SOME_PATH = "/nix/store/" + "a" * 32 + "-some-path"
@@ -100,49 +100,11 @@ def test_a_store_without_ca_tables_has_no_realisations(tmp_path):
     assert query_realisations(tmp_path / "missing.sqlite", [DRV]) == {}
 
 
-CA_EXPR = textwrap.dedent(
-    """\
-    let
-      mk = name: script: derivation {
-        inherit name;
-        system = builtins.currentSystem;
-        builder = "/bin/sh";
-        __contentAddressed = true;
-        outputHashMode = "recursive";
-        outputHashAlgo = "sha256";
-        args = [ "-c" script ];
-      };
-      dep = mk "cadep" "echo ca-dependency > $out";
-    in mk "catop" "echo ${dep} > $out"
-    """
-)
-CA_NIX = ["--extra-experimental-features", "nix-command ca-derivations"]
-
-
 @pytest.fixture(scope="module")
 def ca_store(tmp_path_factory, pytestconfig):
     """A chroot store with two CA derivations built in it (needs the sandbox to find /bin/sh)."""
     root = tmp_path_factory.mktemp("ca-store")
-    (root / "ca.nix").write_text(CA_EXPR)
-    build = subprocess.run(
-        [
-            "nix-build",
-            str(root / "ca.nix"),
-            "--store",
-            str(root / "root"),
-            "--no-out-link",
-            *CA_NIX,
-            "--option",
-            "substituters",
-            "",
-            "--option",
-            "extra-sandbox-paths",
-            "/bin /lib /lib64 /usr",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    build = build_ca_closure(root, root / "root", "")
     if build.returncode != 0:  # a skip only without NIKS3_REQUIRE_SERVICES=1 (CI fails instead)
         require_service(pytestconfig, "a chroot store that builds CA derivations", build.stderr[-500:])
     info = subprocess.run(

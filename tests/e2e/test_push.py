@@ -23,7 +23,7 @@ import zstandard
 from niks3d.client.main import main
 from niks3d.nix.signing import SecretKey
 from niks3d.nix.storepath import StorePath
-from testkit.nixfixtures import build_expr, make_closure
+from testkit.nixfixtures import build_ca_closure, build_expr, make_closure
 from tests.client.storekit import build_fresh, corrupt, delete
 from tests.fixtures.environ import require_service
 from tests.server.bucketview import bucket_keys, get_object
@@ -250,45 +250,9 @@ def test_push_pin_and_the_pins_commands(start_daemon, nix_fixtures, tmp_path, ca
     assert code == 1 and "--pin needs exactly one path" in err
 
 
-CA_EXPR = """\
-let
-  mk = name: script: derivation {
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    __contentAddressed = true;
-    outputHashMode = "recursive";
-    outputHashAlgo = "sha256";
-    args = [ "-c" script ];
-  };
-  dep = mk "e2e-cadep" "echo e2e-ca-dependency > $out";
-in mk "e2e-catop" "echo ${dep} > $out"
-"""
-
-
 def test_realisations_of_ca_derivations_are_pushed_from_a_chroot_store(start_daemon, tmp_path, capsys, pytestconfig):
     root = tmp_path / "ca-store"
-    (tmp_path / "ca.nix").write_text(CA_EXPR)
-    build = subprocess.run(
-        [
-            "nix-build",
-            str(tmp_path / "ca.nix"),
-            "--store",
-            str(root),
-            "--no-out-link",
-            "--extra-experimental-features",
-            "nix-command ca-derivations",
-            "--option",
-            "substituters",
-            "",
-            "--option",
-            "extra-sandbox-paths",
-            "/bin /lib /lib64 /usr",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    build = build_ca_closure(tmp_path, root, "e2e-")
     if build.returncode != 0:  # a skip only without NIKS3_REQUIRE_SERVICES=1 (CI fails instead)
         require_service(pytestconfig, "a chroot store that builds CA derivations", build.stderr[-500:])
     out_path = build.stdout.strip()

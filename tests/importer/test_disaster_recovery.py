@@ -9,47 +9,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from niks3d.client.main import main
+from testkit.nixfixtures import build_ca_closure
 from tests.importer.importkit import niks3d, snapshot
 
 pytestmark = [pytest.mark.nix, pytest.mark.postgres, pytest.mark.s3]
 
 
-CA_EXPR = """\
-let
-  mk = name: script: derivation {
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    __contentAddressed = true;
-    outputHashMode = "recursive";
-    outputHashAlgo = "sha256";
-    args = [ "-c" script ];
-  };
-  dep = mk "import-cadep" "echo import-ca-dependency > $out";
-in mk "import-catop" "echo ${dep} > $out"
-"""
-
-
 def _ca_closure(tmp_path: Path) -> tuple[Path, str] | None:
     """A CA derivation's output (and its CA dependency) built into a chroot store; None where Nix cannot."""
     root = tmp_path / "ca-store"
-    (tmp_path / "ca.nix").write_text(CA_EXPR)
-    build = subprocess.run(
-        [
-            *("nix-build", str(tmp_path / "ca.nix"), "--store", str(root), "--no-out-link"),
-            *("--extra-experimental-features", "nix-command ca-derivations", "--option", "substituters", ""),
-            *("--option", "extra-sandbox-paths", "/bin /lib /lib64 /usr"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    build = build_ca_closure(tmp_path, root, "import-")
     if build.returncode != 0:
         assert not os.environ.get("NIKS3_REQUIRE_SERVICES"), build.stderr[-500:]
         return None
