@@ -1,6 +1,9 @@
-# The options of nixpkgs' services.garage (nixos/modules/services/web-servers/garage.nix) that the VM tests may
-# set, declared with their types for ./eval-module.nix, which has nixpkgs' lib but not NixOS. A stub, not the
-# module: nothing here is configured, only checked.
+# The options of nixpkgs' services.garage (nixos/modules/services/web-servers/garage.nix), declared with their
+# types for ./eval-module.nix, which has nixpkgs' lib but not NixOS. A stub, not the module: nothing here is
+# configured, only checked. It has every option the current module declares, no more: enable, package (no
+# default: it must be set), environmentFile, extraEnvironment, logLevel, and settings (a freeform TOML submodule
+# without a default, declaring only metadata_dir and data_dir). Everything else in settings is Garage's own
+# configuration file, checked by Garage when it starts.
 { lib, ... }:
 let
   inherit (lib) mkOption types;
@@ -41,7 +44,6 @@ in
           };
         };
       };
-      default = { };
     };
   };
 }

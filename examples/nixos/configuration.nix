@@ -8,7 +8,7 @@
 #   /run/secrets/niks3/token-admin            openssl rand -hex 32
 #   /run/secrets/niks3/s3-access-key-id       the Garage key niks3d signs requests as: GK and 24 hex digits
 #   /run/secrets/niks3/s3-secret-access-key   its secret: 64 hex digits (openssl rand -hex 32)
-#   /run/secrets/garage-rpc-secret            Garage's RPC secret: openssl rand -hex 32
+#   /run/secrets/garage-environment           GARAGE_RPC_SECRET=<openssl rand -hex 32>, Garage's RPC secret
 { config, pkgs, ... }:
 let
   bucket = "nix-cache";
@@ -66,12 +66,16 @@ in
   services.garage = {
     enable = true;
     package = pkgs.garage_2;
+    # Garage runs as a DynamicUser, so it cannot read a root-owned secret file (and refuses a readable one):
+    # systemd reads this environment file before it drops privileges, and the `garage` command the module puts
+    # on PATH reads it too.
+    environmentFile = "/run/secrets/garage-environment";
     settings = {
       replication_factor = 1;
+      consistency_mode = "consistent";
       db_engine = "sqlite";
       rpc_bind_addr = "127.0.0.1:3901";
       rpc_public_addr = "127.0.0.1:3901";
-      rpc_secret_file = "/run/secrets/garage-rpc-secret";
       s3_api = {
         # niks3d signs for its default region unless services.niks3.settings.s3.region says otherwise.
         s3_region = "us-east-1";
@@ -92,6 +96,8 @@ in
     serviceConfig = {
       Type = "oneshot";
       RemainAfterExit = true;
+      # The RPC secret the garage commands below need to reach the node.
+      EnvironmentFile = config.services.garage.environmentFile;
       LoadCredential = [
         "access-key-id:/run/secrets/niks3/s3-access-key-id"
         "secret-access-key:/run/secrets/niks3/s3-secret-access-key"

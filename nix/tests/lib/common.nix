@@ -47,8 +47,11 @@ rec {
     services.garage = {
       enable = true;
       package = pkgs.garage_2;
+      # Garage 2 refuses the legacy `replication_mode`; these two replace it (nixpkgs' own
+      # nixos/tests/garage/basic.nix sets the same pair for garage_2).
       settings = {
         replication_factor = 1;
+        consistency_mode = "consistent";
         db_engine = "sqlite";
         rpc_bind_addr = "[::]:3901";
         rpc_public_addr = "127.0.0.1:3901";
