@@ -11,14 +11,13 @@ from __future__ import annotations
 
 __all__ = ["MAX_PART_NUMBER", "MultipartOps"]
 
-import base64
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from niks3d.errors import StorageError
+from niks3d.storage.body import BufferBody
 from niks3d.storage.core import BucketCore
 from niks3d.storage.errors import UploadNotFound, storage_errors
 from niks3d.storage.models import PartInfo, PresignedRequest, UploadInfo, normalize_etag, quote_etag
@@ -54,17 +53,21 @@ class MultipartOps(BucketCore):
         )
         return PresignedRequest(url=url, method="PUT", headers={})
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, body: bytes) -> PartInfo:
-        """Upload part ``part_number`` of the upload from niks3d itself (NARs that stock Nix PUTs to niks3d),
-        with Content-MD5 so that S3 refuses a corrupted part."""
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, body: bytes | bytearray | memoryview
+    ) -> PartInfo:
+        """Upload part ``part_number`` of the upload from niks3d itself (NARs that stock Nix PUTs to niks3d).
+
+        The body is sent without a copy (:class:`~niks3d.storage.body.BufferBody`; do not change it until this
+        returns); its SHA-256 is in the SigV4 signature, so S3 refuses a corrupted part (docs/storage.md)."""
         if not 1 <= part_number <= MAX_PART_NUMBER:
             raise ValueError(f"part number {part_number} of {key!r} is outside 1..{MAX_PART_NUMBER}")
-        md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+        data = BufferBody(body)
         with storage_errors("UploadPart", self.name, key, upload_id):
             resp = await self._client.upload_part(
-                Bucket=self.name, Key=key, UploadId=upload_id, PartNumber=part_number, Body=body, ContentMD5=md5
+                Bucket=self.name, Key=key, UploadId=upload_id, PartNumber=part_number, Body=cast("Any", data)
             )
-        return PartInfo(part_number=part_number, etag=normalize_etag(resp["ETag"]), size=len(body))
+        return PartInfo(part_number=part_number, etag=normalize_etag(resp["ETag"]), size=len(data))
 
     async def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
         """Every part uploaded so far (all pages), in part-number order, one entry per part number.

@@ -9,8 +9,9 @@ that surfaces as :class:`~niks3d.errors.StorageThrottled` with a ``retry_after``
 
 Checksums are only computed where S3 requires them (DeleteObjects): the default "when supported" mode would
 send PutObject as aws-chunked with trailing checksums and put checksum headers into CreateMultipartUpload,
-which many S3-compatible servers and presigned part uploads from clients do not handle. PutObject sends
-Content-MD5 instead.
+which many S3-compatible servers and presigned part uploads from clients do not handle. PutObject and UploadPart
+carry their body's SHA-256 in the SigV4 signature instead (botocore signs the payload when there is no
+Content-MD5, over https too), which S3 checks.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from niks3d.config import S3Settings
 from niks3d.errors import ObjectNotFound, StorageError
+from niks3d.storage.body import BufferBody
 from niks3d.storage.copy import CopyOps
 from niks3d.storage.deadline import DeadlineClient
 from niks3d.storage.errors import error_status, storage_errors
@@ -87,19 +89,25 @@ class Bucket(CopyOps):
     async def put(
         self,
         key: str,
-        body: bytes,
+        body: bytes | bytearray | memoryview,
         *,
         content_type: str,
         content_encoding: str | None = None,
         cache_control: str | None = None,
+        sha256: bytes | None = None,
     ) -> None:
-        """Write ``body`` under ``key`` in one PutObject, with Content-MD5 so S3 rejects a corrupted body."""
+        """Write ``body`` under ``key`` in one PutObject.
+
+        The body is sent without a copy (:class:`~niks3d.storage.body.BufferBody`; do not change it until this
+        returns), with its SHA-256 as ``x-amz-checksum-sha256`` so that S3 rejects a corrupted body
+        (docs/storage.md); a caller that knows the digest passes it as ``sha256`` and it is not computed again."""
+        digest = hashlib.sha256(body).digest() if sha256 is None else sha256
         params: dict[str, Any] = {
             "Bucket": self.name,
             "Key": key,
-            "Body": body,
+            "Body": BufferBody(body),
             "ContentType": content_type,
-            "ContentMD5": base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
+            "ChecksumSHA256": base64.b64encode(digest).decode(),
         }
         if content_encoding is not None:
             params["ContentEncoding"] = content_encoding
