@@ -36,7 +36,6 @@ from niks3d.nix.errors import InvalidNar
 from niks3d.server.auth import require
 from niks3d.server.keys import config_key, pool_key, push_key
 from niks3d.server.proxy import ROOT_NAME_RE, proxy_key
-from niks3d.writes.nar import BLOCK
 
 logger = logging.getLogger(__name__)
 # Content-Encoding of a narinfo, listing or log PUT (Nix 2.32+ narinfo-/ls-/log-compression) -> decompressor.
@@ -74,9 +73,11 @@ async def _decoded(request: web.Request) -> bytes:
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    """The body's chunks as aiohttp received them (``iter_chunked`` would join them into new bytes: a copy)."""
     try:
-        async for chunk in request.content.iter_chunked(BLOCK):
-            yield chunk
+        async for chunk, _ in request.content.iter_chunks():
+            if chunk:
+                yield chunk
     except (HttpProcessingError, ConnectionError) as exc:
         raise InvalidRequest(f"the body ended early: {exc}", code="truncated_body") from None
 

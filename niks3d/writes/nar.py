@@ -45,7 +45,8 @@ logger = logging.getLogger(__name__)
 # needs more gets larger parts).
 PART_SIZE = 8 * 1024 * 1024
 MAX_PARTS = 9_000
-# Input is checked in blocks of about this size, in a worker thread (hashing and decompression release the GIL).
+# Input is checked in blocks of about this size, in a worker thread (hashing and decompression release the GIL),
+# while the next block arrives and the parts go to S3.
 BLOCK = 1 << 20
 NAR_TYPE = "application/x-nix-nar"
 # File extension -> the compressions a NAR with that name may have (docs/protocol.md 4.6).
@@ -84,6 +85,11 @@ class _Checker:
         self.decompressor: StreamDecompressor | None = None
         self._head = b""
 
+    def feed_all(self, chunks: list[bytes]) -> None:
+        """The next chunks of the body, as received (one call per block: one thread hop per block)."""
+        for chunk in chunks:
+            self.feed(chunk)
+
     def feed(self, block: bytes) -> None:
         self.file_digest.update(block)
         self.file_size += len(block)
@@ -116,58 +122,124 @@ class _Checker:
         return self.decompressor.compression, result.nar_size, format_sha256(result.nar_hash)
 
 
-async def _blocks(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The body re-cut into blocks of about :data:`BLOCK` bytes."""
-    pending = bytearray()
-    async for chunk in body:
-        pending += chunk
-        if len(pending) >= BLOCK:
-            yield bytes(pending)
-            pending.clear()
-    if pending:
-        yield bytes(pending)
+class _Pipeline:
+    """The checker fed block by block in a worker thread, one block in flight while the next one arrives."""
+
+    def __init__(self, checker: _Checker) -> None:
+        self._checker = checker
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._in_flight: asyncio.Future[None] | None = None
+
+    async def add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size >= BLOCK:
+            await self._submit()
+
+    async def _submit(self) -> None:
+        await self.wait()
+        chunks, self._chunks, self._size = self._chunks, [], 0
+        self._in_flight = asyncio.ensure_future(asyncio.to_thread(self._checker.feed_all, chunks))
+
+    async def wait(self) -> None:
+        """Wait for the block in flight (its InvalidNar is raised here)."""
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            await in_flight
+
+    async def finish(self) -> tuple[str, int, str]:
+        if self._chunks:
+            await self._submit()
+        await self.wait()
+        return await asyncio.to_thread(self._checker.finish)
+
+    async def close(self) -> None:
+        """After a failure: let the worker thread finish with the checker (its outcome no longer matters)."""
+        with contextlib.suppress(BaseException):
+            await self.wait()
 
 
 class _Upload:
-    """The body's way into S3: held in memory up to one part, then a multipart upload with one part in flight."""
+    """The body's way into S3: held in memory up to one part, then a multipart upload with one part in flight.
 
-    def __init__(self, ctx: PushContext, key: str, part_size: int) -> None:
+    Chunks are copied once, into the buffer of the current part; a full part's buffer is handed to S3 as it is
+    (no copy) and filled again once its upload returned. With a Content-Length the buffers have their final size
+    from the start (no growing, no splitting); without one, a buffer grows to the part size.
+    """
+
+    def __init__(self, ctx: PushContext, key: str, part_size: int, length: int | None) -> None:
         self._ctx = ctx
         self._key = key
         self._part_size = part_size
-        self._buffer = bytearray()
+        self._left = length  # bytes still expected, when the length is known
         self._upload_id: str | None = None
         self._parts: list[PartInfo] = []
         self._in_flight: asyncio.Task[PartInfo] | None = None
+        self._in_flight_buffer: bytearray | None = None
+        self._spare: bytearray | None = None  # the buffer of the last part, once its upload returned
+        self._buffer, self._fill = self._new_buffer(), 0
 
-    async def add(self, block: bytes) -> None:
-        self._buffer += block
-        if len(self._buffer) >= self._part_size:
-            await self._send(bytes(self._buffer))
-            self._buffer.clear()
+    def _new_buffer(self) -> bytearray:
+        if self._left is None:
+            return bytearray()
+        size = max(0, min(self._part_size, self._left))
+        self._left -= size
+        spare, self._spare = self._spare, None
+        if spare is not None and len(spare) == size:
+            return spare
+        return bytearray(size)
 
-    async def _send(self, part: bytes) -> None:
+    async def add(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            growing = self._left is None
+            room = (self._part_size if growing else len(self._buffer)) - self._fill
+            if room <= 0:
+                if not growing and not self._left:
+                    # More than the Content-Length announced (aiohttp stops there): go on as without a length.
+                    self._left = None
+                    continue
+                await self._send()
+                continue
+            piece = view[:room]
+            if growing:
+                self._buffer += piece
+            else:
+                self._buffer[self._fill : self._fill + len(piece)] = piece
+            self._fill += len(piece)
+            view = view[len(piece) :]
+
+    async def _send(self) -> None:
+        """Upload the current (full) buffer as the next part; start filling another."""
         bucket = self._ctx.bucket
         if self._upload_id is None:
             self._upload_id = await bucket.create_multipart(self._key, content_type=NAR_TYPE)
-        if self._in_flight is not None:
-            self._parts.append(await self._in_flight)
+        await self._land()
+        part, fill = self._buffer, self._fill
+        self._in_flight_buffer = part
         self._in_flight = asyncio.create_task(
-            bucket.upload_part(self._key, self._upload_id, len(self._parts) + 1, part)
+            bucket.upload_part(self._key, self._upload_id, len(self._parts) + 1, memoryview(part)[:fill])
         )
+        self._buffer, self._fill = self._new_buffer(), 0
 
-    async def commit(self) -> None:
-        """Make the object visible: one PUT, or the last part and CompleteMultipartUpload."""
-        bucket = self._ctx.bucket
-        if self._upload_id is None:
-            await bucket.put(self._key, bytes(self._buffer), content_type=NAR_TYPE)
-            return
-        if self._buffer:
-            await self._send(bytes(self._buffer))
-            self._buffer.clear()
+    async def _land(self) -> None:
+        """Wait for the part in flight; its buffer can then be filled again."""
         if self._in_flight is not None:
             self._parts.append(await self._in_flight)
             self._in_flight = None
+            self._spare, self._in_flight_buffer = self._in_flight_buffer, None
+
+    async def commit(self, sha256: bytes) -> None:
+        """Make the object visible: one PUT (whose SHA-256 S3 checks), or the last part and CompleteMultipartUpload."""
+        bucket = self._ctx.bucket
+        body = memoryview(self._buffer)[: self._fill]
+        if self._upload_id is None:
+            await bucket.put(self._key, body, content_type=NAR_TYPE, sha256=sha256)
+            return
+        if self._fill:
+            await self._send()
+        await self._land()
         await bucket.complete_multipart(self._key, self._upload_id, self._parts)
 
     async def abort(self) -> None:
@@ -211,13 +283,14 @@ async def ingest_nar(
     await _ensure_row(ctx, key)
     part_size = max(PART_SIZE, -(-(length or 0) // MAX_PARTS))
     checker = _Checker(key, allowed)
-    upload = _Upload(ctx, key, part_size)
+    pipeline = _Pipeline(checker)
+    upload = _Upload(ctx, key, part_size, length)
     committed = False
     try:
-        async for block in _blocks(body):
-            await asyncio.to_thread(checker.feed, block)
-            await upload.add(block)
-        compression, nar_size, nar_hash = await asyncio.to_thread(checker.finish)
+        async for chunk in body:
+            await pipeline.add(chunk)
+            await upload.add(chunk)
+        compression, nar_size, nar_hash = await pipeline.finish()
         if checker.file_digest.digest() != expected:
             raise InvalidRequest(
                 f"{key}: the body's SHA-256 is {format_sha256(checker.file_digest.digest())}, "
@@ -226,12 +299,13 @@ async def ingest_nar(
             )
         # The row again, in case a forced GC removed it meanwhile: the object must never be untracked.
         await _ensure_row(ctx, key)
-        await upload.commit()
+        await upload.commit(expected)
         committed = True
     except InvalidNar as exc:
         raise InvalidRequest(f"{key}: {exc}; nothing was stored", code="invalid_nar") from None
     finally:
         if not committed:
+            await pipeline.close()
             await upload.abort()
     facts = db_writes.NarFacts(key, compression, nar_hash, nar_size, format_sha256(expected), checker.file_size)
 
