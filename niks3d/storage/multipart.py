@@ -11,6 +11,8 @@ from __future__ import annotations
 
 __all__ = ["MAX_PART_NUMBER", "MultipartOps"]
 
+import base64
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
@@ -59,13 +61,20 @@ class MultipartOps(BucketCore):
         """Upload part ``part_number`` of the upload from niks3d itself (NARs that stock Nix PUTs to niks3d).
 
         The body is sent without a copy (:class:`~niks3d.storage.body.BufferBody`; do not change it until this
-        returns); its SHA-256 is in the SigV4 signature, so S3 refuses a corrupted part (docs/storage.md)."""
+        returns), with Content-MD5, which every S3 server we support checks (SeaweedFS does not check the SHA-256
+        of the SigV4 signature): S3 refuses a corrupted part (docs/storage.md, "Checksums")."""
         if not 1 <= part_number <= MAX_PART_NUMBER:
             raise ValueError(f"part number {part_number} of {key!r} is outside 1..{MAX_PART_NUMBER}")
         data = BufferBody(body)
+        md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
         with storage_errors("UploadPart", self.name, key, upload_id):
             resp = await self._client.upload_part(
-                Bucket=self.name, Key=key, UploadId=upload_id, PartNumber=part_number, Body=cast("Any", data)
+                Bucket=self.name,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=part_number,
+                Body=cast("Any", data),
+                ContentMD5=md5,
             )
         return PartInfo(part_number=part_number, etag=normalize_etag(resp["ETag"]), size=len(data))
 

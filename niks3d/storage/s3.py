@@ -9,9 +9,9 @@ that surfaces as :class:`~niks3d.errors.StorageThrottled` with a ``retry_after``
 
 Checksums are only computed where S3 requires them (DeleteObjects): the default "when supported" mode would
 send PutObject as aws-chunked with trailing checksums and put checksum headers into CreateMultipartUpload,
-which many S3-compatible servers and presigned part uploads from clients do not handle. PutObject and UploadPart
-carry their body's SHA-256 in the SigV4 signature instead (botocore signs the payload when there is no
-Content-MD5, over https too), which S3 checks.
+which many S3-compatible servers and presigned part uploads from clients do not handle. PutObject carries
+``x-amz-checksum-sha256`` instead and UploadPart Content-MD5, which every S3 server we support checks
+(docs/storage.md, "Checksums").
 """
 
 from __future__ import annotations

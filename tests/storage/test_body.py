@@ -4,6 +4,7 @@ when botocore retries."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -117,8 +118,8 @@ async def test_a_put_whose_body_is_not_its_sha256_is_refused_and_stores_nothing(
 
 @pytest.mark.s3
 async def test_seaweedfs_does_not_check_the_payload_hash_of_the_signature(bucket: Bucket, s3_bucket) -> None:
-    """Why PutObject carries x-amz-checksum-sha256: SeaweedFS stores a body other than the one whose SHA-256 was
-    signed (AWS and Garage refuse it). UploadPart has only the signature (docs/storage.md)."""
+    """Why PutObject carries x-amz-checksum-sha256 and UploadPart Content-MD5: SeaweedFS stores a body other than
+    the one whose SHA-256 was signed (AWS and Garage refuse it; docs/storage.md, "Checksums")."""
     signed, sent = b"the signed body", b"another body!!!"
     url = f"{bucket.endpoint_url}/{bucket.name}/body/forged"
     request = AWSRequest(method="PUT", url=url, data=signed, headers={"Content-Type": "application/octet-stream"})
@@ -128,3 +129,28 @@ async def test_seaweedfs_does_not_check_the_payload_hash_of_the_signature(bucket
     async with aiohttp.ClientSession() as http, http.put(url, data=sent, headers=headers) as forged:
         assert forged.status == 200
     assert await bucket.get("body/forged") == sent
+
+
+@pytest.mark.s3
+async def test_seaweedfs_checks_the_content_md5_of_a_part(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    """upload_part sends Content-MD5, and S3 refuses a part whose bytes changed after it was computed (the
+    signature is computed over the changed bytes, so only the MD5 can catch it on SeaweedFS)."""
+    data = bytearray(os.urandom(5 << 20))
+    upload = await bucket.create_multipart("body/md5", content_type="application/octet-stream")
+    upload_part = bucket._client.upload_part
+    sent: list[str] = []
+
+    async def corrupted(**params: object) -> object:
+        sent.append(str(params.get("ContentMD5")))
+        changed = bytearray(data)
+        changed[12345] ^= 1
+        return await upload_part(**{**params, "Body": BufferBody(changed)})
+
+    monkeypatch.setattr(bucket._client, "upload_part", corrupted)
+    with pytest.raises(StorageError, match="UploadPart of 'body/md5'"):
+        await bucket.upload_part("body/md5", upload, 1, data)
+    assert sent == [base64.b64encode(hashlib.md5(data).digest()).decode()]
+    monkeypatch.undo()
+    part = await bucket.upload_part("body/md5", upload, 1, data)
+    await bucket.complete_multipart("body/md5", upload, [part])
+    assert await bucket.get("body/md5") == data
