@@ -20,6 +20,7 @@ let
 
   localDatabaseUrl = "postgresql:///niks3?host=/run/postgresql";
   scopes = import ./scopes.nix;
+  hardening = import ./hardening.nix;
 
   # The module uses types.pathWith (lib, 25.11) and postgresql.target (the PostgreSQL module, 25.11). pathWith is
   # needed while the options are declared, before any assertion can run, so its absence throws the same message.
@@ -76,8 +77,8 @@ let
       -- ${niks3d} gc --config ${configFile} "$@"
   '';
 
-  # Shared by niks3.service and niks3-gc.service.
-  commonServiceConfig = {
+  # Shared by niks3.service and niks3-gc.service: the sandbox of ./hardening.nix, narrowed further.
+  commonServiceConfig = hardening // {
     ExecStartPre = "${niks3d} migrate --config ${configFile}";
     LoadCredential = rendered.loadCredential;
 
@@ -86,40 +87,11 @@ let
     Group = "niks3";
     DynamicUser = true;
     PrivateUsers = true;
-    UMask = "0077";
 
-    CapabilityBoundingSet = [ "" ];
-    DevicePolicy = "closed";
-    LockPersonality = true;
-    # pynacl and zstandard are compiled extensions (cffi out-of-line and C); nothing maps W+X memory.
-    # The VM tests sign and verify NARs under this setting.
-    MemoryDenyWriteExecute = true;
-    NoNewPrivileges = true;
-    PrivateDevices = true;
     PrivateMounts = true;
-    PrivateTmp = true;
     ProcSubset = "pid";
-    ProtectClock = true;
-    ProtectControlGroups = true;
-    ProtectHome = true;
-    ProtectHostname = true;
-    ProtectKernelLogs = true;
-    ProtectKernelModules = true;
-    ProtectKernelTunables = true;
-    ProtectProc = "invisible";
-    ProtectSystem = "strict";
     RemoveIPC = true;
-    RestrictAddressFamilies = [
-      "AF_UNIX"
-      "AF_INET"
-      "AF_INET6"
-    ];
-    RestrictNamespaces = true;
-    RestrictRealtime = true;
-    RestrictSUIDSGID = true;
-    SystemCallArchitectures = "native";
-    SystemCallFilter = [
-      "@system-service"
+    SystemCallFilter = hardening.SystemCallFilter ++ [
       "~@privileged"
       "~@resources"
     ];

@@ -137,7 +137,7 @@ in
         # /root is hidden (ProtectHome): nix's own cache goes to the unit's cache directory.
         XDG_CACHE_HOME = "%C/niks3-upload";
       };
-      serviceConfig = {
+      serviceConfig = import ./hardening.nix // {
         Type = "notify";
         ExecStart = "${niks3} agent ${lib.escapeShellArgs agentArgs}";
         LoadCredential = [ "token:${cfg.tokenFile}" ];
@@ -146,35 +146,7 @@ in
         StateDirectory = "niks3-upload";
         CacheDirectory = "niks3-upload";
         StateDirectoryMode = "0700";
-        UMask = "0077";
         ReadWritePaths = lib.optionals cfg.scanStore [ "/nix/var/nix/db" ];
-
-        CapabilityBoundingSet = [ "" ];
-        DevicePolicy = "closed";
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        NoNewPrivileges = true;
-        PrivateDevices = true;
-        PrivateTmp = true;
-        ProtectClock = true;
-        ProtectControlGroups = true;
-        ProtectHome = true;
-        ProtectHostname = true;
-        ProtectKernelLogs = true;
-        ProtectKernelModules = true;
-        ProtectKernelTunables = true;
-        ProtectProc = "invisible";
-        ProtectSystem = "strict";
-        RestrictAddressFamilies = [
-          "AF_UNIX"
-          "AF_INET"
-          "AF_INET6"
-        ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [ "@system-service" ];
       };
     };
   };
