@@ -17,6 +17,20 @@ let
     ];
   };
   failing = expect: extra: (with' extra) // { inherit expect; };
+  # The OIDC issuer every oidc-* scenario starts from, each changing the one thing it tests.
+  githubRule = scopes: {
+    claims.repository_owner = "acme";
+    inherit scopes;
+  };
+  githubIssuer = {
+    issuer = "https://token.actions.githubusercontent.com";
+    audience = "https://cache.example.org";
+    rules = [ (githubRule [ "push" ]) ];
+  };
+  ciToken = {
+    file = "/run/keys/token-ci";
+    scopes = [ "push" ];
+  };
   # The examples are whole NixOS configurations: accept the options of other modules as they are.
   wholeHost = file: {
     expect = "ok";
@@ -118,9 +132,7 @@ in
   };
 
   oidc-issuers = with' {
-    services.niks3.oidc.github = {
-      issuer = "https://token.actions.githubusercontent.com";
-      audience = "https://cache.example.org";
+    services.niks3.oidc.github = githubIssuer // {
       nameClaim = "repository";
       rules = [
         {
@@ -135,56 +147,18 @@ in
   };
 
   oidc-in-both-places = failing "assertion" {
-    services.niks3.oidc.github = {
-      issuer = "https://token.actions.githubusercontent.com";
-      audience = "https://cache.example.org";
-      rules = [
-        {
-          claims.repository_owner = "acme";
-          scopes = [ "push" ];
-        }
-      ];
-    };
+    services.niks3.oidc.github = githubIssuer;
     services.niks3.settings.oidc = [ ];
   };
 
-  oidc-bad-name = failing "assertion" {
-    services.niks3.oidc."acme:github" = {
-      issuer = "https://token.actions.githubusercontent.com";
-      audience = "https://cache.example.org";
-      rules = [
-        {
-          claims.repository_owner = "acme";
-          scopes = [ "push" ];
-        }
-      ];
-    };
-  };
+  oidc-bad-name = failing "assertion" { services.niks3.oidc."acme:github" = githubIssuer; };
 
   oidc-http-issuer = failing "error" {
-    services.niks3.oidc.github = {
-      issuer = "http://token.example.org";
-      audience = "https://cache.example.org";
-      rules = [
-        {
-          claims.repository_owner = "acme";
-          scopes = [ "push" ];
-        }
-      ];
-    };
+    services.niks3.oidc.github = githubIssuer // { issuer = "http://token.example.org"; };
   };
 
   oidc-unknown-scope = failing "error" {
-    services.niks3.oidc.github = {
-      issuer = "https://token.actions.githubusercontent.com";
-      audience = "https://cache.example.org";
-      rules = [
-        {
-          claims.repository_owner = "acme";
-          scopes = [ "write" ];
-        }
-      ];
-    };
+    services.niks3.oidc.github = githubIssuer // { rules = [ (githubRule [ "write" ]) ]; };
   };
 
   no-signing-key = failing "assertion" { services.niks3.signingKeyFiles = lib.mkForce [ ]; };
@@ -204,10 +178,7 @@ in
   private-proxy-without-reader = failing "assertion" {
     services.niks3 = {
       settings.server.read_proxy = "private";
-      tokens.ci = {
-        file = "/run/keys/token-ci";
-        scopes = [ "push" ];
-      };
+      tokens.ci = ciToken;
     };
   };
 
@@ -219,12 +190,7 @@ in
     services.niks3.settings.s3.secret_access_key_file = "/etc/niks3/s3-secret";
   };
 
-  bad-token-name = failing "assertion" {
-    services.niks3.tokens."ci runner" = {
-      file = "/run/keys/token-ci";
-      scopes = [ "push" ];
-    };
-  };
+  bad-token-name = failing "assertion" { services.niks3.tokens."ci runner" = ciToken; };
 
   gc-without-dates = failing "assertion" { services.niks3.gc.dates = [ ]; };
 
@@ -242,15 +208,9 @@ in
 
   bad-read-proxy = failing "error" { services.niks3.settings.server.read_proxy = "open"; };
 
+  # `base` without its bucket.
   missing-bucket = {
     expect = "error";
-    modules = [
-      {
-        services.niks3 = {
-          enable = true;
-          signingKeyFiles = [ "/run/keys/niks3-signing-key" ];
-        };
-      }
-    ];
+    modules = [ { services.niks3 = removeAttrs base.services.niks3 [ "settings" ]; } ];
   };
 }
