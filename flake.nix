@@ -45,7 +45,9 @@
         };
       });
 
-      apps = forAllSystems (pkgs: { inherit (appsFor pkgs) dev; });
+      apps = forAllSystems (pkgs: {
+        inherit (appsFor pkgs) dev;
+      });
 
       formatter = forAllSystems (pkgs: (appsFor pkgs).formatter);
     };

@@ -110,9 +110,7 @@ let
       accepted = lib.filterAttrs (_: result: result.outcome == "ok" && result ? toml) results;
     in
     assert lib.assertMsg (unexpected == { })
-      "nix/eval-scenarios.nix: unexpected outcomes: ${
-        lib.concatStringsSep ", " (lib.mapAttrsToList describe unexpected)
-      }";
+      "nix/eval-scenarios.nix: unexpected outcomes: ${lib.concatStringsSep ", " (lib.mapAttrsToList describe unexpected)}";
     pkgs.runCommand "niks3d-module-eval" { nativeBuildInputs = [ niks3d ]; } ''
       ${lib.concatStrings (
         lib.mapAttrsToList (name: result: ''

@@ -52,7 +52,9 @@ let
       type = tomlValue;
       generate = name: value: fakeDerivation name { inherit value; };
     };
-    runCommand = name: env: script: fakeDerivation name (env // { inherit script; });
+    runCommand =
+      name: env: script:
+      fakeDerivation name (env // { inherit script; });
     writeShellScriptBin = name: text: fakeDerivation name { inherit text; };
     # Named by the examples and the VM tests.
     minio-client = fakeDerivation "minio-client" { };
@@ -154,7 +156,10 @@ let
     lib.concatMap (
       tree:
       lib.optionals (evaluated.options.services ? ${tree} && evaluated.config.services ? ${tree}) (
-        strayDefinitions [ "services" tree ] evaluated.options.services.${tree} evaluated.config.services.${tree}
+        strayDefinitions [
+          "services"
+          tree
+        ] evaluated.options.services.${tree} evaluated.config.services.${tree}
       )
     ) ourTrees;
   noStrays =
@@ -256,7 +261,8 @@ let
         inherit pkgs self;
       };
       nodes = lib.mapAttrs (_: evaluateNode) test.nodes;
-      script = if lib.isFunction test.testScript then test.testScript { inherit nodes; } else test.testScript;
+      script =
+        if lib.isFunction test.testScript then test.testScript { inherit nodes; } else test.testScript;
       # What a node's evaluation must get through: our modules' values and everything they define.
       forced = lib.mapAttrs (_: config: {
         inherit (config) assertions warnings systemd;

@@ -154,11 +154,15 @@ in
   oidc-bad-name = failing "assertion" { services.niks3.oidc."acme:github" = githubIssuer; };
 
   oidc-http-issuer = failing "error" {
-    services.niks3.oidc.github = githubIssuer // { issuer = "http://token.example.org"; };
+    services.niks3.oidc.github = githubIssuer // {
+      issuer = "http://token.example.org";
+    };
   };
 
   oidc-unknown-scope = failing "error" {
-    services.niks3.oidc.github = githubIssuer // { rules = [ (githubRule [ "write" ]) ]; };
+    services.niks3.oidc.github = githubIssuer // {
+      rules = [ (githubRule [ "write" ]) ];
+    };
   };
 
   no-signing-key = failing "assertion" { services.niks3.signingKeyFiles = lib.mkForce [ ]; };

@@ -595,8 +595,7 @@ in
         '';
       }
       {
-        assertion =
-          (cfg.settings.server.metrics or null) == "private" -> tokensWith "metrics" != { };
+        assertion = (cfg.settings.server.metrics or null) == "private" -> tokensWith "metrics" != { };
         message = ''
           services.niks3.settings.server.metrics is "private", but no token in services.niks3.tokens has the
           "metrics" or "admin" scope, so nothing could scrape /metrics. Add such a token for the scraper, or set
@@ -617,7 +616,9 @@ in
         '';
       }
       {
-        assertion = lib.all (name: builtins.match "[A-Za-z0-9._-]{1,64}" name != null) (lib.attrNames cfg.oidc);
+        assertion = lib.all (name: builtins.match "[A-Za-z0-9._-]{1,64}" name != null) (
+          lib.attrNames cfg.oidc
+        );
         message = ''
           services.niks3.oidc: the names ${lib.concatStringsSep ", " (lib.attrNames cfg.oidc)} must each be 1-64
           letters, digits, '.', '_' or '-'.
@@ -748,7 +749,8 @@ in
         commonServiceConfig
         {
           Type = "oneshot";
-          ExecStart = "${niks3d} fsck --config ${configFile}" + lib.optionalString cfg.fsck.repair " --repair";
+          ExecStart =
+            "${niks3d} fsck --config ${configFile}" + lib.optionalString cfg.fsck.repair " --repair";
           NotifyAccess = "main";
         }
       ];

@@ -145,98 +145,98 @@ rec {
       prefix = lib.removeSuffix "/" (settings.server.proxy_prefix or "/");
     in
     ''
-    import json
-    import shlex
+      import json
+      import shlex
 
-    PORT = ${port}
-    LOCAL_URL = "http://127.0.0.1:${port}"
-    SERVER_URL = "http://server:${port}"
-    PROXY_URL = SERVER_URL + "${prefix}"
-    BUCKET = "${bucket}"
-    PUBLIC_KEY = "${signing.publicKey}"
-    IMPOSTOR_KEY = "${signing.impostorKey}"
-    S3_ENV = "AWS_ACCESS_KEY_ID=${s3Key.id} AWS_SECRET_ACCESS_KEY=${s3Key.secret}"
-    MC = "MC_HOST_local=http://${s3Key.id}:${s3Key.secret}@localhost:${toString s3Port} mc"
-
-
-    def setup_s3() -> None:
-        """Garage as a one-node cluster, then the bucket and niks3d's key (made here, not in the configuration)."""
-        s3.wait_for_unit("garage.service")
-        s3.wait_for_open_port(${toString s3Port})
-        node_id = s3.succeed("garage node id").strip().splitlines()[0].split("@")[0]
-        s3.succeed(f"garage layout assign -z vmtest -c 1G {node_id}")
-        s3.succeed("garage layout apply --version 1")
-        s3.succeed(f"garage bucket create {BUCKET}")
-        s3.succeed("garage key import --yes -n ${s3Key.name} ${s3Key.id} ${s3Key.secret}")
-        s3.succeed(f"garage bucket allow --read --write --owner {BUCKET} --key ${s3Key.name}")
-        s3.wait_until_succeeds(f"{MC} ls local/{BUCKET}", timeout=60)
+      PORT = ${port}
+      LOCAL_URL = "http://127.0.0.1:${port}"
+      SERVER_URL = "http://server:${port}"
+      PROXY_URL = SERVER_URL + "${prefix}"
+      BUCKET = "${bucket}"
+      PUBLIC_KEY = "${signing.publicKey}"
+      IMPOSTOR_KEY = "${signing.impostorKey}"
+      S3_ENV = "AWS_ACCESS_KEY_ID=${s3Key.id} AWS_SECRET_ACCESS_KEY=${s3Key.secret}"
+      MC = "MC_HOST_local=http://${s3Key.id}:${s3Key.secret}@localhost:${toString s3Port} mc"
 
 
-    def narinfo_key(path: str) -> str:
-        """The bucket key of a store path's narinfo: its hash part."""
-        return path.removeprefix("/nix/store/")[:32] + ".narinfo"
+      def setup_s3() -> None:
+          """Garage as a one-node cluster, then the bucket and niks3d's key (made here, not in the configuration)."""
+          s3.wait_for_unit("garage.service")
+          s3.wait_for_open_port(${toString s3Port})
+          node_id = s3.succeed("garage node id").strip().splitlines()[0].split("@")[0]
+          s3.succeed(f"garage layout assign -z vmtest -c 1G {node_id}")
+          s3.succeed("garage layout apply --version 1")
+          s3.succeed(f"garage bucket create {BUCKET}")
+          s3.succeed("garage key import --yes -n ${s3Key.name} ${s3Key.id} ${s3Key.secret}")
+          s3.succeed(f"garage bucket allow --read --write --owner {BUCKET} --key ${s3Key.name}")
+          s3.wait_until_succeeds(f"{MC} ls local/{BUCKET}", timeout=60)
 
 
-    def bucket_keys() -> set[str]:
-        """Every key in the bucket."""
-        prefix = f"local/{BUCKET}/"
-        out = s3.succeed(f"{MC} find local/{BUCKET}")
-        return {line.strip().removeprefix(prefix) for line in out.splitlines() if line.strip()}
+      def narinfo_key(path: str) -> str:
+          """The bucket key of a store path's narinfo: its hash part."""
+          return path.removeprefix("/nix/store/")[:32] + ".narinfo"
 
 
-    def bucket_text(key: str) -> str:
-        return s3.succeed(f"{MC} cat local/{BUCKET}/{shlex.quote(key)}")
+      def bucket_keys() -> set[str]:
+          """Every key in the bucket."""
+          prefix = f"local/{BUCKET}/"
+          out = s3.succeed(f"{MC} find local/{BUCKET}")
+          return {line.strip().removeprefix(prefix) for line in out.splitlines() if line.strip()}
 
 
-    def key_values(text: str, separator: str) -> dict[str, str]:
-        """`Key: value` lines (narinfo) or `Key=value` lines (systemctl show) as a dict."""
-        result: dict[str, str] = {}
-        for line in text.splitlines():
-            name, found, value = line.partition(separator)
-            if found:
-                result[name] = value
-        return result
+      def bucket_text(key: str) -> str:
+          return s3.succeed(f"{MC} cat local/{BUCKET}/{shlex.quote(key)}")
 
 
-    def narinfo_fields(text: str) -> dict[str, str]:
-        return key_values(text, ": ")
+      def key_values(text: str, separator: str) -> dict[str, str]:
+          """`Key: value` lines (narinfo) or `Key=value` lines (systemctl show) as a dict."""
+          result: dict[str, str] = {}
+          for line in text.splitlines():
+              name, found, value = line.partition(separator)
+              if found:
+                  result[name] = value
+          return result
 
 
-    def assert_closed_bucket() -> None:
-        """Every narinfo in the bucket names a NAR that is there and references whose narinfos are there."""
-        keys = bucket_keys()
-        for key in sorted(k for k in keys if k.endswith(".narinfo")):
-            fields = narinfo_fields(bucket_text(key))
-            assert fields["URL"] in keys, f"{key} names {fields['URL']}, which is not in the bucket"
-            for ref in fields.get("References", "").split():
-                assert narinfo_key(ref) in keys, f"{key} refers to {ref}, whose narinfo is not in the bucket"
+      def narinfo_fields(text: str) -> dict[str, str]:
+          return key_values(text, ": ")
 
 
-    def nix_copy(source: str, path: str, key: str, store: str, env: str = "") -> str:
-        """A `nix copy` of PATH's closure from SOURCE into the fresh chroot store STORE, trusting only KEY.
-
-        require-sigs stays on, and each copy gets its own narinfo cache, so nothing is remembered between
-        copies."""
-        return (
-            f"env XDG_CACHE_HOME=$(mktemp -d) {env} nix copy --from {shlex.quote(source)} "
-            f"--to {shlex.quote('local?root=' + store)} "
-            f"--option trusted-public-keys {shlex.quote(key)} {path} 2>&1"
-        )
+      def assert_closed_bucket() -> None:
+          """Every narinfo in the bucket names a NAR that is there and references whose narinfos are there."""
+          keys = bucket_keys()
+          for key in sorted(k for k in keys if k.endswith(".narinfo")):
+              fields = narinfo_fields(bucket_text(key))
+              assert fields["URL"] in keys, f"{key} names {fields['URL']}, which is not in the bucket"
+              for ref in fields.get("References", "").split():
+                  assert narinfo_key(ref) in keys, f"{key} refers to {ref}, whose narinfo is not in the bucket"
 
 
-    def unit_properties(machine, unit: str, *names: str) -> dict[str, str]:
-        out = machine.succeed(f"systemctl show {unit} " + " ".join(f"--property={n}" for n in names))
-        return key_values(out, "=")
+      def nix_copy(source: str, path: str, key: str, store: str, env: str = "") -> str:
+          """A `nix copy` of PATH's closure from SOURCE into the fresh chroot store STORE, trusting only KEY.
+
+          require-sigs stays on, and each copy gets its own narinfo cache, so nothing is remembered between
+          copies."""
+          return (
+              f"env XDG_CACHE_HOME=$(mktemp -d) {env} nix copy --from {shlex.quote(source)} "
+              f"--to {shlex.quote('local?root=' + store)} "
+              f"--option trusted-public-keys {shlex.quote(key)} {path} 2>&1"
+          )
 
 
-    def journal_events(machine, unit: str, event: str) -> list[dict[str, str]]:
-        """The journal entries of UNIT with NIKS3_EVENT=EVENT, with all their fields."""
-        out = machine.succeed(f"journalctl --unit={unit} --output=json NIKS3_EVENT={event}")
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+      def unit_properties(machine, unit: str, *names: str) -> dict[str, str]:
+          out = machine.succeed(f"systemctl show {unit} " + " ".join(f"--property={n}" for n in names))
+          return key_values(out, "=")
 
 
-    def push(*args: str, token: str = "/etc/niks3/token-ci") -> str:
-        """The `niks3 push` command line for ARGS, against the server's own address (LOCAL_URL)."""
-        return f"niks3 push --server {LOCAL_URL} --token-file {token} --no-progress {' '.join(args)} 2>&1"
-  '';
+      def journal_events(machine, unit: str, event: str) -> list[dict[str, str]]:
+          """The journal entries of UNIT with NIKS3_EVENT=EVENT, with all their fields."""
+          out = machine.succeed(f"journalctl --unit={unit} --output=json NIKS3_EVENT={event}")
+          return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+      def push(*args: str, token: str = "/etc/niks3/token-ci") -> str:
+          """The `niks3 push` command line for ARGS, against the server's own address (LOCAL_URL)."""
+          return f"niks3 push --server {LOCAL_URL} --token-file {token} --no-progress {' '.join(args)} 2>&1"
+    '';
 }
