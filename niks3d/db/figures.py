@@ -1,4 +1,4 @@
-"""The live figures about the cache (paths, bytes, sessions, garbage collection) in one read.
+"""The live figures about the cache (paths, bytes, sessions, garbage collection, imports and checks) in one read.
 
 :class:`niks3d.server.figures.FiguresReader` keeps the latest reading for the landing page and ``/metrics``.
 """
@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
+
+from niks3d.db.maintenance import MaintenanceSummary, summaries
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,8 @@ class CacheFigures:
     sessions: dict[str, int] = field(default_factory=dict)
     gc_runs: dict[str, int] = field(default_factory=dict)
     last_gc: GcRunSummary | None = None
+    # command ("import", "fsck") -> its newest run and newest finished run; absent until it first ran
+    maintenance: dict[str, MaintenanceSummary] = field(default_factory=dict)
 
     @property
     def stored_bytes(self) -> int:
@@ -59,6 +63,7 @@ async def read_figures(conn: asyncpg.Connection) -> CacheFigures:
             """SELECT id, state, started_at, finished_at, bytes_freed, dry_run
                FROM gc_runs ORDER BY started_at DESC, id DESC LIMIT 1"""
         )
+        maintenance = await summaries(conn)
     return CacheFigures(
         taken_at=datetime.now(UTC),
         paths=int(paths),
@@ -66,4 +71,5 @@ async def read_figures(conn: asyncpg.Connection) -> CacheFigures:
         sessions={r["state"]: int(r["n"]) for r in sessions},
         gc_runs={r["state"]: int(r["n"]) for r in runs},
         last_gc=GcRunSummary(**dict(last)) if last is not None else None,
+        maintenance=maintenance,
     )

@@ -21,7 +21,7 @@ the counts reach the run's ``gc_runs`` row; the end of a run is one structured l
 
 from __future__ import annotations
 
-__all__ = ["SWEEP_CONCURRENCY", "GcContext", "HeldRun", "claim_run", "collect"]
+__all__ = ["SWEEP_CONCURRENCY", "GcContext", "HeldRun", "claim_run", "collect", "refuse_after_unfinished_import"]
 
 import asyncio
 import logging
@@ -74,13 +74,14 @@ class HeldRun:
     row: RunRow
 
 
-async def _refuse_after_unfinished_import(conn: Connection) -> None:
-    """Objects an unfinished import has not registered yet look like orphans: refuse rather than delete them."""
+async def refuse_after_unfinished_import(conn: Connection, doing: str = "garbage collection") -> None:
+    """Objects an unfinished import has not registered yet look like orphans, and the paths it has not registered
+    yet are referrers nobody sees: refuse rather than delete what they need. Call while holding the lock."""
     run = await unfinished_import(conn)
     if run is not None:
         raise StateConflict(
             f"niks3d import (run {run.id}, started {run.started_at.isoformat()}) is {run.state}, not finished: "
-            "garbage collection would delete the objects of paths it has not registered yet. "
+            f"some paths in the bucket are not registered yet, and {doing} could delete what they need. "
             "Run niks3d import again until it finishes (docs/operations.md, 'After an interrupted import')",
             code="import_unfinished",
             import_run=run.id,
@@ -95,7 +96,7 @@ async def claim_run(pool: DbPool, params: GcParams) -> AsyncIterator[HeldRun]:
         if not await try_lock(conn):
             raise GcRunning(await running_run(conn))
         try:
-            await _refuse_after_unfinished_import(conn)
+            await refuse_after_unfinished_import(conn)
             for run_id in await interrupt_abandoned(conn):
                 logger.warning("gc run %d was left running by a process that stopped; marked interrupted", run_id)
             row = await insert_run(

@@ -30,7 +30,7 @@ from niks3d.db.gc import mark
 from niks3d.db.gc.runs import running_run, try_lock, unlock
 from niks3d.errors import NotFound, StateConflict
 from niks3d.gc import sweep
-from niks3d.gc.collector import GcContext
+from niks3d.gc.collector import GcContext, refuse_after_unfinished_import
 from niks3d.gc.runs import GcRunning
 from niks3d.logsetup import log_event
 from niks3d.uploads.closing import tidy_released
@@ -119,12 +119,15 @@ async def delete_path(
 ) -> dict[str, Any]:
     """Delete the published path with ``hash_part`` (see the module docstring); returns the API's answer.
 
-    Raises NotFound ``path_not_found`` or StateConflict ``path_in_use``, and GcRunning while a run holds the lock.
+    Raises NotFound ``path_not_found`` or StateConflict ``path_in_use``, GcRunning while a run holds the lock, and
+    StateConflict ``import_unfinished`` while the newest import has not finished (paths it has not registered yet
+    may reference the path, and nothing here could see them).
     """
     async with ctx.pool.acquire() as conn:
         if not await try_lock(conn):
             raise GcRunning(await running_run(conn))
         try:
+            await refuse_after_unfinished_import(conn, "deleting a path")
             answer = await _delete_locked(conn, ctx, hash_part, closure=closure, force=force, older_than=older_than)
         finally:
             await mark.drop_tables(conn)

@@ -7,7 +7,9 @@ Two kinds of figures:
   narinfo cache's hits and lookups;
 - read from PostgreSQL (through :class:`~niks3d.server.figures.FiguresReader`, at most once per 30 s, so a
   scrape costs the database almost nothing): published paths, objects and bytes by kind and state, upload
-  sessions by state, garbage-collection runs and the latest one. These describe the whole cache, so every
+  sessions by state, garbage-collection runs and the latest one, the latest ``niks3d import`` and ``niks3d fsck``
+  runs (whether one is running, when one last finished, what it found, and whether GC refuses to run because the
+  newest import did not finish). These describe the whole cache, so every
   replica reports the same values.
 
 Every series is in a registry of its own per application, so several daemons in one process (tests) do not
@@ -29,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from niks3d.db.maintenance import MaintenanceSummary
 from niks3d.server.auth import require
 from niks3d.server.figures import FiguresReader
 from niks3d.server.keys import config_key
@@ -220,6 +223,55 @@ class _StateCollector(Collector):
                     "niks3d_gc_last_run_end_timestamp_seconds", "End of the latest GC run", last.finished_at.timestamp()
                 )
             yield _gauge("niks3d_gc_last_run_freed_bytes", "Bytes freed by the latest GC run", last.bytes_freed)
+        yield from _maintenance(figures.maintenance)
+
+
+_MAINTENANCE_COMMANDS = ("fsck", "import")
+
+
+def _maintenance(runs: dict[str, MaintenanceSummary]) -> Iterator[Metric]:
+    """The ``maintenance_runs`` figures (docs/proxy.md, docs/operations.md)."""
+    running = GaugeMetricFamily(
+        "niks3d_maintenance_running",
+        "1 while a niks3d import or fsck runs (its run is recorded running and it holds the collector's lock)",
+        labels=("command",),
+    )
+    started = GaugeMetricFamily(
+        "niks3d_maintenance_last_run_start_timestamp_seconds", "Start of the newest run", labels=("command",)
+    )
+    finished = GaugeMetricFamily(
+        "niks3d_maintenance_last_finished_timestamp_seconds",
+        "End of the newest run that finished (not failed, stopped or killed)",
+        labels=("command",),
+    )
+    problems = GaugeMetricFamily(
+        "niks3d_maintenance_last_problems",
+        "Problems the newest finished run left (for fsck: 0 when every invariant held)",
+        labels=("command",),
+    )
+    for command in _MAINTENANCE_COMMANDS:
+        run = runs.get(command)
+        running.add_metric((command,), 1 if run is not None and run.running else 0)
+        if run is None:
+            continue
+        started.add_metric((command,), run.started_at.timestamp())
+        if run.finished_at is not None:
+            finished.add_metric((command,), run.finished_at.timestamp())
+        if run.problems is not None:
+            problems.add_metric((command,), run.problems)
+    yield from (running, started, finished, problems)
+    last_import = runs.get("import")
+    yield _gauge(
+        "niks3d_import_unfinished",
+        "1 while the newest niks3d import has not finished; garbage collection refuses to run until one does",
+        1 if last_import is not None and last_import.state != "finished" else 0,
+    )
+    if last_import is not None and last_import.counts is not None:
+        yield _gauge(
+            "niks3d_import_last_paths_registered",
+            "Store paths the newest finished import registered",
+            last_import.counts.get("paths_registered", 0),
+        )
 
 
 metrics_key: web.AppKey[Metrics] = web.AppKey("metrics_key")
