@@ -8,7 +8,9 @@ statements and S3 requests per path, at several closure sizes; it starts its own
     .venv/bin/python -m bench.push [--paths 300] [--nar-mib 258] [--scale 300,3000,10000] [--suite sid]
         [--no-modern]
 
-A quick run: ``--paths 60 --nar-mib 32 --scale 300,1000``.
+A quick run: ``--paths 60 --nar-mib 32 --scale 300,1000``. ``--paths 0`` runs the scale workload only;
+``--workdir DIR`` keeps niks3d's log and nginx's access log; ``NIKS3_BENCH_DATABASE='{"acquire_timeout": 0.3}'``
+(JSON) overrides niks3d's ``[database]`` settings (a short acquire timeout stands in for a loaded machine).
 
 The other workloads, each pushed by the real ``niks3`` command in a child process whose peak RSS (its own ``VmHWM``) and
 CPU time (from ``os.wait4``, with the ``nix path-info`` it runs) are measured; with ``--dev`` the CPU time of the

@@ -21,6 +21,7 @@ from __future__ import annotations
 __all__ = ["run"]
 
 import argparse
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -136,22 +137,27 @@ def _ratio(what: str, ours: float, theirs: float, target: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="niks3-pushcost-") as tmp:
-        workdir = Path(tmp)
+    with contextlib.ExitStack() as keep:
+        if args.workdir is not None:
+            workdir = Path(args.workdir)
+            workdir.mkdir(parents=True)
+        else:
+            workdir = Path(keep.enter_context(tempfile.TemporaryDirectory(prefix="niks3-pushcost-")))
         modern = None
         if not args.no_modern:
             modern = Modern(args.suite, workdir)
             print(f"modern Nix: {modern.version} ({args.suite} chroot)", flush=True)
         seed = int.from_bytes(os.urandom(4), "big")
         start = time.monotonic()
-        mixed = synthclosure.mixed_closure(args.paths, args.nar_mib << 20, seed=seed)
-        verified = synthclosure.mixed_closure(args.paths, args.nar_mib << 20, seed=seed + 1)
+        writers: list[synthclosure.Closure] = []  # --paths 0: the scale workload only
+        if args.paths:
+            writers = [synthclosure.mixed_closure(args.paths, args.nar_mib << 20, seed=seed + i) for i in (0, 1)]
         scales = [synthclosure.small_closure(n, seed=seed + 2 + n) for n in args.scale]
-        for closure in (mixed, verified, *scales):
+        for closure in (*writers, *scales):
             synthclosure.import_closure(closure)
-        if modern is not None:
-            synthclosure.import_closure(mixed, modern.argv(["nix-store", "--import"]))
-        mib = synthclosure.total_nar_size(mixed) / 2**20
+        if modern is not None and writers:
+            synthclosure.import_closure(writers[0], modern.argv(["nix-store", "--import"]))
+        mib = synthclosure.total_nar_size(writers[0]) / 2**20 if writers else 0.0
         print(
             f"closures registered in {time.monotonic() - start:.0f} s: {args.paths} paths, {mib:.0f} MiB of NAR; "
             f"small: {', '.join(str(n) for n in args.scale)} paths; load: {os.getloadavg()[0]:.1f}",
@@ -159,10 +165,11 @@ def run(args: argparse.Namespace) -> int:
         )
         try:
             with stack(workdir) as st:
-                _writers(st, args, workdir, modern, mixed, verified, mib)
+                if writers:
+                    _writers(st, args, workdir, modern, writers[0], writers[1], mib)
                 _scale(st, scales)
         finally:
-            every = [p for c in (mixed, verified, *scales) for p in c.store_paths]
+            every = [p for c in (*writers, *scales) for p in c.store_paths]
             for i in range(0, len(every), 2000):
                 subprocess.run(["nix-store", "--delete", *every[i : i + 2000]], capture_output=True, check=False)
     return 0
@@ -230,3 +237,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--suite", default=os.environ.get("NIKS3_MODERN_NIX_SUITE") or "sid")
     parser.add_argument("--no-modern", action="store_true", help="skip the modern-Nix writers")
+    parser.add_argument(
+        "--workdir", help="keep the stack's files (niks3d.log, nginx's access log) in this new directory"
+    )

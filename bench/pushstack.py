@@ -17,6 +17,7 @@ __all__ = ["Stack", "stack"]
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -181,7 +182,7 @@ def stack(workdir: Path) -> Iterator[Stack]:
         api_url = f"http://127.0.0.1:{ports['api']}"
         config = {
             "server": {"listen": [f"127.0.0.1:{ports['niks3d']}"], "public_url": api_url},
-            "database": {"url": dsn},
+            "database": {"url": dsn, **json.loads(os.environ.get("NIKS3_BENCH_DATABASE", "{}"))},
             "s3": {
                 "bucket": BUCKET,
                 "endpoint_url": f"http://127.0.0.1:{ports['server_s3']}",

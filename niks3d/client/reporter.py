@@ -4,14 +4,20 @@ Once the server has accepted a report (``POST /sessions/{id}/objects``), a push 
 again gets that object as "present" and does not upload it again. Reports are sent when ``batch`` of them
 have piled up or ``interval`` seconds have passed; whatever is not yet accepted goes with ``complete``.
 A report that fails to send is kept for the next try (reports are idempotent).
+
+One request carries at most ``MAX_REPORT`` objects; more pending go in turn. The server copies and checks every
+object of a report before it answers, so a report of thousands (everything that piled up while one was on its
+way) ran for minutes on a loaded machine: past a proxy's read timeout (nginx's 60 s), and then sent again in
+full, with more, while the server was still working on the first (issue 18).
 """
 
 from __future__ import annotations
 
-__all__ = ["ObjectReport", "Reporter"]
+__all__ = ["MAX_REPORT", "ObjectReport", "Reporter"]
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from typing import Any
 
@@ -21,6 +27,7 @@ from niks3d.errors import ClientError
 logger = logging.getLogger(__name__)
 
 ObjectReport = dict[str, Any]
+MAX_REPORT = 256
 
 
 class Reporter:
@@ -54,27 +61,35 @@ class Reporter:
         return dict(self._pending)
 
     async def flush(self) -> None:
-        """Send every pending report now. Raises :class:`SessionClosed`; other failures stay pending."""
+        """Send every pending report now, ``MAX_REPORT`` per request. Raises :class:`SessionClosed`; other
+        failures stay pending."""
         async with self._lock:
-            batch = dict(self._pending)
-            if not batch:
-                return
-            try:
-                answer = await self.api.report_objects(self.session_id, batch)
-            except SessionClosed:
-                raise
-            except ClientError as exc:
-                logger.warning("could not report %d uploaded objects yet (%s); will retry", len(batch), exc)
-                return
-            for key in answer.accepted:
-                if self._pending.get(key) == batch.get(key):
-                    self._pending.pop(key, None)
-                self.accepted.add(key)
-            for item in answer.missing:
-                self.missing[item.key] = item.reason
-                logger.warning("the server did not find %s after upload: %s", item.key, item.reason)
-                if self._pending.get(item.key) == batch.get(item.key):
-                    self._pending.pop(item.key, None)
+            sent: set[str] = set()
+            while True:
+                batch = dict(itertools.islice(((k, v) for k, v in self._pending.items() if k not in sent), MAX_REPORT))
+                if not batch or not await self._send(batch):
+                    return
+                sent.update(batch)
+
+    async def _send(self, batch: dict[str, ObjectReport]) -> bool:
+        """One report request; False when it failed (its reports stay pending)."""
+        try:
+            answer = await self.api.report_objects(self.session_id, batch)
+        except SessionClosed:
+            raise
+        except ClientError as exc:
+            logger.warning("could not report %d uploaded objects yet (%s); will retry", len(batch), exc)
+            return False
+        for key in answer.accepted:
+            if self._pending.get(key) == batch.get(key):
+                self._pending.pop(key, None)
+            self.accepted.add(key)
+        for item in answer.missing:
+            self.missing[item.key] = item.reason
+            logger.warning("the server did not find %s after upload: %s", item.key, item.reason)
+            if self._pending.get(item.key) == batch.get(item.key):
+                self._pending.pop(item.key, None)
+        return True
 
     async def _loop(self) -> None:
         while True:

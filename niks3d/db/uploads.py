@@ -28,6 +28,7 @@ __all__ = [
     "record_progress",
     "renew_leases",
     "set_upload_id",
+    "settle_accepted",
     "stalled_multipart",
     "take_over",
     "touch_session",
@@ -231,6 +232,33 @@ async def renew_leases(
     return {r["key"] for r in rows}
 
 
+async def settle_accepted(conn: Connection, session_id: uuid.UUID, accepted: Sequence[str], lease: timedelta) -> None:
+    """After a report: forget the multipart upload ids of the ``accepted`` keys and renew the session's other
+    leases, in one statement.
+
+    Accepted objects are upload progress, so the session keeps the uploads it still has to do. The accepted
+    keys' rows are updated whatever holds them (the caller holds the session's row, so no other report or
+    publication of this session does); the other rows are renewed as :func:`renew_leases` renews all of them,
+    skipping rows another transaction holds. The two parts touch disjoint rows.
+    """
+    await conn.execute(
+        """WITH cleared AS (
+               UPDATE session_claims SET upload_id = NULL,
+                      lease_until = CASE WHEN uploader THEN now() + $2::interval ELSE lease_until END
+               WHERE session_id = $1 AND key = ANY($3::text[])
+               RETURNING key),
+           mine AS (
+               SELECT key FROM session_claims
+               WHERE session_id = $1 AND uploader AND key <> ALL($3::text[])
+               ORDER BY key FOR NO KEY UPDATE SKIP LOCKED)
+           UPDATE session_claims c SET lease_until = now() + $2::interval
+           FROM mine WHERE c.session_id = $1 AND c.key = mine.key""",
+        session_id,
+        lease,
+        list(accepted),
+    )
+
+
 async def insert_claims(conn: Connection, session_id: uuid.UUID, claims: Iterable[tuple[str, bool]]) -> None:
     """Claim ``(key, uploader)`` pairs for a session (idempotent)."""
     pairs = list(claims)
@@ -271,8 +299,19 @@ async def take_over(
     return [ReleasedClaim(r["session_id"], r["key"], r["upload_id"], True) for r in dropped]
 
 
-async def claims_of_session(conn: Connection, session_id: uuid.UUID) -> dict[str, Claim]:
-    rows = await conn.fetch("SELECT key, uploader, upload_id FROM session_claims WHERE session_id = $1", session_id)
+async def claims_of_session(
+    conn: Connection, session_id: uuid.UUID, keys: Sequence[str] | None = None
+) -> dict[str, Claim]:
+    """The session's claims (all of them, or those of ``keys``)."""
+    if keys is None:
+        rows = await conn.fetch("SELECT key, uploader, upload_id FROM session_claims WHERE session_id = $1", session_id)
+    else:
+        rows = await conn.fetch(
+            """SELECT key, uploader, upload_id FROM session_claims
+               WHERE session_id = $1 AND key = ANY($2::text[])""",
+            session_id,
+            list(keys),
+        )
     return {r["key"]: Claim(r["key"], r["uploader"], r["upload_id"]) for r in rows}
 
 

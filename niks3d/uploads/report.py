@@ -8,6 +8,14 @@ declared NarHash and NarSize under Nix's parser rules, unless the session's toke
 ``s3.verify = "size"`` (rule 1). Only then is the object recorded as present, with its FileHash, and the
 staged object deleted. A NAR that fails its check is deleted from its published key again, and its session is
 aborted (422 ``objects_invalid``): a writer that lied about one object is trusted with none.
+
+What a report costs does not grow with the number of objects on the database side: the objects are checked in
+S3 (complete the multipart upload, HEAD the staged object) with bounded concurrency, then the leases of every
+staged object found are renewed in one statement, then they are copied and checked, then recorded in one
+transaction. No check of one object takes a pool connection of its own: a report of thousands of objects took
+one each, and with the pool's ``acquire_timeout`` running out for any one of them on a loaded machine, every
+report failed with 503 and was sent again with more objects (issue 18). When one check fails, the others are
+cancelled rather than left running on to compete with the report sent next.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ __all__ = ["report_objects"]
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from niks3d.db import uploads as db
 from niks3d.db.sessions import ReleasedClaim
@@ -36,10 +46,51 @@ from niks3d.uploads.verify import verify_nar_object
 
 logger = logging.getLogger(__name__)
 _CONCURRENCY = 32
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """A reported object whose staged copy is there with the reported size."""
+
+    report: ObjectReport
+    size: int
+    reset: bool  # its multipart upload was completed: a retry needs a new one
+
+
+@dataclass(frozen=True, slots=True)
+class _Gone:
+    """The staged object went away between the HEAD and the copy (another report of it may have accepted it)."""
+
+    key: str
+
+
+Failure = dict[str, Any]
+Accepted = tuple[str, int, str | None]
 
 
 def _nar_expectations(req: SessionRequest) -> dict[str, tuple[bytes, int, StorePath]]:
     return {nar_key(p.nar_hash, "zstd"): (p.nar_hash, p.nar_size, p.path) for p in req.paths}
+
+
+async def _each(items: Sequence[_T], check: Callable[[_T], Awaitable[_R]]) -> list[_R]:
+    """``check`` of every item, at most ``_CONCURRENCY`` at a time; the first exception cancels the rest and is
+    raised once they have stopped."""
+    semaphore = asyncio.Semaphore(_CONCURRENCY)
+
+    async def one(item: _T) -> _R:
+        async with semaphore:
+            return await check(item)
+
+    tasks = [asyncio.ensure_future(one(item)) for item in items]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def report_objects(
@@ -50,8 +101,9 @@ async def report_objects(
         return [], []
     req = ctx.requests.get(session.id, session.request)
     expected_nars = _nar_expectations(req)
+    lease = ctx.settings.gc.claim_lease
     async with ctx.pool.acquire() as conn:
-        claims = await db.claims_of_session(conn, session.id)
+        claims = await db.claims_of_session(conn, session.id, list(reports))
         states = await db.object_states(conn, list(reports))
         await db.touch_session(conn, session.id, ctx.settings.gc.session_expiry)
     accepted: list[str] = []
@@ -70,23 +122,45 @@ async def report_objects(
         else:
             to_check.append((report, claim))
 
-    semaphore = asyncio.Semaphore(_CONCURRENCY)
-
-    async def check(report: ObjectReport, claim: db.Claim) -> tuple[str, int, str | None] | dict[str, Any]:
-        async with semaphore:
-            nar = expected_nars.get(report.key)
-            return await _check_one(ctx, session, report, claim, nar, full=full, keeper=keeper)
-
     full = ctx.settings.s3.verify == "full" or not trusted
-
+    staged = await _each(to_check, lambda item: _stage(ctx, session, *item))
+    failed = [r for r in staged if isinstance(r, dict)]
+    ready = [r for r in staged if isinstance(r, _Staged)]
+    if ready:
+        # The staged objects are there: that is progress. Their leases are renewed (one statement for all), and
+        # kept renewed while the copies and their checks run, unless another session took an upload over
+        # meanwhile (uploads/leases.py).
+        async with ctx.pool.acquire() as conn:
+            still = await db.renew_leases(conn, session.id, lease, [r.report.key for r in ready])
+        failed.extend(
+            {"key": r.report.key, "reason": "another session took this upload over (this session's lease ran out)"}
+            for r in ready
+            if r.report.key not in still
+        )
+        ready = [r for r in ready if r.report.key in still]
     async with LeaseKeeper(ctx, session.id) as keeper:
-        results = await asyncio.gather(*(check(r, c) for r, c in to_check))
+        if ready:
+            keeper.start()
+        placed = await _each(ready, lambda r: _place(ctx, session, r, expected_nars.get(r.report.key), full=full))
+    good = [r for r in placed if isinstance(r, tuple)]
+    failed.extend(r for r in placed if isinstance(r, dict))
+    if gone := [r.key for r in placed if isinstance(r, _Gone)]:
+        # Another report of the same object (a retried request, or one through another daemon) accepted it and
+        # deleted the staged copy between our HEAD and our copy: take its verdict.
+        async with ctx.pool.acquire() as conn:
+            now = await db.object_states(conn, gone)
+        for key in gone:
+            state, size, stored_hash = now.get(key, ("pending", None, None))
+            if state == "present" and size is not None:
+                good.append((key, size, stored_hash))
+            else:
+                failed.append(
+                    {"key": key, "reason": "the staged object went away while it was checked; upload it again"}
+                )
     if superseded:
         # this session's copies are not needed: gone, under uploads/closing.py's policy for S3 failures
         dropped = [ReleasedClaim(session.id, c.key, c.upload_id, True) for c in superseded]
         await tidy_released(ctx.bucket, dropped, delete_staged=True)
-    good = [r for r in results if isinstance(r, tuple)]
-    failed = [r for r in results if isinstance(r, dict)]
     invalid = [r for r in failed if r.pop("invalid", False)]
     if invalid:
         # The upload is not what the session declared: a hostile or broken writer. Its session ends here, so
@@ -109,9 +183,8 @@ async def report_objects(
             # of them lock the same object and claim rows in different orders and deadlock.
             await db.load_session(conn, session.id, for_update=True)
             await db.mark_present(conn, good)
-            await db.clear_upload_ids(conn, session.id, [key for key, _, _ in good])
             # Accepted objects are upload progress: the session keeps the uploads it still has to do.
-            await db.renew_leases(conn, session.id, ctx.settings.gc.claim_lease)
+            await db.settle_accepted(conn, session.id, [key for key, _, _ in good], lease)
         accepted.extend(k for k, _, _ in good)
         await ctx.bucket.delete_many([staging_key(str(session.id), k) for k, _, _ in good])
     for item in missing:
@@ -119,16 +192,8 @@ async def report_objects(
     return sorted(accepted), missing
 
 
-async def _check_one(
-    ctx: PushContext,
-    session: db.SessionRow,
-    report: ObjectReport,
-    claim: db.Claim,
-    nar: tuple[bytes, int, StorePath] | None,
-    *,
-    full: bool,
-    keeper: LeaseKeeper,
-) -> tuple[str, int, str | None] | dict[str, Any]:
+async def _stage(ctx: PushContext, session: db.SessionRow, report: ObjectReport, claim: db.Claim) -> _Staged | Failure:
+    """Finish the object's multipart upload, if it has one, and find its staged copy with the reported size."""
     key = report.key
     staged = staging_key(str(session.id), key)
     if claim.upload_id is not None:
@@ -151,36 +216,37 @@ async def _check_one(
             "reason": f"size mismatch: reported {report.file_size} bytes, the bucket has {info.size}",
             "reset": reset,
         }
-    # The staged object is there: that is progress. The lease is renewed, and kept renewed while the copy and
-    # its check run, unless another session took the upload over meanwhile (uploads/leases.py).
-    async with ctx.pool.acquire() as conn:
-        if not await db.renew_leases(conn, session.id, ctx.settings.gc.claim_lease, [key]):
-            return {"key": key, "reason": "another session took this upload over (this session's lease ran out)"}
-    keeper.start()
-    kind = parse_bucket_key(key).kind
-    content_type, content_encoding = CONTENT_TYPES[kind]
+    return _Staged(report, info.size, reset)
+
+
+async def _place(
+    ctx: PushContext,
+    session: db.SessionRow,
+    staged: _Staged,
+    nar: tuple[bytes, int, StorePath] | None,
+    *,
+    full: bool,
+) -> Accepted | Failure | _Gone:
+    """Copy the staged object to its key and, for a NAR under full verification, check the copy."""
+    report = staged.report
+    key = report.key
+    content_type, content_encoding = CONTENT_TYPES[parse_bucket_key(key).kind]
     try:
         await ctx.bucket.copy(
-            staged,
+            staging_key(str(session.id), key),
             key,
-            size=info.size,
+            size=staged.size,
             content_type=content_type,
             content_encoding=content_encoding,
             part_size=ctx.settings.s3.multipart_part_size,
         )
     except ObjectNotFound:
-        # Another report of the same object (a retried request, or one through another daemon) accepted it and
-        # deleted the staged copy between our HEAD and our copy: take its verdict.
-        async with ctx.pool.acquire() as conn:
-            state, size, stored_hash = (await db.object_states(conn, [key])).get(key, ("pending", None, None))
-        if state == "present" and size is not None:
-            return key, size, stored_hash
-        return {"key": key, "reason": "the staged object went away while it was checked; upload it again"}
+        return _Gone(key)
     file_hash = format_sha256(report.file_hash) if report.file_hash is not None else None
     if nar is not None and full:
         async with ctx.verify_slots:
             problem = await verify_nar_object(ctx.bucket, key, report, nar_hash=nar[0], nar_size=nar[1])
         if problem:
             await ctx.bucket.delete_many([key])
-            return {"key": key, "reason": problem, "reset": reset, "invalid": True}
-    return key, info.size, file_hash
+            return {"key": key, "reason": problem, "reset": staged.reset, "invalid": True}
+    return key, staged.size, file_hash
