@@ -4,7 +4,8 @@ Starts ``niks3d dev`` (its daemon runs in the dev process, PostgreSQL and Seawee
 session of ``--paths`` synthetic store paths (none cached, so every path gets presigned uploads) while a probe
 thread asks for a missing narinfo every few milliseconds on one keep-alive connection. Prints the time to
 open the session, the request and answer sizes, the daemon's RSS before, at its peak and after, and the longest
-a probe waited (how long the event loop was blocked, plus one request).
+a probe waited (how long the event loop was blocked, plus one request). The answer comes in pages
+(docs/api.md): the bench reads them all, as ``niks3 push`` does.
 
     .venv/bin/python -m bench.session [--paths 100000] [--port 5799]
 """
@@ -112,14 +113,31 @@ def main() -> int:
             )
             response = conn.getresponse()
             answer = response.read()
+            first_page = time.perf_counter() - start
+            pages, total = 1, len(answer)
+            following = json.loads(answer).get("next") if response.status < 300 else None
+            session_id = json.loads(answer).get("session_id") if response.status < 300 else None
+            while following is not None:  # the answer's other pages (docs/api.md)
+                conn.request(
+                    "GET",
+                    f"/api/v1/sessions/{session_id}/paths?start={following}",
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                page = conn.getresponse()
+                data = page.read()
+                if page.status != 200:
+                    print(f"page at {following}: status {page.status}: {data[:300]!r}")
+                    break
+                pages, total = pages + 1, total + len(data)
+                following = json.loads(data).get("next")
             elapsed = time.perf_counter() - start
             probe.stop.set()
             probe.join()
             time.sleep(2)
             after, peak = _rss(dev.pid)
             print(f"paths: {args.paths}; status {response.status}")
-            sizes = f"request {len(body) / 2**20:.1f} MiB, answer {len(answer) / 2**20:.1f} MiB"
-            print(f"{sizes}, open took {elapsed:.1f} s")
+            sizes = f"request {len(body) / 2**20:.1f} MiB, answer {total / 2**20:.1f} MiB in {pages} pages"
+            print(f"{sizes}; the open (first page) took {first_page:.1f} s, all pages {elapsed:.1f} s")
             rss = f"{before / 1024:.0f} MiB before, {peak / 1024:.0f} MiB peak, {after / 1024:.0f} MiB after"
             print(f"daemon RSS: {rss}")
             print(

@@ -237,7 +237,24 @@ class ApiClient:
     async def create_session(self, body: Mapping[str, Any]) -> tuple[SessionAnswer, bool]:
         """``POST /sessions``; returns the answer and whether a new session was opened (201)."""
         resp = await self._call("POST", "/sessions", body, scope="push", ok=(200, 201), limits=_COMPLETE_TIMEOUT)
-        return self._parse(SessionAnswer, resp, "POST /sessions"), resp.status == 201
+        answer = self._parse(SessionAnswer, resp, "POST /sessions")
+        # A large session's answer comes in pages (docs/api.md): the first with the session, the rest from here.
+        paths = list(answer.paths)
+        start = answer.next
+        while start is not None:
+            if start != len(paths):  # pages follow each other: anything else would never end
+                raise ClientError(f"the server's next page of session {answer.session_id} starts at {start}")
+            page = await self.session_page(answer.session_id, start)
+            paths += page.paths
+            start = page.next
+        return answer.model_copy(update={"paths": paths, "next": None}), resp.status == 201
+
+    async def session_page(self, session_id: str, start: int) -> SessionAnswer:
+        """``GET /sessions/{id}/paths?start=N``: one page of the session's answer."""
+        resp = await self._call(
+            "GET", f"/sessions/{quote(session_id)}/paths?start={start}", scope="push", limits=_COMPLETE_TIMEOUT
+        )
+        return self._parse(SessionAnswer, resp, "GET /sessions/{id}/paths")
 
     async def request_urls(self, session_id: str, objects: list[dict[str, Any]]) -> list[ObjectSpec]:
         """``POST /sessions/{id}/urls``: fresh specs for ``[{"key": …, "parts": […]}]``."""

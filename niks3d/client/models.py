@@ -90,6 +90,7 @@ class SessionAnswer(_Model):
     session_id: str
     expires_at: str | None = None
     paths: list[SessionPath] = Field(default_factory=list)
+    next: int | None = None  # where the next page of ``paths`` starts (GET .../paths?start=N); None on the last
 
 
 class MissingObject(_Model):

@@ -27,6 +27,8 @@ from typing import Any
 
 from asyncpg import Connection
 
+from niks3d.db.batch import batches
+
 
 @dataclass(frozen=True, slots=True)
 class PublishedPath:
@@ -70,14 +72,20 @@ class PinRow:
 
 
 async def published_hashes(conn: Connection, hashes: Sequence[str]) -> set[str]:
-    rows = await conn.fetch("SELECT hash FROM store_paths WHERE hash = ANY($1::text[])", list(hashes))
-    return {r["hash"] for r in rows}
+    found: set[str] = set()
+    for batch in batches(list(hashes)):  # db/batch.py: a push of 100,000 paths asks for all of them
+        rows = await conn.fetch("SELECT hash FROM store_paths WHERE hash = ANY($1::text[])", list(batch))
+        found.update(r["hash"] for r in rows)
+    return found
 
 
 async def published_names(conn: Connection, hashes: Sequence[str]) -> dict[str, str]:
     """hash part -> name of the published paths among ``hashes``."""
-    rows = await conn.fetch("SELECT hash, name FROM store_paths WHERE hash = ANY($1::text[])", list(hashes))
-    return {r["hash"]: r["name"] for r in rows}
+    names: dict[str, str] = {}
+    for batch in batches(list(hashes)):
+        rows = await conn.fetch("SELECT hash, name FROM store_paths WHERE hash = ANY($1::text[])", list(batch))
+        names.update((r["hash"], r["name"]) for r in rows)
+    return names
 
 
 async def realisation_holders(conn: Connection, keys: Sequence[str]) -> dict[str, str]:

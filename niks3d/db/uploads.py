@@ -20,6 +20,7 @@ __all__ = [
     "insert_claims",
     "insert_session",
     "live_uploaders",
+    "load_request",
     "load_session",
     "lock_objects",
     "mark_present",
@@ -42,6 +43,7 @@ from typing import Any
 
 from asyncpg import Connection
 
+from niks3d.db.batch import batches
 from niks3d.db.sessions import ReleasedClaim
 
 
@@ -53,7 +55,7 @@ class SessionRow:
     created_at: datetime
     expires_at: datetime
     last_seen_at: datetime
-    request: dict[str, Any]
+    paths: int  # of its request; the request itself is loaded by load_request, once per daemon (uploads/context.py)
     request_digest: str
     result: dict[str, Any] | None
 
@@ -68,7 +70,11 @@ class Claim:
     upload_id: str | None
 
 
-_SESSION_COLUMNS = "id, token_name, state, created_at, expires_at, last_seen_at, request, request_digest, result"
+# Without the request (up to tens of MiB of JSON for a large push): every call of a session loads its row.
+_SESSION_COLUMNS = (
+    "id, token_name, state, created_at, expires_at, last_seen_at,"
+    " jsonb_array_length(request->'paths') AS paths, request_digest, result"
+)
 
 
 def _session(row: Any) -> SessionRow:
@@ -93,15 +99,16 @@ async def insert_session(
     *,
     token_name: str,
     idempotency_key: str | None,
-    request: dict[str, Any],
+    request: str,
     request_digest: str,
     expiry: timedelta,
 ) -> uuid.UUID:
+    """Insert an open session; ``request`` is its request as JSON text (encoded off the event loop)."""
     session_id = uuid.uuid4()
     await conn.execute(
         """INSERT INTO upload_sessions
                (id, idempotency_key, token_name, state, created_at, expires_at, last_seen_at, request, request_digest)
-           VALUES ($1, $2, $3, 'open', now(), now() + $4::interval, now(), $5, $6)""",
+           VALUES ($1, $2, $3, 'open', now(), now() + $4::interval, now(), $5::text::jsonb, $6)""",
         session_id,
         idempotency_key,
         token_name,
@@ -121,6 +128,12 @@ async def load_session(conn: Connection, session_id: uuid.UUID, *, for_update: b
     return _session(row) if row else None
 
 
+async def load_request(conn: Connection, session_id: uuid.UUID) -> str | None:
+    """The stored request of a session as JSON text (parsed by the caller, off the event loop)."""
+    text: str | None = await conn.fetchval("SELECT request::text FROM upload_sessions WHERE id = $1", session_id)
+    return text
+
+
 async def touch_session(conn: Connection, session_id: uuid.UUID, expiry: timedelta) -> None:
     """Record activity: the session stays live while its client keeps calling."""
     await conn.execute(
@@ -134,41 +147,52 @@ async def touch_session(conn: Connection, session_id: uuid.UUID, expiry: timedel
 
 async def ensure_objects(conn: Connection, objects: Iterable[tuple[str, str]]) -> None:
     """Insert ``(key, kind)`` rows as pending unless the key is already known."""
-    pairs = list(objects)
-    await conn.execute(
-        """INSERT INTO objects (key, kind, state)
-           SELECT k, t, 'pending' FROM unnest($1::text[], $2::text[]) AS u(k, t)
-           ON CONFLICT (key) DO NOTHING""",
-        [k for k, _ in pairs],
-        [t for _, t in pairs],
-    )
+    for pairs in batches(list(objects)):
+        await conn.execute(
+            """INSERT INTO objects (key, kind, state)
+               SELECT k, t, 'pending' FROM unnest($1::text[], $2::text[]) AS u(k, t)
+               ON CONFLICT (key) DO NOTHING""",
+            [k for k, _ in pairs],
+            [t for _, t in pairs],
+        )
 
 
 async def lock_objects(conn: Connection, keys: Sequence[str]) -> dict[str, str]:
     """Lock the rows of ``keys`` in key order (serializing sessions that share objects); key -> state."""
-    rows = await conn.fetch(
-        "SELECT key, state FROM objects WHERE key = ANY($1::text[]) ORDER BY key FOR NO KEY UPDATE",
-        list(keys),
-    )
-    return {r["key"]: r["state"] for r in rows}
+    states: dict[str, str] = {}
+    for batch in batches(sorted(keys)):  # batches in key order: the locks are still taken in key order
+        rows = await conn.fetch(
+            "SELECT key, state FROM objects WHERE key = ANY($1::text[]) ORDER BY key FOR NO KEY UPDATE",
+            list(batch),
+        )
+        states.update((r["key"], r["state"]) for r in rows)
+    return states
 
 
 async def object_states(conn: Connection, keys: Sequence[str]) -> dict[str, tuple[str, int | None, str | None]]:
     """key -> (state, size, file_hash) for the keys that exist."""
-    rows = await conn.fetch("SELECT key, state, size, file_hash FROM objects WHERE key = ANY($1::text[])", list(keys))
-    return {r["key"]: (r["state"], r["size"], r["file_hash"]) for r in rows}
+    states: dict[str, tuple[str, int | None, str | None]] = {}
+    for batch in batches(list(keys)):
+        rows = await conn.fetch(
+            "SELECT key, state, size, file_hash FROM objects WHERE key = ANY($1::text[])", list(batch)
+        )
+        states.update((r["key"], (r["state"], r["size"], r["file_hash"])) for r in rows)
+    return states
 
 
 async def live_uploaders(conn: Connection, keys: Sequence[str], *, exclude: uuid.UUID) -> dict[str, uuid.UUID]:
     """For each key, the other open session whose lease on uploading it has not run out (if any)."""
-    rows = await conn.fetch(
-        """SELECT c.key, c.session_id FROM session_claims c JOIN upload_sessions s ON s.id = c.session_id
-           WHERE c.key = ANY($1::text[]) AND c.uploader AND c.session_id <> $2
-             AND s.state = 'open' AND s.expires_at > now() AND c.lease_until > now()""",
-        list(keys),
-        exclude,
-    )
-    return {r["key"]: r["session_id"] for r in rows}
+    busy: dict[str, uuid.UUID] = {}
+    for batch in batches(list(keys)):
+        rows = await conn.fetch(
+            """SELECT c.key, c.session_id FROM session_claims c JOIN upload_sessions s ON s.id = c.session_id
+               WHERE c.key = ANY($1::text[]) AND c.uploader AND c.session_id <> $2
+                 AND s.state = 'open' AND s.expires_at > now() AND c.lease_until > now()""",
+            list(batch),
+            exclude,
+        )
+        busy.update((r["key"], r["session_id"]) for r in rows)
+    return busy
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,13 +206,15 @@ class StalledUpload:
 
 
 async def stalled_multipart(conn: Connection, keys: Sequence[str], *, exclude: uuid.UUID) -> list[StalledUpload]:
-    rows = await conn.fetch(
-        """SELECT c.session_id, c.key, c.upload_id, c.progress FROM session_claims c
-           WHERE c.key = ANY($1::text[]) AND c.uploader AND c.session_id <> $2
-             AND c.upload_id IS NOT NULL AND c.lease_until <= now()""",
-        list(keys),
-        exclude,
-    )
+    rows: list[Any] = []
+    for batch in batches(list(keys)):
+        rows += await conn.fetch(
+            """SELECT c.session_id, c.key, c.upload_id, c.progress FROM session_claims c
+               WHERE c.key = ANY($1::text[]) AND c.uploader AND c.session_id <> $2
+                 AND c.upload_id IS NOT NULL AND c.lease_until <= now()""",
+            list(batch),
+            exclude,
+        )
     return [StalledUpload(r["session_id"], r["key"], r["upload_id"], r["progress"]) for r in rows]
 
 
@@ -261,15 +287,15 @@ async def settle_accepted(conn: Connection, session_id: uuid.UUID, accepted: Seq
 
 async def insert_claims(conn: Connection, session_id: uuid.UUID, claims: Iterable[tuple[str, bool]]) -> None:
     """Claim ``(key, uploader)`` pairs for a session (idempotent)."""
-    pairs = list(claims)
-    await conn.execute(
-        """INSERT INTO session_claims (session_id, key, uploader)
-           SELECT $1, k, u FROM unnest($2::text[], $3::bool[]) AS x(k, u)
-           ON CONFLICT (session_id, key) DO NOTHING""",
-        session_id,
-        [k for k, _ in pairs],
-        [u for _, u in pairs],
-    )
+    for pairs in batches(list(claims)):
+        await conn.execute(
+            """INSERT INTO session_claims (session_id, key, uploader)
+               SELECT $1, k, u FROM unnest($2::text[], $3::bool[]) AS x(k, u)
+               ON CONFLICT (session_id, key) DO NOTHING""",
+            session_id,
+            [k for k, _ in pairs],
+            [u for _, u in pairs],
+        )
 
 
 async def take_over(
@@ -280,22 +306,24 @@ async def take_over(
     (uploads/closing.py)."""
     # The previous uploader keeps its claim as a waiting one: its late report of the key is then accepted once
     # the key is present, and its session still protects the key from GC.
-    dropped = await conn.fetch(
-        """WITH old AS (SELECT session_id, key, upload_id FROM session_claims
-                        WHERE key = ANY($1::text[]) AND uploader AND session_id <> $2 FOR UPDATE)
-           UPDATE session_claims c SET uploader = false, upload_id = NULL, lease_until = NULL, progress = 0
-           FROM old WHERE c.session_id = old.session_id AND c.key = old.key
-           RETURNING old.session_id, old.key, old.upload_id""",
-        list(keys),
-        session_id,
-    )
-    await conn.execute(
-        """UPDATE session_claims SET uploader = true, lease_until = now() + $3::interval, progress = 0
-           WHERE session_id = $1 AND key = ANY($2::text[])""",
-        session_id,
-        list(keys),
-        lease,
-    )
+    dropped: list[Any] = []
+    for batch in batches(sorted(keys)):
+        dropped += await conn.fetch(
+            """WITH old AS (SELECT session_id, key, upload_id FROM session_claims
+                            WHERE key = ANY($1::text[]) AND uploader AND session_id <> $2 FOR UPDATE)
+               UPDATE session_claims c SET uploader = false, upload_id = NULL, lease_until = NULL, progress = 0
+               FROM old WHERE c.session_id = old.session_id AND c.key = old.key
+               RETURNING old.session_id, old.key, old.upload_id""",
+            list(batch),
+            session_id,
+        )
+        await conn.execute(
+            """UPDATE session_claims SET uploader = true, lease_until = now() + $3::interval, progress = 0
+               WHERE session_id = $1 AND key = ANY($2::text[])""",
+            session_id,
+            list(batch),
+            lease,
+        )
     return [ReleasedClaim(r["session_id"], r["key"], r["upload_id"], True) for r in dropped]
 
 

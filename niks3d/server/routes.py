@@ -19,6 +19,7 @@ def setup_routes(app: web.Application) -> None:
             web.post("/api/v1/sessions", sessions.create),
             web.get("/api/v1/sessions/{session_id}", sessions.status),
             web.delete("/api/v1/sessions/{session_id}", sessions.abort),
+            web.get("/api/v1/sessions/{session_id}/paths", sessions.page),
             web.post("/api/v1/sessions/{session_id}/urls", sessions.urls),
             web.post("/api/v1/sessions/{session_id}/objects", sessions.report),
             web.post("/api/v1/sessions/{session_id}/complete", sessions.complete),

@@ -10,6 +10,7 @@ __all__ = [
     "PushContext",
     "SessionRequest",
     "abort_session",
+    "build_response",
     "complete_session",
     "open_session",
     "refresh_urls",
@@ -19,7 +20,7 @@ __all__ = [
 
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.lifecycle import abort_session, session_status
-from niks3d.uploads.open import open_session, refresh_urls
+from niks3d.uploads.open import build_response, open_session, refresh_urls
 from niks3d.uploads.publish import complete_session
 from niks3d.uploads.report import report_objects
 from niks3d.uploads.request import SessionRequest

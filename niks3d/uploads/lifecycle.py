@@ -47,7 +47,7 @@ def session_status(session: db.SessionRow) -> dict[str, Any]:
         "state": state,
         "created_at": session.created_at.isoformat(),
         "expires_at": session.expires_at.isoformat(),
-        "paths": len(session.request.get("paths", [])),
+        "paths": session.paths,
         "result": session.result,
     }
 
@@ -79,7 +79,7 @@ async def abort_session(ctx: PushContext, session_id: uuid.UUID) -> dict[str, An
 async def _withdraw_narinfos(ctx: PushContext, conn: asyncpg.Connection, session: db.SessionRow) -> int:
     """Delete the narinfos of the session's unpublished paths from the bucket, referrers first; returns how many
     paths that covered. Runs inside the abort's transaction: the narinfo rows stay locked until it commits."""
-    req = ctx.requests.get(session.id, session.request)
+    req = await ctx.request_of(session.id)
     hashes = [p.path.hash for p in req.paths]
     await db.lock_objects(conn, sorted(narinfo_key(h) for h in hashes))
     published = await db_paths.published_hashes(conn, hashes)

@@ -5,34 +5,39 @@ from __future__ import annotations
 
 __all__ = ["start_multipart_uploads"]
 
+import asyncio
 import logging
 import uuid
+from typing import TYPE_CHECKING
 
 from niks3d.db import uploads as db
 from niks3d.nix.bucketkeys import staging_key
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.objects import CONTENT_TYPES, wanted_objects
 
+if TYPE_CHECKING:
+    from niks3d.uploads.request import SessionRequest
+
 logger = logging.getLogger(__name__)
+
+
+def _large_nars(req: SessionRequest, threshold: int) -> list[str]:
+    nars = (o for p in req.paths for o in wanted_objects(p, published=False) if o.kind == "nar")
+    return sorted({o.key for o in nars if o.nar_size >= threshold})
 
 
 async def start_multipart_uploads(ctx: PushContext, session_id: uuid.UUID) -> None:
     """Create the multipart uploads of large NARs this session uploads and has none for yet."""
-    s3 = ctx.settings.s3
+    req = await ctx.request_of(session_id)
+    # A loop over every path: in a worker thread, for a session of 100,000 paths (issue 20).
+    large = await asyncio.to_thread(_large_nars, req, ctx.settings.s3.multipart_threshold)
+    if not large:
+        return
     async with ctx.pool.acquire() as conn:
-        session = await db.load_session(conn, session_id)
-        assert session is not None
-        claims = await db.claims_of_session(conn, session_id)
-        states = await db.object_states(conn, list(claims))
-    req = ctx.requests.get(session.id, session.request)
-    sizes = {o.key: o.nar_size for p in req.paths for o in wanted_objects(p, published=False) if o.kind == "nar"}
+        claims = await db.claims_of_session(conn, session_id, large)
+        states = await db.object_states(conn, large)
     for key, claim in sorted(claims.items()):
-        if (
-            claim.uploader
-            and claim.upload_id is None
-            and sizes.get(key, 0) >= s3.multipart_threshold
-            and states.get(key, ("pending",))[0] == "pending"
-        ):
+        if claim.uploader and claim.upload_id is None and states.get(key, ("pending",))[0] == "pending":
             staged = staging_key(str(session_id), key)
             upload_id = await ctx.bucket.create_multipart(staged, content_type=CONTENT_TYPES["nar"][0])
             async with ctx.pool.acquire() as conn:

@@ -8,17 +8,19 @@ already is; only the uploader gets URLs, so a shared object is uploaded once.
 
 from __future__ import annotations
 
-__all__ = ["build_response", "check_names", "open_session", "refresh_urls"]
+__all__ = ["PAGE_PATHS", "build_response", "check_names", "names_wanted", "open_session", "refresh_urls"]
 
+import asyncio
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from niks3d.db import paths as db_paths
 from niks3d.db import uploads as db
 from niks3d.db.retry import Conflict, retry_transaction
-from niks3d.errors import InvalidRequest, MissingPrerequisite, StateConflict
+from niks3d.errors import InvalidRequest, MissingPrerequisite, NotFound, StateConflict
 from niks3d.eventloop import Pauser
 from niks3d.logsetup import log_event
 from niks3d.nix.bucketkeys import narinfo_key
@@ -28,7 +30,7 @@ from niks3d.uploads.context import PushContext
 from niks3d.uploads.leases import refresh_stalled
 from niks3d.uploads.multipart import start_multipart_uploads
 from niks3d.uploads.objects import WantedObject, object_spec, wanted_objects
-from niks3d.uploads.request import SessionRequest
+from niks3d.uploads.request import PreparedSession, SessionRequest
 from niks3d.uploads.upstream import prove_upstream_async
 
 if TYPE_CHECKING:
@@ -37,24 +39,31 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def outside_references(req: SessionRequest) -> set[str]:
-    """Hash parts of references that are neither paths of the request nor named as upstream by it (they must be
-    published already)."""
-    in_request = {p.path.hash for p in req.paths} | {u.path.hash for u in req.upstream}
-    return {r.hash for p in req.paths for r in p.references if r.hash not in in_request}
+# Paths per page of the answer: the first page comes with the session, the others from GET .../paths (docs/api.md).
+# About 700 bytes of JSON and one presigned URL or more a path: a page is ~1 MiB and well under a second of work.
+PAGE_PATHS = 1_000
 
 
-async def check_names(conn: asyncpg.Connection, req: SessionRequest) -> None:
-    """409 when a path of the request, or a reference, has the hash part of a published path of another name.
-
-    The cache keys everything by hash part (``<hash>.narinfo``), so ``<hash>-othername`` is not in the cache
-    when ``<hash>-tricky`` is: answering "cached" would record a root for a path nobody can substitute
-    (docs/security.md, rule 5).
-    """
+def names_wanted(req: SessionRequest) -> dict[str, StorePath]:
+    """hash part -> store path, of every path of the request and every reference."""
     wanted = {p.path.hash: p.path for p in req.paths}
     for p in req.paths:
         for r in p.references:
             wanted.setdefault(r.hash, r)
+    return wanted
+
+
+async def check_names(
+    conn: asyncpg.Connection, req: SessionRequest, wanted: dict[str, StorePath] | None = None
+) -> None:
+    """409 when a path of the request, or a reference, has the hash part of a published path of another name.
+
+    The cache keys everything by hash part (``<hash>.narinfo``), so ``<hash>-othername`` is not in the cache
+    when ``<hash>-tricky`` is: answering "cached" would record a root for a path nobody can substitute
+    (docs/security.md, rule 5). ``wanted`` is :func:`names_wanted` of ``req``, when the caller has it already.
+    """
+    if wanted is None:
+        wanted = names_wanted(req)
     names = await db_paths.published_names(conn, list(wanted))
     clashes = sorted((wanted[h].path, StorePath(h, name).path) for h, name in names.items() if name != wanted[h].name)
     if clashes:
@@ -67,16 +76,46 @@ async def check_names(conn: asyncpg.Connection, req: SessionRequest) -> None:
         )
 
 
-async def _check_references(ctx: PushContext, req: SessionRequest) -> None:
-    # Upstream references first: a forged or mismatched proof is refused before anything is written.
-    await prove_upstream_async(req.upstream, ctx.upstream_keys)
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What opening a session needs to know about its request, computed in a worker thread: for 100,000 paths
+    these loops take a second or more of CPU, which must not stall the event loop (issue 20)."""
+
+    outside: list[tuple[str, StorePath]]  # references that must be published already, by hash part
+    names: dict[str, StorePath]  # names_wanted()
+    upload_keys: list[str]  # sorted keys the client uploads if nothing is published
+    objects: dict[str, list[WantedObject]]  # path hash -> its objects if it is not published
+
+
+def _plan(req: SessionRequest) -> _Plan:
     in_request = {p.path.hash for p in req.paths} | {u.path.hash for u in req.upstream}
     outside = sorted({r.hash: r for p in req.paths for r in p.references if r.hash not in in_request}.items())
-    if not outside:
+    objects = {p.path.hash: wanted_objects(p, published=False) for p in req.paths}
+    upload_keys = sorted({o.key for objs in objects.values() for o in objs if o.client_uploads})
+    return _Plan(outside, names_wanted(req), upload_keys, objects)
+
+
+def _claimed(plan: _Plan, published: set[str]) -> dict[str, WantedObject]:
+    """key -> object of every key the session claims, given the paths of the request that are published."""
+    wanted: dict[str, WantedObject] = {}
+    for h, objs in plan.objects.items():
+        for o in objs[:1] if h in published else objs:  # a published path: only its narinfo (objects[0])
+            wanted[o.key] = o
+    # The narinfos of references outside the push are claimed too: GC keeps them while the session runs.
+    for h, _ in plan.outside:
+        key = narinfo_key(h)
+        wanted[key] = WantedObject(key, "narinfo", 0)
+    return dict(sorted(wanted.items()))
+
+
+async def _check_references(ctx: PushContext, req: SessionRequest, plan: _Plan) -> None:
+    # Upstream references first: a forged or mismatched proof is refused before anything is written.
+    await prove_upstream_async(req.upstream, ctx.upstream_keys)
+    if not plan.outside:
         return
     async with ctx.pool.acquire() as conn:
-        published = await db_paths.published_hashes(conn, [h for h, _ in outside])
-    unknown = [r.path for h, r in outside if h not in published]
+        published = await db_paths.published_hashes(conn, [h for h, _ in plan.outside])
+    unknown = [r.path for h, r in plan.outside if h not in published]
     if unknown:
         shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
         raise MissingPrerequisite(
@@ -86,26 +125,25 @@ async def _check_references(ctx: PushContext, req: SessionRequest) -> None:
         )
 
 
-def session_objects(req: SessionRequest, published: set[str]) -> dict[str, list[WantedObject]]:
-    """path hash -> the objects the session claims for it."""
-    return {p.path.hash: wanted_objects(p, published=p.path.hash in published) for p in req.paths}
+async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: str) -> tuple[dict[str, Any], bool]:
+    """Open (or, for a repeated idempotency key, find again) a session; returns (the answer's first page, created).
 
-
-async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -> tuple[dict[str, Any], bool]:
-    """Open (or, for a repeated idempotency key, find again) a session; returns (answer, created)."""
-    await _check_references(ctx, req)
-    digest = req.fingerprint()
-    upload_keys = sorted({o.key for p in req.paths for o in wanted_objects(p, published=False) if o.client_uploads})
+    Every step that is linear in the number of paths runs in a worker thread (parsing and encoding the request,
+    server/sessions.py; planning, here) or in batches of statements (db/batch.py), and the answer is paged.
+    """
+    req = prepared.request
+    plan = await asyncio.to_thread(_plan, req)
+    await _check_references(ctx, req, plan)
     gc = ctx.settings.gc
 
     async def attempt() -> tuple[uuid.UUID, bool]:
         # Multipart uploads of these keys whose lease ran out but that have made progress keep their uploader.
-        await refresh_stalled(ctx, upload_keys, exclude=uuid.UUID(int=0))
+        await refresh_stalled(ctx, plan.upload_keys, exclude=uuid.UUID(int=0))
         async with ctx.pool.acquire() as conn, conn.transaction():
             if req.idempotency_key is not None:
                 existing = await db.find_session_by_key(conn, token_name, req.idempotency_key)
                 if existing is not None:
-                    if existing.request_digest != digest:
+                    if existing.request_digest != prepared.digest:
                         raise StateConflict(
                             f"idempotency_key {req.idempotency_key!r} was used for a different request",
                             code="idempotency_conflict",
@@ -120,18 +158,16 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
                 conn,
                 token_name=token_name,
                 idempotency_key=req.idempotency_key,
-                request=req.to_json(),
-                request_digest=digest,
+                request=prepared.stored,
+                request_digest=prepared.digest,
                 expiry=gc.session_expiry,
             )
-            await check_names(conn, req)
-            published = await db_paths.published_hashes(conn, [p.path.hash for p in req.paths])
-            wanted = {o.key: o for objs in session_objects(req, published).values() for o in objs}
-            # The narinfos of references outside the push are claimed too: GC keeps them while the session runs.
-            outside = sorted(outside_references(req))
-            wanted.update({narinfo_key(h): WantedObject(narinfo_key(h), "narinfo", 0) for h in outside})
-            keys = sorted(wanted)
-            await db.ensure_objects(conn, [(k, wanted[k].kind) for k in keys])
+            await check_names(conn, req, plan.names)
+            published = await db_paths.published_hashes(conn, list(plan.objects))
+            wanted = await asyncio.to_thread(_claimed, plan, published)
+            outside = [h for h, _ in plan.outside]
+            keys = list(wanted)
+            await db.ensure_objects(conn, [(k, o.kind) for k, o in wanted.items()])
             states = await db.lock_objects(conn, keys)
             if len(states) != len(keys):
                 raise Conflict  # GC deleted a row between the two statements: decide again
@@ -143,7 +179,7 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
                     references=sorted(gone),
                 )
             busy = await db.live_uploaders(conn, keys, exclude=session_id)
-            stale = [k for k in keys if wanted[k].client_uploads and states[k] == "pending" and k not in busy]
+            stale = [k for k, o in wanted.items() if o.client_uploads and states[k] == "pending" and k not in busy]
             # A claim whose lease ran out blocks nobody: this session takes the upload over (uploads/leases.py).
             await db.insert_claims(conn, session_id, [(k, False) for k in keys])
             aborted = await db.take_over(conn, session_id, stale, gc.claim_lease)
@@ -151,6 +187,7 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
         return session_id, True
 
     session_id, created = await retry_transaction(attempt)
+    ctx.requests.put(session_id, req)  # parsed once: reports, pages and complete find it here
     await start_multipart_uploads(ctx, session_id)
     answer = await build_response(ctx, session_id)
     if created:
@@ -168,26 +205,34 @@ async def open_session(ctx: PushContext, req: SessionRequest, token_name: str) -
     return answer, created
 
 
-async def build_response(ctx: PushContext, session_id: uuid.UUID) -> dict[str, Any]:
-    """The answer to ``POST /sessions``: per path, cached or the upload spec of each object."""
+async def build_response(ctx: PushContext, session_id: uuid.UUID, start: int = 0) -> dict[str, Any]:
+    """One page of the answer to ``POST /sessions`` (and ``GET .../paths``): the paths of the request from
+    ``start`` on, at most :data:`PAGE_PATHS`, each cached or the upload spec of each object; ``next`` is where
+    the next page starts, absent on the last one."""
+    req = await ctx.request_of(session_id)
+    if not 0 <= start < len(req.paths):
+        raise InvalidRequest(f"start: {start} is not the index of a path of this session (0 to {len(req.paths) - 1})")
+    page = req.paths[start : start + PAGE_PATHS]
+    uploaded = {p.path.hash: [o for o in wanted_objects(p, published=False) if o.client_uploads] for p in page}
+    keys = [o.key for objs in uploaded.values() for o in objs]
     async with ctx.pool.acquire() as conn:
         session = await db.load_session(conn, session_id)
-        assert session is not None
-        claims = await db.claims_of_session(conn, session_id)
-        req = ctx.requests.get(session.id, session.request)
-        published = await db_paths.published_hashes(conn, [p.path.hash for p in req.paths])
-        states = await db.object_states(conn, list(claims))
+        if session is None:
+            raise NotFound(f"no upload session {session_id}", code="session_not_found")
+        claims = await db.claims_of_session(conn, session_id, keys)
+        published = await db_paths.published_hashes(conn, list(uploaded))
+        states = await db.object_states(conn, keys)
     paths: list[dict[str, Any]] = []
     pause = Pauser()
-    for p in req.paths:
-        await pause()  # presigning 100,000 objects takes seconds: let other requests in between (issue 20)
+    for p in page:
+        await pause()  # presigning a page takes a fraction of a second: let other requests in between (issue 20)
         if p.path.hash in published:
             paths.append({"path": p.path.path, "status": "cached"})
             continue
         objects = []
-        for obj in wanted_objects(p, published=False):
+        for obj in uploaded[p.path.hash]:
             claim = claims.get(obj.key)
-            if not obj.client_uploads or claim is None:
+            if claim is None:
                 continue
             objects.append(
                 await object_spec(
@@ -204,12 +249,19 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID) -> dict[str, A
         if p.log and p.log_refused:
             entry["log_refused"] = p.log_refused  # the log is not uploaded (docs/security.md, rule 3)
         paths.append(entry)
-    return {"session_id": str(session.id), "expires_at": session.expires_at.isoformat(), "paths": paths}
+    answer: dict[str, Any] = {
+        "session_id": str(session.id),
+        "expires_at": session.expires_at.isoformat(),
+        "paths": paths,
+    }
+    if start + PAGE_PATHS < len(req.paths):
+        answer["next"] = start + PAGE_PATHS
+    return answer
 
 
 async def refresh_urls(ctx: PushContext, session: db.SessionRow, wanted: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     """Fresh URLs (and more part URLs) for objects this session uploads."""
-    req = ctx.requests.get(session.id, session.request)
+    req = await ctx.request_of(session.id)
     by_key = {o.key: o for p in req.paths for o in wanted_objects(p, published=False) if o.client_uploads}
     async with ctx.pool.acquire() as conn:
         claims = await db.claims_of_session(conn, session.id)

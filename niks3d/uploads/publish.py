@@ -66,7 +66,7 @@ async def complete_session(
     if session.state != "open" or session.is_expired(datetime.now(UTC)):
         raise closed_error(session)
     _, failed = await report_objects(ctx, session, reports, trusted=trusted)
-    req = ctx.requests.get(session.id, session.request)
+    req = await ctx.request_of(session.id)
     await _check_objects(ctx, session, req, {m["key"]: m["reason"] for m in failed})
     result = await retry_transaction(lambda: _publish(ctx, session_id, req))
     log_event(

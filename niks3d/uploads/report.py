@@ -99,7 +99,7 @@ async def report_objects(
     """Check and record reported objects; returns (accepted keys, missing [{key, reason}])."""
     if not reports:
         return [], []
-    req = ctx.requests.get(session.id, session.request)
+    req = await ctx.request_of(session.id)
     expected_nars = _nar_expectations(req)
     lease = ctx.settings.gc.claim_lease
     async with ctx.pool.acquire() as conn:

@@ -9,6 +9,7 @@ __all__ = [
     "MAX_PATHS_PER_SESSION",
     "ObjectReport",
     "PathRequest",
+    "PreparedSession",
     "RealisationRequest",
     "SessionRequest",
     "UpstreamPath",
@@ -191,13 +192,68 @@ class SessionRequest:
 
     def fingerprint(self) -> str:
         """A digest of the request's content, to tell an idempotent repeat from a different request."""
-        body = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(body).hexdigest()
+        return self.encoded()[0]
+
+    def encoded(self) -> tuple[str, str]:
+        """(:meth:`fingerprint`, the request as the JSON text stored with its session), from one ``to_json``.
+        For a large push this is a second or more of CPU: callers run it in a worker thread (issue 20)."""
+        body = self.to_json()
+        digest = hashlib.sha256(_dumps_in_pieces(body, sort_keys=True).encode()).hexdigest()
+        return digest, _dumps_in_pieces(body, sort_keys=False)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SessionRequest:
         """Rebuild a stored (already validated) request."""
         return parse_session_request(dict(data))
+
+    @classmethod
+    def from_text(cls, text: str) -> SessionRequest:
+        """Rebuild a stored request from its JSON text (``upload_sessions.request``)."""
+        data = json.loads(text, parse_int=_json_int)
+        if not isinstance(data, dict):
+            raise InvalidRequest("the stored request is not a JSON object")
+        return cls.from_json(data)
+
+
+def _dumps_in_pieces(body: Mapping[str, Any], *, sort_keys: bool) -> str:
+    """``json.dumps(body, sort_keys=sort_keys, separators=(",", ":"))``, the same text, made element by element
+    of the lists in ``body``.
+
+    One ``json.dumps`` of 100,000 paths is C code that holds the GIL for the whole document (a few hundred ms):
+    even in a worker thread, the event loop's thread would wait that long. Between elements it can take the GIL.
+    """
+
+    def one(value: object) -> str:
+        return json.dumps(value, sort_keys=sort_keys, separators=(",", ":"))
+
+    items = sorted(body.items()) if sort_keys else list(body.items())
+    fields = []
+    for name, value in items:
+        text = "[" + ",".join(one(v) for v in value) + "]" if isinstance(value, list) else one(value)
+        fields.append(f"{one(name)}:{text}")
+    return "{" + ",".join(fields) + "}"
+
+
+def _json_int(text: str) -> int:
+    # A Python function rather than ``int``: each call is a point where another thread (the event loop's) can take
+    # the GIL, so that a worker thread's json.loads of tens of MiB does not hold it for the whole document.
+    return int(text)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedSession:
+    """A validated ``POST /sessions`` body with what storing it needs, all computed off the event loop."""
+
+    request: SessionRequest
+    digest: str  # SessionRequest.fingerprint()
+    stored: str  # the JSON text stored in upload_sessions.request
+
+    @classmethod
+    def of(cls, body: object) -> PreparedSession:
+        """Validate ``body`` and encode it: CPU work only, meant for a worker thread (server/sessions.py)."""
+        request = parse_session_request(body)
+        digest, stored = request.encoded()
+        return cls(request, digest, stored)
 
 
 def _parse_realisation(value: object, where: str) -> RealisationRequest:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import uuid
 
 import pytest
 
-from niks3d.errors import InvalidRequest
+from niks3d.errors import InvalidRequest, NotFound
 from niks3d.nix.nix32 import encode
 from niks3d.uploads import context
 from niks3d.uploads.context import RequestCache
-from niks3d.uploads.request import SessionRequest
+from niks3d.uploads.request import PreparedSession, SessionRequest
 
 STORE = "/nix/store/"
 
@@ -22,7 +24,16 @@ def _stored(name: str) -> dict[str, object]:
     return {"roots": [path], "paths": [{"path": path, "nar_hash": nar_hash, "nar_size": 8, "references": []}]}
 
 
-def test_each_session_is_parsed_once_and_the_least_recently_used_is_dropped(monkeypatch):
+def _fetch(body: object, calls: list[str] | None = None):  # type: ignore[no-untyped-def]
+    async def fetch() -> str | None:
+        if calls is not None:
+            calls.append("fetch")
+        return None if body is None else json.dumps(body)
+
+    return fetch
+
+
+async def test_each_session_is_parsed_once_and_the_least_recently_used_is_dropped(monkeypatch):
     parsed: list[str] = []
     real = SessionRequest.from_json.__func__  # type: ignore[attr-defined]
 
@@ -33,24 +44,45 @@ def test_each_session_is_parsed_once_and_the_least_recently_used_is_dropped(monk
     monkeypatch.setattr(context.SessionRequest, "from_json", classmethod(counting))
     cache = RequestCache(size=2)
     a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    first = cache.get(a, _stored("a"))
-    assert cache.get(a, _stored("a")) is first
+    first = await cache.get(a, _fetch(_stored("a")))
+    assert await cache.get(a, _fetch(_stored("a"))) is first
     assert first.paths[0].path.name == "a"
-    cache.get(b, _stored("b"))
-    cache.get(a, _stored("a"))  # a is now the most recently used
-    cache.get(c, _stored("c"))  # drops b
-    cache.get(a, _stored("a"))
-    cache.get(b, _stored("b"))
+    await cache.get(b, _fetch(_stored("b")))
+    await cache.get(a, _fetch(_stored("a")))  # a is now the most recently used
+    await cache.get(c, _fetch(_stored("c")))  # drops b
+    await cache.get(a, _fetch(_stored("a")))
+    await cache.get(b, _fetch(_stored("b")))
     assert parsed == ["a", "b", "c", "b"]
 
 
-def test_a_stored_request_that_no_longer_parses_is_an_error_every_time():
+async def test_calls_that_ask_at_once_share_one_load_and_parse():
+    cache = RequestCache()
+    session = uuid.uuid4()
+    calls: list[str] = []
+    got = await asyncio.gather(*(cache.get(session, _fetch(_stored("x"), calls)) for _ in range(5)))
+    assert calls == ["fetch"]
+    assert all(g is got[0] for g in got)
+
+
+async def test_a_request_put_at_open_is_not_loaded_again():
+    cache = RequestCache()
+    session = uuid.uuid4()
+    prepared = PreparedSession.of(_stored("put"))
+    cache.put(session, prepared.request)
+    calls: list[str] = []
+    assert await cache.get(session, _fetch(_stored("other"), calls)) is prepared.request
+    assert calls == []
+
+
+async def test_a_stored_request_that_no_longer_parses_is_an_error_every_time():
     cache = RequestCache()
     session = uuid.uuid4()
     for _ in range(2):  # nothing is kept for a request that failed
         with pytest.raises(InvalidRequest, match="must not be empty"):
-            cache.get(session, {"roots": [], "paths": []})
-    assert cache.get(session, _stored("fixed")).paths[0].path.name == "fixed"
+            await cache.get(session, _fetch({"roots": [], "paths": []}))
+    with pytest.raises(NotFound):
+        await cache.get(session, _fetch(None))
+    assert (await cache.get(session, _fetch(_stored("fixed")))).paths[0].path.name == "fixed"
 
 
 def _stored_many(name: str, n: int) -> dict[str, object]:
@@ -62,14 +94,25 @@ def _stored_many(name: str, n: int) -> dict[str, object]:
     }
 
 
-def test_the_cache_keeps_a_bounded_number_of_paths_not_only_of_sessions():
+async def test_the_cache_keeps_a_bounded_number_of_paths_not_only_of_sessions():
     cache = RequestCache(size=64, max_paths=10)
     a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    cache.get(a, _stored_many("a", 4))
-    cache.get(b, _stored_many("b", 4))
+    await cache.get(a, _fetch(_stored_many("a", 4)))
+    await cache.get(b, _fetch(_stored_many("b", 4)))
     assert cache.paths == 8
-    cache.get(c, _stored_many("c", 4))  # 12 > 10: a, the least recently used, goes
+    await cache.get(c, _fetch(_stored_many("c", 4)))  # 12 > 10: a, the least recently used, goes
     assert cache.paths == 8
     big = uuid.uuid4()
-    assert len(cache.get(big, _stored_many("big", 30)).paths) == 30  # larger than the bound: kept alone
+    assert len((await cache.get(big, _fetch(_stored_many("big", 30)))).paths) == 30  # larger than the bound: kept
     assert cache.paths == 30
+
+
+def test_the_stored_text_and_digest_are_what_one_json_dumps_gives():
+    body = _stored_many("enc", 50)
+    body["idempotency_key"] = "k-1"
+    prepared = PreparedSession.of(body)
+    whole = prepared.request.to_json()
+    assert prepared.stored == json.dumps(whole, separators=(",", ":"))
+    canonical = json.dumps(whole, sort_keys=True, separators=(",", ":")).encode()
+    assert prepared.digest == hashlib.sha256(canonical).hexdigest() == prepared.request.fingerprint()
+    assert SessionRequest.from_text(prepared.stored) == prepared.request
