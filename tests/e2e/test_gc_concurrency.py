@@ -5,7 +5,7 @@ retention of a few seconds, so that paths expire all the time while other pushes
 step, with nothing in flight, the bucket must be closure-consistent (every narinfo's NAR and references are there)
 and every acknowledged push whose root cannot have expired yet, and every pinned one, must be fully substitutable
 (signed narinfos, NARs with the promised hash). At the end the real Nix copies them. The test runs for
-``NIKS3_GC_STRESS_SECONDS`` (default 45) seconds, and for at least ten rounds however slow the machine is.
+``NIKS3_GC_STRESS_SECONDS`` (default 25) seconds, and for at least ten rounds however slow the machine is.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tests.server.pushkit import ZSTD, FakePath, PushKit, make_path
 
 pytestmark = [pytest.mark.nix, pytest.mark.postgres, pytest.mark.s3, pytest.mark.slow]
 
-STRESS_SECONDS = float(os.environ.get("NIKS3_GC_STRESS_SECONDS", "45"))
+STRESS_SECONDS = float(os.environ.get("NIKS3_GC_STRESS_SECONDS", "25"))
 OLDER_THAN = 2.0  # seconds a pushed root stays live
 MIN_GC_RUNS = 10  # rounds (each a forced GC run racing 3-8 pushes) however long they take
 

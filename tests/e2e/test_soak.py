@@ -1,5 +1,5 @@
 """A bounded soak (issue 20): 20 concurrent pushes of overlapping closures, narinfo hits and misses and NAR reads
-through the real daemon for ``NIKS3_SOAK_SECONDS`` (default 15), then every pushed closure checked as Nix reads
+through the real daemon for ``NIKS3_SOAK_SECONDS`` (default 8), then every pushed closure checked as Nix reads
 it. No 5xx, no failed push, no ERROR in the daemon's log. bench/soak.py runs the same for longer and prints the
 figures (RSS over time, the longest answers)."""
 
@@ -16,7 +16,7 @@ from tests.server.soakkit import Soak
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3, pytest.mark.slow]
 
-SOAK_SECONDS = float(os.environ.get("NIKS3_SOAK_SECONDS", "15"))
+SOAK_SECONDS = float(os.environ.get("NIKS3_SOAK_SECONDS", "8"))
 
 
 async def test_a_soak_of_pushes_and_reads_gives_no_5xx_and_a_consistent_cache(start_daemon, tmp_path: Path) -> None:
