@@ -10,7 +10,6 @@ from __future__ import annotations
 __all__ = ["abort", "complete", "create", "page", "report", "status", "urls"]
 
 import asyncio
-import uuid
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -94,9 +93,9 @@ async def report(request: web.Request) -> web.Response:
 
 async def complete(request: web.Request) -> web.Response:
     identity = require(request, "push")
-    session_id: uuid.UUID = (await _owned(request, identity)).id
+    session = await _owned(request, identity)
     reports = parse_object_reports(await read_json(request, allow_empty=True), optional=True)
-    result = await uploads.complete_session(request.app[push_key], session_id, reports, trusted=identity.trusted)
+    result = await uploads.complete_session(request.app[push_key], session, reports, trusted=identity.trusted)
     return web.json_response(result)
 
 

@@ -28,7 +28,7 @@ from niks3d.db.notify import notify_store_paths
 from niks3d.db.retry import retry_transaction
 from niks3d.db.sessions import ReleasedClaim
 from niks3d.db.upstream import UpstreamRecord
-from niks3d.errors import MissingPrerequisite, NotFound, StateConflict
+from niks3d.errors import MissingPrerequisite, StateConflict
 from niks3d.logsetup import log_event
 from niks3d.nix.bucketkeys import narinfo_key, realisation_key
 from niks3d.nix.hashes import format_sha256, parse_sha256
@@ -55,12 +55,11 @@ def closed_error(session: db.SessionRow) -> StateConflict:
 
 
 async def complete_session(
-    ctx: PushContext, session_id: uuid.UUID, reports: dict[str, ObjectReport], *, trusted: bool = False
+    ctx: PushContext, session: db.SessionRow, reports: dict[str, ObjectReport], *, trusted: bool = False
 ) -> dict[str, Any]:
-    async with ctx.pool.acquire() as conn:
-        session = await db.load_session(conn, session_id)
-    if session is None:
-        raise NotFound(f"no upload session {session_id}", code="session_not_found")
+    """Complete ``session``, as the handler loaded it to check its owner (loaded once per ``complete``: the
+    reports and the publication lock its row again, in their transactions, and see its current state there)."""
+    session_id = session.id
     if session.state == "completed" and session.result is not None:
         return session.result
     if session.state != "open" or session.is_expired(datetime.now(UTC)):
@@ -98,8 +97,10 @@ async def _check_objects(
             if o.client_uploads
         }
         states = await db.object_states(conn, list(needed))
-        claims = await db.claims_of_session(conn, session.id)
         absent = [k for k in sorted(needed) if states.get(k, ("pending",))[0] != "present"]
+        if not absent:
+            return  # every object is there: nothing to ask about claims or uploaders
+        claims = await db.claims_of_session(conn, session.id)
     mine_now = {k for k in absent if claims.get(k) is not None and claims[k].uploader}
     # Another session's multipart upload that ran out of lease but has more bytes keeps it (uploads/leases.py).
     await refresh_stalled(ctx, [k for k in absent if k not in mine_now], exclude=session.id)
