@@ -12,12 +12,15 @@ session when the bucket has one: a botocore HeadObject costs about 1 ms of CPU, 
 (signing included). Only the plain answers are taken from it (200: the metadata, 404: absent); anything else, a
 403, a 5xx, throttling or a connection error, is asked again through botocore, which retries and names the error;
 after a failure to connect at all, every later HEAD goes through botocore. :meth:`Bucket.get_many` (the bulk
-reads of import and fsck) GETs small objects the same way, under the same rules.
+reads of import and fsck) GETs small objects the same way, under the same rules, and :meth:`Bucket.put` PUTs
+bodies of up to 1 MiB (narinfos, small NARs: two per path that stock Nix writes) the same way: the presigned
+PUT signs ``Content-Type``, ``x-amz-checksum-sha256`` and the other headers, so S3 still checks the body's
+SHA-256 (docs/storage.md); any answer but 200 is sent again through botocore.
 """
 
 from __future__ import annotations
 
-__all__ = ["MAX_PRESIGN_SECONDS", "BucketCore"]
+__all__ = ["MAX_PRESIGN_SECONDS", "QUICK_PUT_LIMIT", "BucketCore"]
 
 import email.utils
 import logging
@@ -42,6 +45,17 @@ log = logging.getLogger(__name__)
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 # A quick HEAD's URL is used at once, by this daemon only.
 _QUICK_HEAD_EXPIRY = timedelta(minutes=1)
+# Bodies up to this size PUT through the plain session (aiohttp warns about larger bytes bodies).
+QUICK_PUT_LIMIT = 1 << 20
+
+
+# PutObject's parameters that a quick PUT sends, and their headers.
+_PUT_HEADERS = {
+    "ContentType": "Content-Type",
+    "ContentEncoding": "Content-Encoding",
+    "CacheControl": "Cache-Control",
+    "ChecksumSHA256": "x-amz-checksum-sha256",
+}
 
 
 class BucketCore:
@@ -173,6 +187,31 @@ class BucketCore:
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, TypeError) as exc:
             log.debug("GET %s failed (%s): asking again through botocore", key, exc)
             return False, None
+
+    async def _quick_put(
+        self, http: aiohttp.ClientSession, key: str, body: bytes | bytearray | memoryview, params: Mapping[str, Any]
+    ) -> bool:
+        """PutObject through a presigned URL, as :meth:`_quick_head` does HEAD: True once S3 answered 200,
+        False for anything that botocore should send again (which retries and names the error). ``params`` are
+        PutObject's (ContentType, ChecksumSHA256, ContentEncoding, CacheControl): each is signed as its header."""
+        headers = {header: params[name] for name, header in _PUT_HEADERS.items() if name in params}
+        try:
+            url = await self._presign(
+                "put_object", {"Bucket": self.name, "Key": key, **params}, _QUICK_HEAD_EXPIRY, key, internal=True
+            )
+            async with http.put(url, data=body, headers=headers, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    log.debug("PUT %s answered %d: sending it again through botocore", key, resp.status)
+                    return False
+                await resp.read()
+                return True
+        except aiohttp.ClientConnectorError as exc:
+            log.warning("PUT %s without botocore failed (%s); using botocore from now on", key, exc)
+            self._http = None
+            return False
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, TypeError) as exc:
+            log.debug("PUT %s failed (%s): sending it again through botocore", key, exc)
+            return False
 
     async def _forbidden_means_missing(self, key: str, head_error: ClientError) -> bool:
         """After HEAD answered 403: whether a ranged GET says AccessDenied/NoSuchKey (the key is absent)."""

@@ -35,6 +35,7 @@ from niks3d.config import S3Settings
 from niks3d.errors import ObjectNotFound, StorageError
 from niks3d.storage.body import BufferBody
 from niks3d.storage.copy import CopyOps
+from niks3d.storage.core import QUICK_PUT_LIMIT
 from niks3d.storage.deadline import DeadlineClient
 from niks3d.storage.errors import error_status, storage_errors
 from niks3d.storage.http import presigned_session
@@ -102,17 +103,18 @@ class Bucket(CopyOps):
         returns), with its SHA-256 as ``x-amz-checksum-sha256`` so that S3 rejects a corrupted body
         (docs/storage.md); a caller that knows the digest passes it as ``sha256`` and it is not computed again."""
         digest = hashlib.sha256(body).digest() if sha256 is None else sha256
-        params: dict[str, Any] = {
-            "Bucket": self.name,
-            "Key": key,
-            "Body": BufferBody(body),
-            "ContentType": content_type,
-            "ChecksumSHA256": base64.b64encode(digest).decode(),
-        }
+        params: dict[str, Any] = {"ContentType": content_type, "ChecksumSHA256": base64.b64encode(digest).decode()}
         if content_encoding is not None:
             params["ContentEncoding"] = content_encoding
         if cache_control is not None:
             params["CacheControl"] = cache_control
+        if (
+            self._http is not None
+            and len(body) <= QUICK_PUT_LIMIT
+            and await self._quick_put(self._http, key, body, params)
+        ):
+            return
+        params.update(Bucket=self.name, Key=key, Body=BufferBody(body))
         with storage_errors("PutObject", self.name, key):
             await self._client.put_object(**params)
 

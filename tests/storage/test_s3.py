@@ -55,6 +55,29 @@ async def test_put_overwrites_an_existing_key(bucket: Bucket):
     assert await bucket.get("k") == b"two!"
 
 
+async def test_a_small_put_goes_without_botocore_and_s3_still_checks_its_sha256(bucket: Bucket, monkeypatch):
+    body = b"StorePath: /nix/store/x\n" * 10
+    put_object = bucket._client.put_object
+    through_botocore: list[str] = []
+
+    async def counted(**kwargs):
+        through_botocore.append(kwargs["Key"])
+        return await put_object(**kwargs)
+
+    monkeypatch.setattr(bucket._client, "put_object", counted)
+    await bucket.put("q.narinfo", body, content_type="text/x-nix-narinfo", cache_control="max-age=60")
+    info = await bucket.head("q.narinfo")
+    assert info is not None
+    assert (info.size, info.content_type) == (len(body), "text/x-nix-narinfo")
+    assert await bucket.get("q.narinfo") == body
+    assert through_botocore == []
+    # A body that is not what its SHA-256 says: S3 refuses it on the quick path, and again through botocore.
+    with pytest.raises(StorageError):
+        await bucket.put("bad.narinfo", body, content_type="text/plain", sha256=hashlib.sha256(b"other").digest())
+    assert through_botocore == ["bad.narinfo"]
+    assert await bucket.head("bad.narinfo") is None
+
+
 async def test_head_of_an_absent_key_is_none(bucket: Bucket):
     assert await bucket.head("nar/absent.nar.zst") is None
 
