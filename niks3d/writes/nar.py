@@ -274,13 +274,16 @@ async def ingest_nar(
     it was).
     """
     expected, allowed = _expected(key)
-    async with ctx.pool.acquire() as conn:
+    async with ctx.pool.acquire() as conn:  # one connection for the look-up and the row (a pool acquire each cost)
         known = await db_writes.facts_of_nar(conn, key)
-    if known is not None and known.file_hash == format_sha256(expected):
+        here = known is not None and known.file_hash == format_sha256(expected)
+        if not here:
+            await db.ensure_objects(conn, [(key, "nar")])
+    if here:
         # Already here and checked (Nix HEADs before it PUTs, so this is a retry or a race): keep what is there.
+        assert known is not None
         await _drain(body)
         return NarOutcome(key, False, known)
-    await _ensure_row(ctx, key)
     part_size = max(PART_SIZE, -(-(length or 0) // MAX_PARTS))
     checker = _Checker(key, allowed)
     pipeline = _Pipeline(checker)
