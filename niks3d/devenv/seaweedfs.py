@@ -272,9 +272,15 @@ def _empty_bucket(s3: Any, name: str) -> None:
             s3.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
 
 
-def _prepare(base_dir: Path | None, anonymous_read: bool, anonymous_write: Sequence[str] = ()) -> SeaweedServer:
+def _prepare(
+    base_dir: Path | None, anonymous_read: bool, anonymous_write: Sequence[str] = (), *, reuse: bool = False
+) -> SeaweedServer:
     weed = find_weed()
-    directory = ServiceDirectory.create(base_dir, "niks3d-seaweedfs-")
+    if reuse and base_dir is not None and (base_dir / "data").is_dir():
+        # What an earlier server kept: weed finds its volumes and filer store in data/ again (new ports, keys).
+        directory = ServiceDirectory(base_dir.resolve(), None, created=False)
+    else:
+        directory = ServiceDirectory.create(base_dir, "niks3d-seaweedfs-")
     return SeaweedServer(directory, weed=weed, anonymous_read=anonymous_read, anonymous_write=anonymous_write)
 
 
@@ -294,21 +300,24 @@ def seaweed_server(
     anonymous_read: bool = False,
     anonymous_write: Sequence[str] = (),
     keep: bool = False,
+    reuse: bool = False,
     ready_timeout: float = 60.0,
 ) -> Iterator[SeaweedServer]:
     """A running SeaweedFS S3 server in ``base_dir`` (a fresh temp dir if None; absent or empty if given).
 
     ``anonymous_write`` names buckets that unsigned requests may write (a Nix built without AWS support sends
-    only those: bench/pushcost.py).
+    only those: bench/pushcost.py). With ``reuse``, ``base_dir`` may also hold what an earlier server kept: its
+    buckets and objects are served again, on new ports and with new keys, and the directory is kept (the
+    import benchmark writes its 250,000-object bucket once: bench/import.py ``--reuse``).
     """
-    server = _prepare(base_dir, anonymous_read, anonymous_write)
+    server = _prepare(base_dir, anonymous_read, anonymous_write, reuse=reuse)
     try:
         with running(server.launch, ready_timeout=ready_timeout):
             server.close_clients()
             logger.info("SeaweedFS S3 is ready at %s", server.endpoint_url)
             yield server
     finally:
-        _finish(server, keep)
+        _finish(server, keep or reuse)
 
 
 @contextlib.asynccontextmanager

@@ -18,6 +18,7 @@ import botocore.exceptions
 import pytest
 
 from niks3d.devenv.seaweedfs import PARTS, async_seaweed_server, seaweed_server
+from niks3d.errors import ServiceError
 from tests.devenv.procs import alive, listening_addresses
 from tests.fixtures.s3 import S3Bucket
 
@@ -191,3 +192,17 @@ def test_s3_bucket_is_a_fresh_empty_bucket_for_each_test(seaweed_server: Any, s3
     # The second run would see the first run's object if its bucket were handed out again.
     assert client.list_objects_v2(Bucket=s3_bucket.bucket).get("Contents", []) == []
     client.put_object(Bucket=s3_bucket.bucket, Key="marker", Body=str(run).encode())
+
+
+def test_a_kept_directory_is_served_again_with_reuse_and_refused_without(tmp_path: Path) -> None:
+    base = tmp_path / "weed"
+    with seaweed_server(base, keep=True) as weed:
+        weed.create_bucket("kept-bucket")
+        weed.client().put_object(Bucket="kept-bucket", Key="nar/kept", Body=b"kept bytes")
+        first = (weed.endpoint_url, weed.access_key_id)
+    with pytest.raises(ServiceError, match="not an empty directory"), seaweed_server(base):
+        pass
+    with seaweed_server(base, reuse=True) as weed:
+        assert (weed.endpoint_url, weed.access_key_id) != first  # new ports, new keys
+        assert weed.client().get_object(Bucket="kept-bucket", Key="nar/kept")["Body"].read() == b"kept bytes"
+    assert (base / "data").is_dir()  # reuse keeps the directory for the next run
