@@ -13,7 +13,7 @@ __all__ = [
     "delete_root",
     "facts_of_nar",
     "list_root",
-    "lock_object_shared",
+    "lock_nar_with_facts",
     "paths_built_by",
     "published_narinfo",
     "record_nar",
@@ -39,12 +39,6 @@ class NarFacts:
     file_size: int
 
 
-async def lock_object_shared(conn: Connection, key: str) -> tuple[str, int | None, str | None] | None:
-    """Lock the row of ``key`` ``FOR SHARE``; its (state, size, file_hash), or None if there is no row."""
-    row = await conn.fetchrow("SELECT state, size, file_hash FROM objects WHERE key = $1 FOR SHARE", key)
-    return (row["state"], row["size"], row["file_hash"]) if row else None
-
-
 async def facts_of_nar(conn: Connection, key: str) -> NarFacts | None:
     """The checked facts of the NAR object ``key``: from its upload by PUT, else from a path published with it."""
     row = await conn.fetchrow(
@@ -62,6 +56,25 @@ async def facts_of_nar(conn: Connection, key: str) -> NarFacts | None:
     if row is None:
         return None
     return NarFacts(key, row["compression"], row["nar_hash"], row["nar_size"], row["file_hash"], row["file_size"])
+
+
+async def lock_nar_with_facts(conn: Connection, key: str) -> tuple[str | None, NarFacts | None]:
+    """Lock the row of the NAR ``key`` ``FOR SHARE`` and read its checked facts in one statement (as
+    a lock of the row, then :func:`facts_of_nar`): (its state or None without a row, the facts when present)."""
+    row = await conn.fetchrow(
+        """SELECT o.state, o.file_hash, o.size AS file_size, f.compression, f.nar_hash, f.nar_size
+           FROM objects o LEFT JOIN nar_facts f ON f.key = o.key
+           WHERE o.key = $1 FOR SHARE OF o""",
+        key,
+    )
+    if row is None:
+        return None, None
+    if row["state"] != "present":
+        return row["state"], None
+    if row["compression"] is not None and row["file_hash"] is not None:
+        facts = NarFacts(key, row["compression"], row["nar_hash"], row["nar_size"], row["file_hash"], row["file_size"])
+        return row["state"], facts
+    return row["state"], await facts_of_nar(conn, key)
 
 
 async def record_nar(conn: Connection, facts: NarFacts, token_name: str) -> None:

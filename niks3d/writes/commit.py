@@ -109,8 +109,7 @@ async def commit_narinfo(
                     )
                 await _roots(conn, hash_part, root, token_name)
                 return CommitOutcome(info.store_path.path, False)
-            state = await db_writes.lock_object_shared(conn, info.url)
-            facts = await db_writes.facts_of_nar(conn, info.url) if state and state[0] == "present" else None
+            _, facts = await db_writes.lock_nar_with_facts(conn, info.url)
             _check_nar(info, facts)
             assert facts is not None
             ref_hashes = [r[:32] for r in references]
