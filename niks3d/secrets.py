@@ -18,9 +18,9 @@ from pathlib import Path
 
 from niks3d.nix.errors import InvalidSigningKey
 from niks3d.nix.signing import SecretKey
-from niks3d.tls import TlsFiles, check_tls_files
+from niks3d.tls import TlsFiles, check_tls_files, trust_context
 
-__all__ = ["Loc", "SecretFiles", "Secrets", "Token", "format_loc", "resolve_secret_path"]
+__all__ = ["Loc", "SecretFiles", "Secrets", "Token", "format_loc", "oidc_ca_path", "resolve_secret_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,11 @@ def resolve_secret_path(name: str | os.PathLike[str], *, config_dir: Path, crede
     if path.is_absolute():
         return path
     return (credentials_dir if credentials_dir is not None else config_dir) / path
+
+
+def oidc_ca_path(name: str | os.PathLike[str], config_dir: Path) -> Path:
+    """An OIDC issuer's ``ca_file``: not a secret, so relative to the configuration's directory only."""
+    return config_dir / name
 
 
 def _strip_newline(text: str) -> str:
@@ -261,6 +266,15 @@ class SecretFiles:
         if not problems:
             self.tls_files = files
 
+    def _read_oidc_ca(self, issuers: Sequence[object]) -> None:
+        """Load each issuer's ``ca_file`` as the daemon will (relative to the configuration's directory)."""
+        for index, issuer in enumerate(issuers):
+            name = issuer.get("ca_file") if isinstance(issuer, Mapping) else None
+            if isinstance(name, str) and name:
+                _, problem = trust_context(oidc_ca_path(name, self.config_dir))
+                if problem:
+                    self.problems.append((("oidc", index, "ca_file"), problem))
+
     def read_all(self, raw: Mapping[str, object]) -> None:
         """Read every secret file named in ``raw`` (the merged, not yet validated configuration data)."""
         s3 = raw.get("s3")
@@ -281,6 +295,9 @@ class SecretFiles:
         tls = raw.get("tls")
         if isinstance(tls, Mapping):
             self._read_tls(tls)
+        oidc = raw.get("oidc")
+        if isinstance(oidc, Sequence) and not isinstance(oidc, str):
+            self._read_oidc_ca(oidc)
 
     def secrets(self, tokens: Sequence[tuple[str, Iterable[str], bool]], signing_keys: int) -> Secrets:
         """The secrets of the validated settings of the data given to :meth:`read_all`: ``tokens`` are the

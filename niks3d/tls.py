@@ -15,6 +15,9 @@ characters of values escaped, and :func:`parse_name` reads such a string back (f
 Client certificates are verified by OpenSSL against ``client_ca_file``: a certificate from another CA, or one
 that has expired, fails the handshake. What an accepted certificate may do is decided per request by
 :mod:`niks3d.server.clientcerts`.
+
+:func:`trust_context` is the other direction: a client context that trusts the certificates of a CA bundle
+instead of the system's (an OIDC issuer's ``ca_file``), or the reason the bundle cannot be used.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "peer_subject",
     "rfc4514",
     "server_context",
+    "trust_context",
 ]
 
 import logging
@@ -215,6 +219,23 @@ def _chain_problem(files: TlsFiles, exc: ssl.SSLError) -> tuple[str, str]:
     except ssl.SSLError:
         return ("certificate_file", f"{files.certificate} is not a valid PEM certificate ({reason})")
     return ("key_file", f"{files.key} is not a valid PEM private key ({reason})")
+
+
+def trust_context(ca: Path) -> tuple[ssl.SSLContext | None, str | None]:
+    """A client context trusting the PEM certificates in ``ca`` (not the system's), or None and why not."""
+    data, problem = _read(ca)
+    if problem:
+        return None, problem
+    if data is None or b"-----BEGIN CERTIFICATE-----" not in data:
+        return None, f"{ca} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    try:
+        # With cadata, create_default_context trusts only these certificates, not the system's.
+        context = ssl.create_default_context(cadata=data.decode("ascii", errors="replace"))
+    except (ssl.SSLError, ValueError) as exc:
+        return None, f"{ca} is not a valid PEM certificate bundle ({getattr(exc, 'reason', None) or exc})"
+    if context.cert_store_stats()["x509"] == 0:
+        return None, f"{ca} holds no usable certificate"
+    return context, None
 
 
 def check_tls_files(files: TlsFiles) -> list[tuple[str, str]]:

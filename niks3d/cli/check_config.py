@@ -65,6 +65,11 @@ def summary(config: Config, *, secrets_opened: bool) -> list[str]:
         lines.extend(f"  {path}" for path in key_files)
     lines.append(f"tokens: {len(settings.tokens)}" + ("" if settings.tokens else " (nobody can push)"))
     lines.extend(f"  {token.name}: {', '.join(token.scopes)}" for token in settings.tokens)
+    if settings.oidc:
+        lines.append(f"oidc issuers: {len(settings.oidc)}")
+        for issuer in settings.oidc:
+            trust = f"CA {issuer.ca_file}" if issuer.ca_file else "system CAs"
+            lines.append(f"  {issuer.name}: {issuer.issuer} ({trust}), {len(issuer.rules)} rule(s)")
     gc = settings.gc
     lines.append(
         f"gc: keep pushed roots {format_duration(gc.older_than)}, "

@@ -36,8 +36,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from niks3d.config import Config, OidcSettings
-from niks3d.errors import Unauthenticated
+from niks3d.errors import ConfigError, ConfigProblem, Unauthenticated
+from niks3d.secrets import oidc_ca_path
 from niks3d.server.auth import Identity, oidc_result_key, presented_secret
+from niks3d.tls import trust_context
 
 logger = logging.getLogger(__name__)
 
@@ -249,10 +251,14 @@ class OidcVerifier:
 oidc_key: web.AppKey[OidcVerifier] = web.AppKey("oidc_key")
 
 
-def _ssl_context(settings: OidcSettings, config_dir: Path) -> ssl.SSLContext:
+def _ssl_context(settings: OidcSettings, index: int, source: Path) -> ssl.SSLContext:
     if settings.ca_file is None:
         return ssl.create_default_context()
-    return ssl.create_default_context(cafile=str(config_dir / settings.ca_file))
+    # load_config has loaded the same file (niks3d.secrets); a file changed since then fails here by name.
+    context, problem = trust_context(oidc_ca_path(settings.ca_file, source.parent))
+    if context is None:
+        raise ConfigError([ConfigProblem(str(source), f"oidc[{index}].ca_file", problem or "unusable")])
+    return context
 
 
 def oidc_context(config: Config) -> Any:
@@ -260,9 +266,11 @@ def oidc_context(config: Config) -> Any:
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession() as session:
-            config_dir = config.source.parent
             app[oidc_key] = OidcVerifier(
-                {s.issuer: IssuerKeys(s, session, _ssl_context(s, config_dir)) for s in config.settings.oidc}
+                {
+                    s.issuer: IssuerKeys(s, session, _ssl_context(s, index, config.source))
+                    for index, s in enumerate(config.settings.oidc)
+                }
             )
             yield
 

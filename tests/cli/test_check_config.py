@@ -134,6 +134,36 @@ def test_the_tls_section_is_summarised_and_a_bad_tls_file_is_named(valid: Path) 
     assert result.stdout.startswith(f"{path}: tls.key_file: {key} is not the private key of the certificate in")
 
 
+def test_an_oidc_ca_file_is_loaded_and_a_bad_one_is_named(valid: Path) -> None:
+    ca_pem = valid.parent / "issuer-ca.pem"
+    CA("issuer CA").write(ca_pem)
+    data = tomllib.loads(valid.read_text())
+    rules = [{"claims": {"repository": "acme/*"}, "scopes": ["push"]}]
+    issuer = {"name": "ci", "issuer": "https://ci.example", "audience": "https://cache.example", "rules": rules}
+    data["oidc"] = [{**issuer, "name": "gh", "issuer": "https://gh.example"}, {**issuer, "ca_file": ca_pem.name}]
+    path = write_config(valid.parent, data)
+    result = run_niks3d("check-config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "oidc issuers: 2" in result.stdout
+    assert "  gh: https://gh.example (system CAs), 1 rule(s)" in result.stdout
+    assert "  ci: https://ci.example (CA issuer-ca.pem), 1 rule(s)" in result.stdout
+    where = f"{path}: oidc[1].ca_file: "
+    for content, reason in (
+        (None, f"cannot read {ca_pem}: No such file or directory"),
+        (b"not a certificate\n", f"{ca_pem} holds no PEM certificate"),
+        (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", f"{ca_pem} is not a valid PEM"),
+    ):
+        ca_pem.unlink(missing_ok=True)
+        if content is not None:
+            ca_pem.write_bytes(content)
+        result = run_niks3d("check-config", str(path))
+        assert result.returncode == 1, result.stdout
+        [line] = result.stdout.splitlines()
+        assert line.startswith(where + reason), line
+        # Not a secret, but a file of the host: --no-secrets (the NixOS module's build-time check) skips it.
+        assert run_niks3d("check-config", "--no-secrets", str(path)).returncode == 0
+
+
 def test_four_problems_print_four_lines_and_exit_1(tmp_path: Path) -> None:
     secret(tmp_path, "sk", KNOWN_KEY)
     secret(tmp_path, "bad-sk", "test-cache-9:" + "A" * 40)
