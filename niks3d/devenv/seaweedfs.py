@@ -5,7 +5,9 @@ gateway in one ``weed`` process, in a fresh directory, on loopback only, with ev
 free (weed would otherwise take ``port + 10000`` for gRPC and fixed defaults for the rest). An identities
 file gives one admin identity with generated keys, so wrong keys get 403; with ``anonymous_read=True`` an
 ``anonymous`` identity may Read and List, which is what a public binary cache needs. Ready means the S3 port
-answers an authenticated ListBuckets.
+answers an authenticated ListBuckets and, in a directory an earlier server kept, that the master knows every
+volume in it again: the filer answers before the volume server's first heartbeat reaches the new master, and
+a GET in between fails with 500 InternalError (the object's volume is not yet known).
 
 Measured with weed 4.48: start-up takes about 3 s (mostly the master's raft bootstrap). A graceful stop
 takes 15 s (the filer waits for the S3 gateway's metadata stream), so the harness allows 2 s before SIGKILL:
@@ -28,6 +30,7 @@ import os
 import secrets
 import shutil
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -109,6 +112,7 @@ class SeaweedServer:
         self._all_grpc_ports: set[int] = set()
         self._process: ManagedProcess | None = None
         self._probe_client: Any = None
+        self._kept_volumes = 0
 
     @property
     def base_dir(self) -> Path:
@@ -162,6 +166,7 @@ class SeaweedServer:
         self._all_grpc_ports.update(self.grpc_ports.values())
         data = self.base_dir / "data"
         data.mkdir(exist_ok=True)
+        self._kept_volumes = sum(1 for _ in data.glob("*.dat"))
         argv = [str(self.weed), "-logtostderr", f"-config_dir={self.base_dir}", "server", f"-dir={data}"]
         argv += ["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-filer", "-s3", f"-s3.config={self._write_config()}"]
         argv += [f"-{part}.port={port}" for part, port in self.ports.items()]
@@ -195,6 +200,26 @@ class SeaweedServer:
             self._probe_client.list_buckets()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise NotReady(f"ListBuckets on {self.endpoint_url}: {exc}") from None
+        if self._kept_volumes:
+            known = self._master_volumes()
+            if known < self._kept_volumes:
+                raise NotReady(f"the master knows {known} of the {self._kept_volumes} volumes in {self.base_dir}")
+
+    def _master_volumes(self) -> int:
+        """How many volumes the master has registered (its ``/dir/status`` topology); 0 if it does not answer."""
+        url = f"http://127.0.0.1:{self.ports['master']}/dir/status"
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+        try:
+            with direct.open(url, timeout=2) as resp:
+                topology = json.load(resp)["Topology"]
+        except (OSError, ValueError, KeyError):
+            return 0
+        return sum(
+            node.get("Volumes", 0)
+            for center in topology.get("DataCenters") or []
+            for rack in center.get("Racks") or []
+            for node in rack.get("DataNodes") or []
+        )
 
     def client(self, *, access_key_id: str | None = None, secret_access_key: str | None = None, **config: Any) -> Any:
         """A botocore S3 client (path-style, SigV4) with the admin keys unless others are given.
