@@ -5,8 +5,10 @@ Starts ``niks3d dev`` (the daemon runs in the dev process, PostgreSQL and Seawee
 pushes overlap and wait on each other's uploads), and ``--readers`` read loops (a published narinfo, a missing
 one, the NAR of a published path). Prints the answers by status, the daemon's RSS sampled from /proc every few
 seconds (first, largest, last), and the longest answer; at the end it checks every pushed closure through the
-daemon as Nix would read it: every narinfo, its NAR byte-exact with the FileHash it names, and every
-reference's narinfo.
+daemon as Nix would read it (every narinfo, its NAR byte-exact with the FileHash it names, and every
+reference's narinfo), and the bucket against the database: ``niks3d fsck``'s check (every published path's
+narinfo, NAR and files there with their sizes, nothing untracked) and one listing of the bucket (every narinfo's
+NAR there with its FileSize, every reference's narinfo there).
 
     .venv/bin/python bench/soak.py [--seconds 180] [--pushers 20] [--readers 4] [--port 5798]
 
@@ -30,6 +32,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.e2e.gcchecks import cache_problems
 from tests.server.soakkit import Soak
 
 
@@ -40,7 +43,7 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-async def _run(args: argparse.Namespace, url: str, token: str, tmp: Path, pid: int) -> int:
+async def _run(args: argparse.Namespace, url: str, token: str, tmp: Path, pid: int, config: Path) -> int:
     soak = Soak(url, token, tmp, seed=20)
     soak.build_library(40)
     samples: list[tuple[float, int]] = []
@@ -56,6 +59,7 @@ async def _run(args: argparse.Namespace, url: str, token: str, tmp: Path, pid: i
         await asyncio.gather(*tasks, return_exceptions=True)
         samples.append((time.monotonic() - start, _rss_kib(pid)))
         problems = await soak.check(http)
+    in_bucket = await cache_problems(config)
     fivexx = sum(n for what, n in soak.statuses.items() if what.split()[-1].startswith("5"))
     failures = soak.failures()
     print(f"ran {samples[-1][0]:.0f} s with {args.pushers} pushers and {args.readers} readers")
@@ -73,7 +77,10 @@ async def _run(args: argparse.Namespace, url: str, token: str, tmp: Path, pid: i
     print(f"closure check: {len(soak.published)} paths in {len(soak.closures)} pushes, {len(problems)} problems")
     for problem in problems[:20]:
         print(f"  {problem}")
-    return 1 if problems or failures else 0
+    print(f"bucket check (fsck and the listing): {len(in_bucket)} problems")
+    for problem in in_bucket[:20]:
+        print(f"  {problem}")
+    return 1 if problems or in_bucket or failures else 0
 
 
 def main() -> int:
@@ -99,7 +106,8 @@ def main() -> int:
             token = (workdir / "secrets" / "push-token").read_text().strip()
             paths = Path(tmp) / "paths"
             paths.mkdir()
-            status = asyncio.run(_run(args, f"http://127.0.0.1:{args.port}", token, paths, dev.pid))
+            config = workdir / "niks3d.toml"
+            status = asyncio.run(_run(args, f"http://127.0.0.1:{args.port}", token, paths, dev.pid, config))
             errors = [
                 line
                 for line in log_path.read_text(errors="replace").splitlines()

@@ -1,13 +1,18 @@
-"""What the garbage-collection scenarios check, read straight from the bucket (as Nix sees it) and the database.
+"""What the garbage-collection, fault and soak scenarios check, read straight from the bucket (as Nix sees it) and
+the database.
 
-``bucket_state`` lists the bucket and parses every narinfo; ``assert_closure_consistent`` is design invariant 1
-(every narinfo's NAR, with the size the narinfo says, and the narinfos of all its references are there);
+``bucket_state`` lists the bucket and parses every narinfo; ``closure_problems`` (and ``assert_closure_consistent``)
+is design invariant 1 (every narinfo's NAR, with the size the narinfo says, and the narinfos of all its references
+are there); ``cache_problems`` is the end check of a run against a daemon's configuration: that and
+``niks3d fsck``'s check of the database against the bucket (docs/operations.md: nothing published is missing or of
+another size, nothing untracked);
 ``assert_substitutable`` checks a closure the way Nix would fetch it: narinfos signed by the cache's key, NAR
 bytes with the FileHash and FileSize they promise. ``nix_copy`` runs the real Nix 2.8 against the bucket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
@@ -16,8 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from niks3d.cli.oneshot import open_stores
+from niks3d.config import load_config
+from niks3d.fsck import FsckParams, run_fsck
 from niks3d.nix.narinfo import NarInfo, parse_narinfo
 from niks3d.nix.signing import PublicKey
+from tests.fixtures.s3 import S3Bucket
 from tests.server.bucketview import s3_client
 
 NIX = ["nix", "--extra-experimental-features", "nix-command"]
@@ -45,12 +54,38 @@ def bucket_state(s3: Any) -> BucketState:
     return BucketState(sizes, narinfos)
 
 
+def closure_problems(state: BucketState) -> list[str]:
+    """Design invariant 1, read from the bucket: what breaks it, one line each."""
+    problems = []
+    for hash_part, info in sorted(state.narinfos.items()):
+        if info.url not in state.sizes:
+            problems.append(f"{hash_part}.narinfo names {info.url}, which is not in the bucket")
+        elif state.sizes[info.url] != info.file_size:
+            problems.append(f"{info.url} has {state.sizes[info.url]} bytes, {hash_part}.narinfo says {info.file_size}")
+        problems.extend(
+            f"{hash_part}.narinfo references {ref}, whose narinfo is gone"
+            for ref in info.references
+            if ref[:32] not in state.narinfos
+        )
+    return problems
+
+
 def assert_closure_consistent(state: BucketState) -> None:
-    for hash_part, info in state.narinfos.items():
-        assert info.url in state.sizes, f"{hash_part}.narinfo names {info.url}, which is not in the bucket"
-        assert state.sizes[info.url] == info.file_size, f"{info.url} has the wrong size for {hash_part}.narinfo"
-        for ref in info.references:
-            assert ref[:32] in state.narinfos, f"{hash_part}.narinfo references {ref}, whose narinfo is gone"
+    problems = closure_problems(state)
+    assert not problems, problems[:10]
+
+
+async def cache_problems(config_path: Path) -> list[str]:
+    """The end check of a run against the daemon configured by ``config_path``, once nothing writes: ``niks3d
+    fsck`` (in this process) and :func:`closure_problems` of one listing of the bucket. Returns the problems."""
+    config = load_config(config_path)
+    async with open_stores(config) as (pool, bucket):
+        report = await run_fsck(pool, bucket, FsckParams())
+    problems = [f"fsck {p.kind} {p.key}: {p.detail}" for p in sorted(report.problems)]
+    s3, secrets = config.settings.s3, config.secrets
+    assert s3.endpoint_url is not None and secrets.s3_access_key_id and secrets.s3_secret_access_key
+    view = S3Bucket(s3.endpoint_url, s3.bucket, secrets.s3_access_key_id, secrets.s3_secret_access_key, s3.region)
+    return problems + closure_problems(await asyncio.to_thread(bucket_state, view))
 
 
 def assert_substitutable(s3: Any, state: BucketState, root_hash: str, key: PublicKey) -> int:

@@ -9,15 +9,9 @@ request that hangs fails the test with a socket timeout, not a timing comparison
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import random
-import signal
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,16 +20,16 @@ import pytest
 
 from niks3d.devenv.postgres import PostgresServer, postgres_server
 from niks3d.devenv.seaweedfs import SeaweedServer, seaweed_server
+from tests.server.faultkit import (
+    CLIENT_TIMEOUT,
+    FAST,
+    assert_unavailable,
+    frozen,
+    request,
+    s3_section,
+    wait_ready,
+)
 from tests.server.proxykit import make_path, push
-
-# Short limits, so that a frozen dependency shows up within CLIENT_TIMEOUT.
-FAST = {
-    "server": {"idle_timeout": 1.0, "body_timeout": 1.0},
-    "database": {"acquire_timeout": 1.0, "statement_timeout": 1.0, "connect_timeout": 1.0},
-}
-FAST_S3 = {"connect_timeout": 1.0, "read_timeout": 2.0, "request_timeout": 5.0, "max_attempts": 2}
-# Longer than any bounded wait above, far shorter than a hang.
-CLIENT_TIMEOUT = 15
 
 
 @pytest.fixture
@@ -51,51 +45,6 @@ def own_s3(tmp_path: Path) -> Iterator[SeaweedServer]:
     with seaweed_server(tmp_path / "weed") as server:
         server.create_bucket("faults")
         yield server
-
-
-def _secret(path: Path, text: str) -> str:
-    path.write_text(text)
-    path.chmod(0o600)
-    return str(path)
-
-
-def _s3_section(s3: SeaweedServer, tmp_path: Path) -> dict[str, Any]:
-    return {
-        "bucket": "faults",
-        "endpoint_url": s3.endpoint_url,
-        "access_key_id_file": _secret(tmp_path / "own-id", s3.access_key_id),
-        "secret_access_key_file": _secret(tmp_path / "own-secret", s3.secret_access_key),
-        **FAST_S3,
-    }
-
-
-def _freeze(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _request(
-    url: str, *, method: str = "GET", body: object = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    """One request with a client timeout; a hang raises TimeoutError and fails the test."""
-    data = None if body is None else json.dumps(body).encode()
-    all_headers = dict(headers or {})
-    if data is not None:
-        all_headers["Content-Type"] = "application/json"
-    req = urllib.request.Request(url, data=data, method=method, headers=all_headers)
-    try:
-        with urllib.request.urlopen(req, timeout=CLIENT_TIMEOUT) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
-def _assert_unavailable(answer: tuple[int, dict[str, str], bytes], what: str) -> None:
-    status, headers, body = answer
-    assert status == 503, (what, status, body[:300])
-    assert int(headers.get("Retry-After", "0")) >= 1, (what, headers)
-    assert b"Traceback" not in body
 
 
 def _session_body(paths: list[Any]) -> dict[str, Any]:
@@ -115,32 +64,26 @@ async def test_a_frozen_postgresql_gives_fast_503s_and_everything_resumes(
     auth = daemon.headers("pusher")
     pin_auth = daemon.headers("pinner")
 
-    _freeze(own_postgres.pids(), signal.SIGSTOP)
-    try:
-        _assert_unavailable(_request(f"{daemon.url}/ready"), "/ready")
-        _assert_unavailable(_request(f"{daemon.url}/{missing}.narinfo"), "narinfo miss")
-        _assert_unavailable(
-            _request(f"{daemon.url}/api/v1/sessions", method="POST", body=_session_body([fresh]), headers=auth),
+    with frozen(own_postgres.pids):
+        assert_unavailable(request(f"{daemon.url}/ready"), "/ready")
+        assert_unavailable(request(f"{daemon.url}/{missing}.narinfo"), "narinfo miss")
+        assert_unavailable(
+            request(f"{daemon.url}/api/v1/sessions", method="POST", body=_session_body([fresh]), headers=auth),
             "POST /api/v1/sessions",
         )
-        _assert_unavailable(_request(f"{daemon.url}/api/v1/pins", headers=pin_auth), "GET /api/v1/pins")
-        _assert_unavailable(
-            _request(f"{daemon.url}/api/v1/pins/frozen", method="PUT", body={"path": pushed.path}, headers=pin_auth),
+        assert_unavailable(request(f"{daemon.url}/api/v1/pins", headers=pin_auth), "GET /api/v1/pins")
+        assert_unavailable(
+            request(f"{daemon.url}/api/v1/pins/frozen", method="PUT", body={"path": pushed.path}, headers=pin_auth),
             "PUT /api/v1/pins/frozen",
         )
         # The process itself still answers.
-        assert _request(f"{daemon.url}/health")[0] == 200
-    finally:
-        _freeze(own_postgres.pids(), signal.SIGCONT)
+        assert request(f"{daemon.url}/health")[0] == 200
 
     # Everything resumes: readiness, reads, pushes.
-    deadline = time.monotonic() + 30
-    while _request(f"{daemon.url}/ready")[0] != 200:
-        assert time.monotonic() < deadline, "never ready again after SIGCONT"
-        await asyncio.sleep(0.2)
-    assert _request(f"{daemon.url}/{pushed.hash}.narinfo")[0] == 200
+    await wait_ready(daemon.url)
+    assert request(f"{daemon.url}/{pushed.hash}.narinfo")[0] == 200
     await push(daemon, [fresh])
-    assert _request(f"{daemon.url}/{fresh.hash}.narinfo")[0] == 200
+    assert request(f"{daemon.url}/{fresh.hash}.narinfo")[0] == 200
     # Logged as an outage (WARNING), not as a failure of the daemon (ERROR with a traceback of ours).
     errors = [line for line in daemon.log().splitlines() if line.startswith(("ERROR", "CRITICAL"))]
     assert not errors, errors[:5]
@@ -149,22 +92,21 @@ async def test_a_frozen_postgresql_gives_fast_503s_and_everything_resumes(
 async def test_a_frozen_s3_gives_fast_503s_and_everything_resumes(
     own_s3: SeaweedServer, make_daemon_config: Any, start_daemon: Any, tmp_path: Path
 ) -> None:
-    daemon = start_daemon(make_daemon_config(s3=_s3_section(own_s3, tmp_path), server=FAST["server"]))
+    daemon = start_daemon(make_daemon_config(s3=s3_section(own_s3, "faults", tmp_path), server=FAST["server"]))
     rng = random.Random(8)
     pushed = make_path(tmp_path, rng, "pushed", log=True)
     await push(daemon, [pushed])
     fresh, other = make_path(tmp_path, rng, "fresh"), make_path(tmp_path, rng, "other")
-    status, _, text = _request(f"{daemon.url}/{pushed.hash}.narinfo")
+    status, _, text = request(f"{daemon.url}/{pushed.hash}.narinfo")
     assert status == 200
     nar_url = next(line.split(": ", 1)[1] for line in text.decode().splitlines() if line.startswith("URL: "))
 
-    _freeze([own_s3.pid], signal.SIGSTOP)
-    try:
-        _assert_unavailable(_request(f"{daemon.url}/ready"), "/ready")
-        _assert_unavailable(_request(f"{daemon.url}/{nar_url}"), "NAR GET")
-        _assert_unavailable(_request(f"{daemon.url}/{nar_url}", method="HEAD"), "NAR HEAD")
+    with frozen(lambda: [own_s3.pid]):
+        assert_unavailable(request(f"{daemon.url}/ready"), "/ready")
+        assert_unavailable(request(f"{daemon.url}/{nar_url}"), "NAR GET")
+        assert_unavailable(request(f"{daemon.url}/{nar_url}", method="HEAD"), "NAR HEAD")
         # Opening a session only presigns (no S3 request) for paths the cache lacks: it still answers.
-        status, _, body = _request(
+        status, _, body = request(
             f"{daemon.url}/api/v1/sessions",
             method="POST",
             body=_session_body([other]),
@@ -172,18 +114,13 @@ async def test_a_frozen_s3_gives_fast_503s_and_everything_resumes(
         )
         assert status in (201, 503), (status, body[:300])
         # narinfos come from PostgreSQL: still served.
-        assert _request(f"{daemon.url}/{pushed.hash}.narinfo")[0] == 200
-    finally:
-        _freeze([own_s3.pid], signal.SIGCONT)
+        assert request(f"{daemon.url}/{pushed.hash}.narinfo")[0] == 200
 
-    deadline = time.monotonic() + 30
-    while _request(f"{daemon.url}/ready")[0] != 200:
-        assert time.monotonic() < deadline, "never ready again after SIGCONT"
-        await asyncio.sleep(0.2)
-    status, _, nar = _request(f"{daemon.url}/{nar_url}")
+    await wait_ready(daemon.url)
+    status, _, nar = request(f"{daemon.url}/{nar_url}")
     assert status == 200 and nar == pushed.compressed
     await push(daemon, [fresh])
-    assert _request(f"{daemon.url}/{fresh.hash}.narinfo")[0] == 200
+    assert request(f"{daemon.url}/{fresh.hash}.narinfo")[0] == 200
 
 
 def _closed_by_server(sock: socket.socket) -> bool:
@@ -226,29 +163,26 @@ def test_idle_and_half_open_connections_are_closed(make_daemon_config: Any, star
         for sock in (idle, half_headers, keep_alive, slow_body):
             sock.close()
     # The daemon still serves.
-    assert _request(f"{daemon.url}/health")[0] == 200
+    assert request(f"{daemon.url}/health")[0] == 200
 
 
 async def test_a_client_that_goes_away_before_the_headers_is_no_server_error(
     own_s3: SeaweedServer, make_daemon_config: Any, start_daemon: Any, tmp_path: Path
 ) -> None:
-    daemon = start_daemon(make_daemon_config(s3=_s3_section(own_s3, tmp_path), server=FAST["server"]))
+    daemon = start_daemon(make_daemon_config(s3=s3_section(own_s3, "faults", tmp_path), server=FAST["server"]))
     pushed = make_path(tmp_path, random.Random(9), "pushed")
     await push(daemon, [pushed])
-    text = _request(f"{daemon.url}/{pushed.hash}.narinfo")[2].decode()
+    text = request(f"{daemon.url}/{pushed.hash}.narinfo")[2].decode()
     nar_url = next(line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("URL: "))
     port = int(daemon.url.rsplit(":", 1)[1])
 
     # S3 holds the answer back while the reader hangs up; the answer then has nobody to go to.
-    _freeze([own_s3.pid], signal.SIGSTOP)
-    try:
+    with frozen(lambda: [own_s3.pid]):
         reader = socket.create_connection(("127.0.0.1", port))
         reader.sendall(f"GET /{nar_url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         await asyncio.sleep(0.5)
         reader.close()
         await asyncio.sleep(0.5)
-    finally:
-        _freeze([own_s3.pid], signal.SIGCONT)
     deadline = time.monotonic() + 20
     while "the client went away" not in daemon.log():
         assert time.monotonic() < deadline, daemon.log()[-3000:]
@@ -256,7 +190,7 @@ async def test_a_client_that_goes_away_before_the_headers_is_no_server_error(
 
     errors = [line for line in daemon.log().splitlines() if line.startswith(("ERROR", "CRITICAL"))]
     assert not errors, errors[:5]
-    metrics = _request(f"{daemon.url}/metrics")[2].decode()
+    metrics = request(f"{daemon.url}/metrics")[2].decode()
     nar_lines = [
         line for line in metrics.splitlines() if line.startswith("niks3d_http_requests_total{") and "/nar/" in line
     ]
