@@ -29,6 +29,7 @@ from niks3d.importer.quarantine import quarantine
 from niks3d.importer.reading import check_narinfo
 from niks3d.importer.record import recorded
 from niks3d.importer.register import Registrar, resign_registered
+from niks3d.nix.buildtrace import parse_build_trace_entry
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.realisation import parse_realisation
 from niks3d.nix.signing import SecretKey
@@ -78,6 +79,14 @@ async def _stage_narinfos(run: _Run, registered: set[str]) -> None:
         run.status(f"import: {run.report.counts['narinfos_read']}/{len(todo)} narinfos read")
 
 
+def _realisation_output(key: str, body: bytes) -> str:
+    """The output basename a realisation of either layout names (docs/protocol.md 4.4)."""
+    if key.startswith("build-trace-v2/"):
+        drv, _, output = key.removeprefix("build-trace-v2/").partition("/")
+        return parse_build_trace_entry(body, drv_path=drv, output_name=output.removesuffix(".doi")).out_path
+    return parse_realisation(body).out_path
+
+
 async def _realisations(run: _Run) -> dict[str, list[str]]:
     """Owner hash -> realisation keys, for the realisations no row tracks yet."""
     keys = run.inventory.keys_of("realisation")
@@ -87,11 +96,11 @@ async def _realisations(run: _Run) -> dict[str, list[str]]:
         if body is None:
             continue
         try:
-            realisation = parse_realisation(body)
+            out_path = _realisation_output(key, body)
         except (NixFormatError, ValueError) as exc:
             run.report.add("realisation_unparsable", key, str(exc))
             continue
-        owners.setdefault(realisation.out_path[:32], []).append(key)
+        owners.setdefault(out_path[:32], []).append(key)
     return owners
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "CONTENT_TYPES",
     "WantedObject",
+    "build_trace_outputs",
     "initial_part_count",
     "object_spec",
     "wanted_objects",
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from niks3d.nix.bucketkeys import CONTENT_TYPES as BUCKET_CONTENT_TYPES
-from niks3d.nix.bucketkeys import log_key, ls_key, nar_key, narinfo_key, realisation_key, staging_key
+from niks3d.nix.bucketkeys import build_trace_key, log_key, ls_key, nar_key, narinfo_key, realisation_key, staging_key
+from niks3d.nix.realisation import parse_realisation_id
 
 if TYPE_CHECKING:
     from niks3d.config import S3Settings
@@ -44,6 +46,19 @@ class WantedObject:
         return self.kind in ("nar", "ls", "log")
 
 
+def build_trace_outputs(path: PathRequest) -> list[tuple[str, str]]:
+    """The Nix 2.35 build-trace entries written for ``path``: (key, output name), sorted by key.
+
+    One per output name of the path's realisations, under its deriver: Nix up to 2.34 records the derivation it
+    built (for a derivation with content-addressed inputs, the resolved one) as the output's deriver, and 2.35
+    looks an output up under that derivation (docs/protocol.md 4.4). No deriver, or no realisation: none.
+    """
+    if path.deriver is None:
+        return []
+    outputs = {parse_realisation_id(r.id)[1] for r in path.realisations}
+    return sorted((build_trace_key(path.deriver.basename, output), output) for output in outputs)
+
+
 def wanted_objects(path: PathRequest, *, published: bool) -> list[WantedObject]:
     """The keys a session claims for ``path``: only its narinfo if it is already published, else everything."""
     objects = [WantedObject(narinfo_key(path.path.hash), "narinfo", 0)]
@@ -55,6 +70,7 @@ def wanted_objects(path: PathRequest, *, published: bool) -> list[WantedObject]:
     if path.log_proven and path.deriver is not None:
         objects.append(WantedObject(log_key(path.deriver.basename), "log", 0))
     objects.extend(WantedObject(realisation_key(r.id), "realisation", 0) for r in path.realisations)
+    objects.extend(WantedObject(key, "realisation", 0) for key, _ in build_trace_outputs(path))
     return objects
 
 

@@ -14,7 +14,7 @@ __all__ = ["complete_session"]
 import asyncio
 import logging
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +31,7 @@ from niks3d.db.upstream import UpstreamRecord
 from niks3d.errors import MissingPrerequisite, StateConflict
 from niks3d.logsetup import log_event
 from niks3d.nix.bucketkeys import narinfo_key, realisation_key
+from niks3d.nix.buildtrace import BuildTraceEntry
 from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.narinfo import NarInfo
 from niks3d.nix.realisation import Realisation
@@ -38,7 +39,7 @@ from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.leases import refresh_stalled
 from niks3d.uploads.multipart import start_multipart_uploads
-from niks3d.uploads.objects import CONTENT_TYPES, object_spec, wanted_objects
+from niks3d.uploads.objects import CONTENT_TYPES, build_trace_outputs, object_spec, wanted_objects
 from niks3d.uploads.open import check_names
 from niks3d.uploads.report import report_objects
 from niks3d.uploads.request import ObjectReport, PathRequest, SessionRequest, reference_levels
@@ -168,10 +169,9 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
         if session.state != "open":
             raise closed_error(session)
         all_hashes = [p.path.hash for p in req.paths]
-        # The realisations' rows too, in the same key order: two sessions never both write one (rule 7).
-        todo_keys = {narinfo_key(h) for h in all_hashes} | {
-            realisation_key(r.id) for p in req.paths for r in p.realisations
-        }
+        # The realisations' rows too (both layouts), in the same key order: two sessions never both write one
+        # (rule 7).
+        todo_keys = {narinfo_key(h) for h in all_hashes} | {e.key for p in req.paths for e in _realisations_of(p)}
         await db.lock_objects(conn, sorted(todo_keys))
         await check_names(conn, req)  # a path of another name may have been published since the session opened
         published = await db_paths.published_hashes(conn, all_hashes)
@@ -185,10 +185,7 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
             await _put_all(ctx, [(r.narinfo_key, r.narinfo.encode(), "narinfo") for r in rendered])
             rows.extend(rendered)
         realisations = [
-            (realisation_key(r.id), _realisation_body(ctx, r), "realisation")
-            for p in todo
-            for r in p.realisations
-            if realisation_key(r.id) not in refused
+            (e.key, e.body(ctx), "realisation") for p in todo for e in _realisations_of(p) if e.key not in refused
         ]
         await _put_all(ctx, realisations)
         await db.mark_present(
@@ -248,22 +245,22 @@ async def _refused_realisations(
     are still published; only the realisation is refused, so a writer that got there first cannot make the
     victim's whole push fail.
     """
-    wanted = [(realisation_key(r.id), r, p) for p in todo for r in p.realisations]
-    taken = [k for k, _, _ in wanted if objects.get(k, ("pending",))[0] == "present"]
+    wanted = [(e, p) for p in todo for e in _realisations_of(p)]
+    taken = [e.key for e, _ in wanted if objects.get(e.key, ("pending",))[0] == "present"]
     holders = await db_paths.realisation_holders(conn, taken) if taken else {}
     refused: dict[str, dict[str, str]] = {}
     seen: dict[str, str] = {}
-    for key, r, p in wanted:
-        if key in taken:
-            held = holders.get(key, "another output")
-            reason = f"realisation {r.id} is already published for {held}; a published realisation is never changed"
-        elif key in seen:
-            held = seen[key]
-            reason = f"realisation {r.id} is claimed twice in this push; kept the one for {held}"
+    for e, p in wanted:
+        if e.key in taken:
+            held = holders.get(e.key, "another output")
+            reason = f"realisation {e.id} is already published for {held}; a published realisation is never changed"
+        elif e.key in seen:
+            held = seen[e.key]
+            reason = f"realisation {e.id} is claimed twice in this push; kept the one for {held}"
         else:
-            seen[key] = p.path.path
+            seen[e.key] = p.path.path
             continue
-        refused.setdefault(key, {"id": r.id, "out_path": p.path.path, "published": held, "reason": reason})
+        refused.setdefault(e.key, {"id": e.id, "out_path": p.path.path, "published": held, "reason": reason})
     for item in refused.values():
         logger.warning("realisation refused: %s (asked for %s)", item["reason"], item["out_path"])
     return refused
@@ -320,14 +317,42 @@ def _render(
     )
 
 
-def _realisation_body(ctx: PushContext, r: Any) -> bytes:
-    realisation = Realisation(
-        id=r.id,
-        out_path=r.out_path.basename,
-        signatures=(),
-        dependent_realisations=tuple(r.dependent_realisations),
-    ).signed(ctx.signing_keys)
-    return realisation.to_json().encode()
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """A realisation the server writes for a pushed path: its key, its id as the answer names it, and its entry."""
+
+    key: str
+    id: str
+    entry: Realisation | BuildTraceEntry
+
+    def body(self, ctx: PushContext) -> bytes:
+        return self.entry.signed(ctx.signing_keys).to_json().encode()
+
+
+def _realisations_of(p: PathRequest) -> list[_Written]:
+    """The path's realisations in both layouts (docs/protocol.md 4.4): each ``realisations/<id>.doi`` it sent,
+    and a ``build-trace-v2/<deriver>/<output>.doi`` per output name of those (Nix 2.35 reads only these). Every
+    one names ``p`` itself as its output (rule 7)."""
+    written = [
+        _Written(
+            realisation_key(r.id),
+            r.id,
+            Realisation(
+                id=r.id,
+                out_path=p.path.basename,
+                signatures=(),
+                dependent_realisations=tuple(r.dependent_realisations),
+            ),
+        )
+        for r in p.realisations
+    ]
+    if p.deriver is not None:
+        drv = p.deriver.basename
+        written.extend(
+            _Written(key, f"{drv}^{output}", BuildTraceEntry(drv, output, p.path.basename))
+            for key, output in build_trace_outputs(p)
+        )
+    return written
 
 
 async def _put_all(ctx: PushContext, items: list[tuple[str, bytes, str]]) -> None:

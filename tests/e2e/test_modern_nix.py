@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from niks3d.errors import ServiceError
+from niks3d.nix.buildtrace import parse_build_trace_entry
 from niks3d.nix.signing import SecretKey
 from testkit.modernnix import ModernNix
 from tests.server.bucketview import bucket_keys, get_object
@@ -149,6 +150,29 @@ def test_substitution_through_the_read_proxy(start_daemon, modern_nix, tmp_path,
                "--option", "trusted-public-keys", _keys(daemon))  # fmt: skip
 
 
+def _check_build_traces(daemon: Any, nix: ModernNix, published: list[str]) -> None:
+    """Nix 2.35's layout beside the old one: one ``build-trace-v2/<deriver>/out.doi`` per published output, under
+    the derivation the local Nix built it with (for the top, the resolved one), byte for byte the body our parser
+    reads back, signed over Nix's fingerprint by the daemon's key. No Nix here reads this layout (2.35 needed)."""
+    traces = sorted(k for k in bucket_keys(daemon.s3) if k.startswith("build-trace-v2/"))
+    expected = []
+    for out in published:
+        deriver = nix.run(["nix-store", "--query", "--deriver", out]).stdout.decode().strip()
+        expected.append(f"build-trace-v2/{deriver.removeprefix('/nix/store/')}/out.doi")
+    assert traces == sorted(expected), (traces, expected)
+    public = [k.public_key() for k in daemon.signing_keys]
+    for key in traces:
+        body, _ = get_object(daemon.s3, key)
+        drv, output = key.removeprefix("build-trace-v2/").removesuffix(".doi").split("/")
+        entry = parse_build_trace_entry(body, drv_path=drv, output_name=output)
+        assert entry.to_json().encode() == body
+        assert f"/nix/store/{entry.out_path}" in published
+        assert len(entry.signatures) == len(public)
+        assert all(any(k.verify(sig, entry.fingerprint()) for k in public) for sig in entry.signatures), key
+        fingerprint = {"key": {"drvPath": drv, "outputName": "out"}, "value": {"outPath": entry.out_path}}
+        assert entry.fingerprint() == json.dumps(fingerprint, separators=(",", ":"), sort_keys=True).encode()
+
+
 @pytest.mark.parametrize("via", ["bucket", "proxy"])
 def test_a_content_addressed_derivation_is_substituted_through_its_realisations(
     start_daemon, modern_nix, tmp_path, via
@@ -165,6 +189,8 @@ def test_a_content_addressed_derivation_is_substituted_through_its_realisations(
     assert len(keys) >= 2 and all(re.fullmatch(r"realisations/sha256:[0-9a-f]{64}!out\.doi", k) for k in keys)
     published = {p.removeprefix("/nix/store/") for p in doc["published"]}
     assert {json.loads(get_object(daemon.s3, k)[0])["outPath"] for k in keys} == published
+
+    _check_build_traces(daemon, modern_nix, doc["published"])
 
     url = f"{daemon.s3.endpoint_url}/{daemon.s3.bucket}" if via == "bucket" else daemon.url
     reader = _reader(tmp_path, modern_nix)

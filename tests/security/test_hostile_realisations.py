@@ -32,14 +32,22 @@ def _file_nar(contents: bytes) -> bytes:
 
 
 def _realisations(daemon: Any) -> dict[str, dict[str, Any]]:
-    keys = [k for k in bucket_keys(daemon.s3) if k.startswith("realisations/")]
+    """Both layouts: ``realisations/`` and Nix 2.35's ``build-trace-v2/``."""
+    keys = [k for k in bucket_keys(daemon.s3) if k.startswith(("realisations/", "build-trace-v2/"))]
     return {k: json.loads(get_object(daemon.s3, k)[0]) for k in keys}
 
 
-async def _repoint(daemon: Any, token: str, ids: list[str], name: str) -> dict[str, Any]:
-    """Publish a made-up path (a valid NAR of its own) that claims every one of ``ids`` as its realisation."""
+def _trace_id(key: str) -> str:
+    """``build-trace-v2/<drv>/<output>.doi`` as the id the answer names it by, ``<drv>^<output>``."""
+    return key.removeprefix("build-trace-v2/").removesuffix(".doi").replace("/", "^")
+
+
+async def _repoint(daemon: Any, token: str, ids: list[str], name: str, deriver: str) -> dict[str, Any]:
+    """Publish a made-up path (a valid NAR of its own) that claims every one of ``ids`` as its realisation, and
+    the victim's ``deriver`` as its own (so its build-trace entry would be the victim's)."""
     fake = made_up(name, nar=_file_nar(secrets.token_bytes(8) + b" is not what the victim built"))
-    meta = {**fake.meta(), "realisations": [{"id": i, "out_path": fake.path} for i in ids]}
+    realisations = [{"id": i, "out_path": fake.path} for i in ids]
+    meta = {**fake.meta(), "deriver": deriver, "realisations": realisations}
     async with aiohttp.ClientSession() as http:
         kit = PushKit(http, daemon.url, daemon.tokens[token])
         session = await kit.call("POST", "/api/v1/sessions", {"roots": [fake.path], "paths": [meta]}, expect=201)
@@ -64,14 +72,17 @@ def test_a_published_realisation_is_never_repointed(start_daemon, modern_nix, tm
     _push(modern_nix, daemon, tmp_path, out)
     before = _realisations(daemon)
     assert before and out.removeprefix("/nix/store/") in {r["outPath"] for r in before.values()}
-    ids = sorted(r["id"] for r in before.values())
+    ids = sorted(r["id"] for k, r in before.items() if k.startswith("realisations/"))
+    top = modern_nix.run(["nix-store", "--query", "--deriver", out]).stdout.decode().strip()
+    top_trace = f"build-trace-v2/{top.removeprefix('/nix/store/')}/out.doi"
+    assert len(before) == len(ids) + 2 and top_trace in before, sorted(before)
 
     for attacker in ATTACKERS:
-        answer = asyncio.run(_repoint(daemon, attacker, ids, f"modern-catop-{attacker}"))
+        answer = asyncio.run(_repoint(daemon, attacker, ids, f"modern-catop-{attacker}", top))
         assert len(answer["published"]) == 1, answer  # the made-up path itself is new: it is published
         assert _realisations(daemon) == before, f"{attacker} re-pointed a published realisation"
         refused = answer.get("realisations_refused", [])
-        assert sorted(r["id"] for r in refused) == ids, answer
+        assert sorted(r["id"] for r in refused) == sorted([*ids, _trace_id(top_trace)]), answer
         held = {f"/nix/store/{b['outPath']}" for b in before.values()}
         assert all(r["published"] in held and "already" in r["reason"] for r in refused), refused
 
@@ -86,9 +97,10 @@ def test_a_published_realisation_is_never_repointed(start_daemon, modern_nix, tm
         "references": [f"/nix/store/{r}" for r in info.references],
         "realisations": [{"id": made_up_id, "out_path": out}],
     }
-    answer = asyncio.run(_open_and_complete(daemon, "intruder", meta))
+    made_up_drv = f"/nix/store/{StorePath.parse(out).hash[:31]}a-not-the-victims.drv"
+    answer = asyncio.run(_open_and_complete(daemon, "intruder", {**meta, "deriver": made_up_drv}))
     assert answer["cached"] == [out] and not answer["published"], answer
-    assert f"realisations/{made_up_id}.doi" not in _realisations(daemon)
+    assert _realisations(daemon) == before
 
     reader = _reader(tmp_path, modern_nix)
     assert _substitute(reader, expr, salt, f"{daemon.s3.endpoint_url}/{daemon.s3.bucket}", _keys(daemon)) == out
