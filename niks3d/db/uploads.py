@@ -157,24 +157,37 @@ async def ensure_objects(conn: Connection, objects: Iterable[tuple[str, str]]) -
         )
 
 
-async def lock_objects(conn: Connection, keys: Sequence[str]) -> dict[str, str]:
-    """Lock the rows of ``keys`` in key order (serializing sessions that share objects); key -> state."""
+async def lock_objects(conn: Connection, keys: Sequence[str], *, proven_writer: bool = False) -> dict[str, str]:
+    """Lock the rows of ``keys`` in key order (serializing sessions that share objects); key -> state.
+
+    ``proven_writer``: the caller's logs come with their proof, so a log present without one is ``pending``."""
     states: dict[str, str] = {}
     for batch in batches(sorted(keys)):  # batches in key order: the locks are still taken in key order
         rows = await conn.fetch(
-            "SELECT key, state FROM objects WHERE key = ANY($1::text[]) ORDER BY key FOR NO KEY UPDATE",
+            # To a writer that brings the proof, a build log present without one is still to be uploaded: its
+            # upload replaces the unproven one (docs/security.md, rule 3; niks3d/db/logs.py).
+            """SELECT key, CASE WHEN $2 AND kind = 'log' AND state = 'present' AND NOT proven
+                                THEN 'pending' ELSE state END AS state
+               FROM objects WHERE key = ANY($1::text[]) ORDER BY key FOR NO KEY UPDATE""",
             list(batch),
+            proven_writer,
         )
         states.update((r["key"], r["state"]) for r in rows)
     return states
 
 
-async def object_states(conn: Connection, keys: Sequence[str]) -> dict[str, tuple[str, int | None, str | None]]:
-    """key -> (state, size, file_hash) for the keys that exist."""
+async def object_states(
+    conn: Connection, keys: Sequence[str], *, proven_writer: bool = False
+) -> dict[str, tuple[str, int | None, str | None]]:
+    """key -> (state, size, file_hash) for the keys that exist; ``proven_writer`` as for :func:`lock_objects`."""
     states: dict[str, tuple[str, int | None, str | None]] = {}
     for batch in batches(list(keys)):
         rows = await conn.fetch(
-            "SELECT key, state, size, file_hash FROM objects WHERE key = ANY($1::text[])", list(batch)
+            """SELECT key, CASE WHEN $2 AND kind = 'log' AND state = 'present' AND NOT proven
+                                THEN 'pending' ELSE state END AS state, size, file_hash
+               FROM objects WHERE key = ANY($1::text[])""",
+            list(batch),
+            proven_writer,
         )
         states.update((r["key"], (r["state"], r["size"], r["file_hash"])) for r in rows)
     return states

@@ -168,7 +168,8 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
             outside = [h for h, _ in plan.outside]
             keys = list(wanted)
             await db.ensure_objects(conn, [(k, o.kind) for k, o in wanted.items()])
-            states = await db.lock_objects(conn, keys)
+            # A session claims a log only with its proof (objects.py): an unproven one is to be replaced (rule 3).
+            states = await db.lock_objects(conn, keys, proven_writer=True)
             if len(states) != len(keys):
                 raise Conflict  # GC deleted a row between the two statements: decide again
             gone = set(outside) - await db_paths.published_hashes(conn, outside)
@@ -221,7 +222,7 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID, start: int = 0
             raise NotFound(f"no upload session {session_id}", code="session_not_found")
         claims = await db.claims_of_session(conn, session_id, keys)
         published = await db_paths.published_hashes(conn, list(uploaded))
-        states = await db.object_states(conn, keys)
+        states = await db.object_states(conn, keys, proven_writer=True)
     paths: list[dict[str, Any]] = []
     pause = Pauser()
     for p in page:
@@ -265,7 +266,7 @@ async def refresh_urls(ctx: PushContext, session: db.SessionRow, wanted: dict[st
     by_key = {o.key: o for p in req.paths for o in wanted_objects(p, published=False) if o.client_uploads}
     async with ctx.pool.acquire() as conn:
         claims = await db.claims_of_session(conn, session.id)
-        states = await db.object_states(conn, list(wanted))
+        states = await db.object_states(conn, list(wanted), proven_writer=True)
         await db.touch_session(conn, session.id, ctx.settings.gc.session_expiry)
     specs = []
     for key, parts in wanted.items():

@@ -97,7 +97,7 @@ async def _check_objects(
             for o in wanted_objects(p, published=False)
             if o.client_uploads
         }
-        states = await db.object_states(conn, list(needed))
+        states = await db.object_states(conn, list(needed), proven_writer=True)
         absent = [k for k in sorted(needed) if states.get(k, ("pending",))[0] != "present"]
         if not absent:
             return  # every object is there: nothing to ask about claims or uploaders

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from niks3d.db import logs as db_logs
 from niks3d.db import uploads as db
 from niks3d.db.sessions import ReleasedClaim
 from niks3d.errors import InvalidRequest, InvalidUpload, ObjectNotFound, StorageError, StorageThrottled
@@ -104,7 +105,7 @@ async def report_objects(
     lease = ctx.settings.gc.claim_lease
     async with ctx.pool.acquire() as conn:
         claims = await db.claims_of_session(conn, session.id, list(reports))
-        states = await db.object_states(conn, list(reports))
+        states = await db.object_states(conn, list(reports), proven_writer=True)
         await db.touch_session(conn, session.id, ctx.settings.gc.session_expiry)
     accepted: list[str] = []
     missing: list[dict[str, Any]] = []
@@ -141,14 +142,17 @@ async def report_objects(
     async with LeaseKeeper(ctx, session.id) as keeper:
         if ready:
             keeper.start()
-        placed = await _each(ready, lambda r: _place(ctx, session, r, expected_nars.get(r.report.key), full=full))
+        logs = [r for r in ready if parse_bucket_key(r.report.key).kind == "log"]
+        others = [r for r in ready if parse_bucket_key(r.report.key).kind != "log"]
+        placed = await _each(others, lambda r: _place(ctx, session, r, expected_nars.get(r.report.key), full=full))
+        placed += await _place_logs(ctx, session, logs)
     good = [r for r in placed if isinstance(r, tuple)]
     failed.extend(r for r in placed if isinstance(r, dict))
     if gone := [r.key for r in placed if isinstance(r, _Gone)]:
         # Another report of the same object (a retried request, or one through another daemon) accepted it and
         # deleted the staged copy between our HEAD and our copy: take its verdict.
         async with ctx.pool.acquire() as conn:
-            now = await db.object_states(conn, gone)
+            now = await db.object_states(conn, gone, proven_writer=True)
         for key in gone:
             state, size, stored_hash = now.get(key, ("pending", None, None))
             if state == "present" and size is not None:
@@ -219,17 +223,9 @@ async def _stage(ctx: PushContext, session: db.SessionRow, report: ObjectReport,
     return _Staged(report, info.size, reset)
 
 
-async def _place(
-    ctx: PushContext,
-    session: db.SessionRow,
-    staged: _Staged,
-    nar: tuple[bytes, int, StorePath] | None,
-    *,
-    full: bool,
-) -> Accepted | Failure | _Gone:
-    """Copy the staged object to its key and, for a NAR under full verification, check the copy."""
-    report = staged.report
-    key = report.key
+async def _copy(ctx: PushContext, session: db.SessionRow, staged: _Staged) -> bool:
+    """Copy the staged object to its key; False if the staged object is gone."""
+    key = staged.report.key
     content_type, content_encoding = CONTENT_TYPES[parse_bucket_key(key).kind]
     try:
         await ctx.bucket.copy(
@@ -241,6 +237,46 @@ async def _place(
             part_size=ctx.settings.s3.multipart_part_size,
         )
     except ObjectNotFound:
+        return False
+    return True
+
+
+async def _place_logs(ctx: PushContext, session: db.SessionRow, logs: list[_Staged]) -> list[Accepted | _Gone]:
+    """Copy the staged build logs into place under their rows' locks, and mark them proven (a session uploads a
+    log only with its proof: objects.py). A log that became proven meanwhile is kept, never replaced; one that
+    is present without its proof is overwritten in place, so the key is never missing (db/logs.py). One pool
+    connection for all of them, whatever their number (issue 18)."""
+    if not logs:
+        return []
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        rows = await db_logs.lock_logs(conn, [r.report.key for r in logs])
+        kept = [r for r in logs if r.report.key in rows and rows[r.report.key].proven]
+        todo = [r for r in logs if r not in kept]
+        copied = await _each(todo, lambda r: _copy(ctx, session, r))
+        placed: list[Accepted | _Gone] = [
+            (r.report.key, r.size, format_sha256(r.report.file_hash) if r.report.file_hash is not None else None)
+            for r, ok in zip(todo, copied, strict=True)
+            if ok
+        ]
+        await db_logs.mark_proven(conn, [p for p in placed if isinstance(p, tuple)])
+    placed += [_Gone(r.report.key) for r, ok in zip(todo, copied, strict=True) if not ok]
+    # A proven log was there first: this session's copy is not needed, and the kept log is what it publishes.
+    placed += [(r.report.key, rows[r.report.key].size or 0, rows[r.report.key].file_hash) for r in kept]
+    return placed
+
+
+async def _place(
+    ctx: PushContext,
+    session: db.SessionRow,
+    staged: _Staged,
+    nar: tuple[bytes, int, StorePath] | None,
+    *,
+    full: bool,
+) -> Accepted | Failure | _Gone:
+    """Copy the staged object to its key and, for a NAR under full verification, check the copy."""
+    report = staged.report
+    key = report.key
+    if not await _copy(ctx, session, staged):
         return _Gone(key)
     file_hash = format_sha256(report.file_hash) if report.file_hash is not None else None
     if nar is not None and full:

@@ -8,7 +8,8 @@
 - ``log/<drv>`` (``nix store copy-log``) comes after the outputs: it is accepted only with the proof that the
   derivation built a path the same identity published, its ``.drv`` in this cache
   (:mod:`niks3d.writes.logproof`; trusted writers are spared it), compressed with zstd as pushed logs are, and
-  lives with those proven outputs. It is immutable.
+  lives with those proven outputs. It is immutable, except that a proven log replaces one stored without its
+  proof (docs/security.md, rule 3).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import zstandard
 from asyncpg import Connection
 
+from niks3d.db import logs as db_logs
 from niks3d.db import uploads as db
 from niks3d.db import writes as db_writes
 from niks3d.db.retry import retry_transaction
@@ -94,32 +96,51 @@ async def put_log(
     """Store the build log ``text`` (uncompressed) of derivation ``drv`` (a basename).
 
     ``identity``: the writer (the identity's name); ``trusted``: it is marked ``trusted = true``, and with
-    ``s3.verify = "size"`` its log needs no proof.
+    ``s3.verify = "size"`` its log needs no proof (it is then stored unproven, and a proven log replaces it).
+    A proven log replaces one that is present unproven, in place (niks3d/db/logs.py); otherwise a log is
+    immutable.
     """
     spared = trusted and ctx.settings.s3.verify == "size"
     body = zstandard.ZstdCompressor(level=_LOG_LEVEL).compress(text)
     digest = format_sha256(hashlib.sha256(body).digest())
 
+    async def owners_of(conn: Connection) -> tuple[list[str], bool]:
+        """The paths the log belongs to, and whether it is proven."""
+        try:
+            return await proven_outputs(conn, ctx.bucket, drv, identity), True
+        except MissingPrerequisite:
+            if not spared:
+                raise
+        return await db_writes.paths_built_by(conn, drv), False
+
     async def attempt() -> FileOutcome:
         async with ctx.pool.acquire() as conn, conn.transaction():
             await db.ensure_objects(conn, [(key, "log")])
-            await db.lock_objects(conn, [key])
-            owners = (
-                await db_writes.paths_built_by(conn, drv)
-                if spared
-                else await proven_outputs(conn, ctx.bucket, drv, identity)
-            )
+            row = (await db_logs.lock_logs(conn, [key]))[key]
+            owners, proven = await owners_of(conn)
             if not owners:
                 raise MissingPrerequisite(
                     f"{key}: no path built by /nix/store/{drv} is in this cache; copy its outputs first",
                     code="no_published_output",
                 )
-            if await _immutable(conn, key, digest, "the build log"):
-                await db_writes.record_path_file(conn, owners, key, "log", size=len(body), digest=digest)
-                return FileOutcome(key, False)
-            await ctx.bucket.put(key, body, content_type=LOG_TYPE, content_encoding="zstd")
+            created = True
+            if row.state == "present":
+                replaces = proven and not row.proven  # rule 3: a genuine log replaces one never proven
+                if row.file_hash == digest:
+                    created = False
+                elif not replaces:
+                    raise StateConflict(
+                        f"the build log {key} is already published with other contents; it is immutable",
+                        code="file_published",
+                    )
+            if created:
+                # Over an unproven log this is an in-place replacement: S3 swaps the object atomically, and the
+                # row's lock keeps other writers and GC out until the new state is committed.
+                await ctx.bucket.put(key, body, content_type=LOG_TYPE, content_encoding="zstd")
             await db_writes.record_path_file(conn, owners, key, "log", size=len(body), digest=digest)
-            return FileOutcome(key, True)
+            if proven:
+                await db_logs.mark_proven(conn, [(key, len(body), digest)])
+            return FileOutcome(key, created)
 
     outcome = await retry_transaction(attempt)
     log_event(logger, logging.INFO, "write.log", "build log %s stored by PUT (%d bytes)", key, len(text))

@@ -218,6 +218,19 @@ async def test_objects_refuse_garbage(pool: asyncpg.Pool) -> None:
     assert results == {case: constraint for case, (_, constraint) in OBJECT_GARBAGE.items()}
 
 
+async def test_only_a_present_build_log_can_be_proven(pool: asyncpg.Pool) -> None:
+    query = """INSERT INTO objects (key, kind, state, size, present_at, proven)
+               VALUES ($1, $2, $3, $4, CASE WHEN $3 = 'present' THEN now() END, true)"""
+    log = f"log/{TEST}-prototest-1.0.drv"
+    assert await fired(pool, query, f"{TEST}.narinfo", "narinfo", "present", 10) == "objects_proven_check"
+    assert await fired(pool, query, log, "log", "pending", None) == "objects_proven_check"
+    assert await fired(pool, query, log, "log", "present", 10) is None
+    # Logs are unproven unless said otherwise (what migration 0007 makes of every log before it).
+    assert await pool.fetchval("SELECT proven FROM objects WHERE key = $1", log)
+    await pool.execute("INSERT INTO objects (key, kind) VALUES ($1, 'log')", f"log/{TEST}-other.drv")
+    assert await pool.fetchval("SELECT proven FROM objects WHERE key = $1", f"log/{TEST}-other.drv") is False
+
+
 async def test_objects_accept_every_key_shape_niks3d_writes(pool: asyncpg.Pool) -> None:
     shapes = {
         f"{TEST}.narinfo": "narinfo",
