@@ -62,6 +62,7 @@ let
     curl = fakeDerivation "curl" { };
     coreutils = fakeDerivation "coreutils" { };
     openssl = fakeDerivation "openssl" { meta.mainProgram = "openssl"; };
+    python3 = fakeDerivation "python3" { meta.mainProgram = "python3"; };
     sqlite = fakeDerivation "sqlite" { meta.mainProgram = "sqlite3"; };
     writeText = name: text: fakeDerivation name { inherit text; };
     testers.runNixOSTest = test: test;
