@@ -25,9 +25,10 @@ if TYPE_CHECKING:
 
 # Sessions whose parsed request is kept; a push calls for one session at a time, a busy daemon for a few dozen.
 REQUEST_CACHE_SIZE = 64
-# ... and at most this many paths in all: a parsed path costs about 400 bytes (40 MiB for a session of 100,000,
-# measured from /proc), so 64 of the largest sessions would have held 2.5 GiB (issue 20).
-REQUEST_CACHE_PATHS = 250_000
+# ... and at most this many paths in all: a parsed path with its object plan (uploads/plan.py) costs about 2.2 KB
+# (the growth of the RSS for one more request of 100,000 paths of 3 references each; 1.1 KB of it without the
+# plan), so 64 of the largest sessions would hold 13 GiB and 150,000 paths hold about 320 MiB (issue 20).
+REQUEST_CACHE_PATHS = 150_000
 
 
 class RequestCache:

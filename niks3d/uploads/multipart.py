@@ -8,29 +8,20 @@ __all__ = ["start_multipart_uploads"]
 import asyncio
 import logging
 import uuid
-from typing import TYPE_CHECKING
 
 from niks3d.db import uploads as db
 from niks3d.nix.bucketkeys import staging_key
 from niks3d.uploads.context import PushContext
-from niks3d.uploads.objects import CONTENT_TYPES, wanted_objects
-
-if TYPE_CHECKING:
-    from niks3d.uploads.request import SessionRequest
+from niks3d.uploads.objects import CONTENT_TYPES
 
 logger = logging.getLogger(__name__)
-
-
-def _large_nars(req: SessionRequest, threshold: int) -> list[str]:
-    nars = (o for p in req.paths for o in wanted_objects(p, published=False) if o.kind == "nar")
-    return sorted({o.key for o in nars if o.nar_size >= threshold})
 
 
 async def start_multipart_uploads(ctx: PushContext, session_id: uuid.UUID) -> None:
     """Create the multipart uploads of large NARs this session uploads and has none for yet."""
     req = await ctx.request_of(session_id)
-    # A loop over every path: in a worker thread, for a session of 100,000 paths (issue 20).
-    large = await asyncio.to_thread(_large_nars, req, ctx.settings.s3.multipart_threshold)
+    # A loop over every object the client uploads: in a worker thread, for a session of 100,000 paths (issue 20).
+    large = await asyncio.to_thread(req.plan.large_nars, ctx.settings.s3.multipart_threshold)
     if not large:
         return
     async with ctx.pool.acquire() as conn:

@@ -8,12 +8,11 @@ already is; only the uploader gets URLs, so a shared object is uploaded once.
 
 from __future__ import annotations
 
-__all__ = ["PAGE_PATHS", "build_response", "check_names", "names_wanted", "open_session", "refresh_urls"]
+__all__ = ["PAGE_PATHS", "build_response", "check_names", "open_session", "refresh_urls"]
 
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +28,8 @@ from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.leases import refresh_stalled
 from niks3d.uploads.multipart import start_multipart_uploads
-from niks3d.uploads.objects import WantedObject, object_spec, wanted_objects
+from niks3d.uploads.objects import WantedObject, object_spec
+from niks3d.uploads.plan import ObjectPlan
 from niks3d.uploads.request import PreparedSession, SessionRequest
 from niks3d.uploads.upstream import prove_upstream_async
 
@@ -44,26 +44,14 @@ logger = logging.getLogger(__name__)
 PAGE_PATHS = 1_000
 
 
-def names_wanted(req: SessionRequest) -> dict[str, StorePath]:
-    """hash part -> store path, of every path of the request and every reference."""
-    wanted = {p.path.hash: p.path for p in req.paths}
-    for p in req.paths:
-        for r in p.references:
-            wanted.setdefault(r.hash, r)
-    return wanted
-
-
-async def check_names(
-    conn: asyncpg.Connection, req: SessionRequest, wanted: dict[str, StorePath] | None = None
-) -> None:
+async def check_names(conn: asyncpg.Connection, req: SessionRequest) -> None:
     """409 when a path of the request, or a reference, has the hash part of a published path of another name.
 
     The cache keys everything by hash part (``<hash>.narinfo``), so ``<hash>-othername`` is not in the cache
     when ``<hash>-tricky`` is: answering "cached" would record a root for a path nobody can substitute
-    (docs/security.md, rule 5). ``wanted`` is :func:`names_wanted` of ``req``, when the caller has it already.
+    (docs/security.md, rule 5).
     """
-    if wanted is None:
-        wanted = names_wanted(req)
+    wanted = req.plan.names
     names = await db_paths.published_names(conn, list(wanted))
     clashes = sorted((wanted[h].path, StorePath(h, name).path) for h, name in names.items() if name != wanted[h].name)
     if clashes:
@@ -76,26 +64,7 @@ async def check_names(
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """What opening a session needs to know about its request, computed in a worker thread: for 100,000 paths
-    these loops take a second or more of CPU, which must not stall the event loop (issue 20)."""
-
-    outside: list[tuple[str, StorePath]]  # references that must be published already, by hash part
-    names: dict[str, StorePath]  # names_wanted()
-    upload_keys: list[str]  # sorted keys the client uploads if nothing is published
-    objects: dict[str, list[WantedObject]]  # path hash -> its objects if it is not published
-
-
-def _plan(req: SessionRequest) -> _Plan:
-    in_request = {p.path.hash for p in req.paths} | {u.path.hash for u in req.upstream}
-    outside = sorted({r.hash: r for p in req.paths for r in p.references if r.hash not in in_request}.items())
-    objects = {p.path.hash: wanted_objects(p, published=False) for p in req.paths}
-    upload_keys = sorted({o.key for objs in objects.values() for o in objs if o.client_uploads})
-    return _Plan(outside, names_wanted(req), upload_keys, objects)
-
-
-def _claimed(plan: _Plan, published: set[str]) -> dict[str, WantedObject]:
+def _claimed(plan: ObjectPlan, published: set[str]) -> dict[str, WantedObject]:
     """key -> object of every key the session claims, given the paths of the request that are published."""
     wanted: dict[str, WantedObject] = {}
     for h, objs in plan.objects.items():
@@ -108,7 +77,8 @@ def _claimed(plan: _Plan, published: set[str]) -> dict[str, WantedObject]:
     return dict(sorted(wanted.items()))
 
 
-async def _check_references(ctx: PushContext, req: SessionRequest, plan: _Plan) -> None:
+async def _check_references(ctx: PushContext, req: SessionRequest) -> None:
+    plan = req.plan
     # Upstream references first: a forged or mismatched proof is refused before anything is written.
     await prove_upstream_async(req.upstream, ctx.upstream_keys)
     if not plan.outside:
@@ -129,16 +99,17 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
     """Open (or, for a repeated idempotency key, find again) a session; returns (the answer's first page, created).
 
     Every step that is linear in the number of paths runs in a worker thread (parsing and encoding the request,
-    server/sessions.py; planning, here) or in batches of statements (db/batch.py), and the answer is paged.
+    and working out its object plan: server/sessions.py) or in batches of statements (db/batch.py), and the
+    answer is paged.
     """
     req = prepared.request
-    plan = await asyncio.to_thread(_plan, req)
-    await _check_references(ctx, req, plan)
+    plan = req.plan  # worked out with the parse, in its worker thread
+    await _check_references(ctx, req)
     gc = ctx.settings.gc
 
     async def attempt() -> tuple[uuid.UUID, bool]:
         # Multipart uploads of these keys whose lease ran out but that have made progress keep their uploader.
-        await refresh_stalled(ctx, plan.upload_keys, exclude=uuid.UUID(int=0))
+        await refresh_stalled(ctx, list(plan.uploads), exclude=uuid.UUID(int=0))
         async with ctx.pool.acquire() as conn, conn.transaction():
             if req.idempotency_key is not None:
                 existing = await db.find_session_by_key(conn, token_name, req.idempotency_key)
@@ -162,7 +133,7 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
                 request_digest=prepared.digest,
                 expiry=gc.session_expiry,
             )
-            await check_names(conn, req, plan.names)
+            await check_names(conn, req)
             published = await db_paths.published_hashes(conn, list(plan.objects))
             wanted = await asyncio.to_thread(_claimed, plan, published)
             outside = [h for h, _ in plan.outside]
@@ -214,7 +185,7 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID, start: int = 0
     if not 0 <= start < len(req.paths):
         raise InvalidRequest(f"start: {start} is not the index of a path of this session (0 to {len(req.paths) - 1})")
     page = req.paths[start : start + PAGE_PATHS]
-    uploaded = {p.path.hash: [o for o in wanted_objects(p, published=False) if o.client_uploads] for p in page}
+    uploaded = {p.path.hash: req.plan.client_uploads(p.path.hash) for p in page}
     keys = [o.key for objs in uploaded.values() for o in objs]
     async with ctx.pool.acquire() as conn:
         session = await db.load_session(conn, session_id)
@@ -263,7 +234,7 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID, start: int = 0
 async def refresh_urls(ctx: PushContext, session: db.SessionRow, wanted: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     """Fresh URLs (and more part URLs) for objects this session uploads."""
     req = await ctx.request_of(session.id)
-    by_key = {o.key: o for p in req.paths for o in wanted_objects(p, published=False) if o.client_uploads}
+    by_key = req.plan.uploads
     async with ctx.pool.acquire() as conn:
         claims = await db.claims_of_session(conn, session.id)
         states = await db.object_states(conn, list(wanted), proven_writer=True)

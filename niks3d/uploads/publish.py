@@ -39,7 +39,7 @@ from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.leases import refresh_stalled
 from niks3d.uploads.multipart import start_multipart_uploads
-from niks3d.uploads.objects import CONTENT_TYPES, build_trace_outputs, object_spec, wanted_objects
+from niks3d.uploads.objects import CONTENT_TYPES, WantedObject, build_trace_outputs, object_spec
 from niks3d.uploads.open import check_names
 from niks3d.uploads.report import report_objects
 from niks3d.uploads.request import ObjectReport, PathRequest, SessionRequest, reference_levels
@@ -91,11 +91,7 @@ async def _check_objects(
     async with ctx.pool.acquire() as conn:
         published = await db_paths.published_hashes(conn, [p.path.hash for p in req.paths])
         needed = {
-            o.key: o
-            for p in req.paths
-            if p.path.hash not in published
-            for o in wanted_objects(p, published=False)
-            if o.client_uploads
+            o.key: o for p in req.paths if p.path.hash not in published for o in req.plan.client_uploads(p.path.hash)
         }
         states = await db.object_states(conn, list(needed), proven_writer=True)
         absent = [k for k in sorted(needed) if states.get(k, ("pending",))[0] != "present"]
@@ -171,17 +167,19 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
         all_hashes = [p.path.hash for p in req.paths]
         # The realisations' rows too (both layouts), in the same key order: two sessions never both write one
         # (rule 7).
-        todo_keys = {narinfo_key(h) for h in all_hashes} | {e.key for p in req.paths for e in _realisations_of(p)}
-        await db.lock_objects(conn, sorted(todo_keys))
+        await db.lock_objects(conn, req.plan.publication_locks)
         await check_names(conn, req)  # a path of another name may have been published since the session opened
         published = await db_paths.published_hashes(conn, all_hashes)
         todo = [p for p in req.paths if p.path.hash not in published]
         upstream = await _upstream_of(ctx, conn, req, todo)
-        objects = await db.object_states(conn, [o.key for p in todo for o in wanted_objects(p, published=False)])
+        objects = await db.object_states(conn, [o.key for p in todo for o in req.plan.objects[p.path.hash]])
         refused = await _refused_realisations(conn, todo, objects)
         rows: list[db_paths.PublishedPath] = []
         for group in reference_levels(todo):
-            rendered = [_render(ctx, p, objects, upstream, refused) for p in group]
+            rendered = [
+                _render(ctx, p, req.plan.objects[p.path.hash], objects, upstream=upstream, refused=refused)
+                for p in group
+            ]
             await _put_all(ctx, [(r.narinfo_key, r.narinfo.encode(), "narinfo") for r in rendered])
             rows.extend(rendered)
         realisations = [
@@ -218,8 +216,7 @@ async def _upstream_of(
 ) -> dict[str, UpstreamRecord]:
     """The records of the upstream references the paths to publish lean on: those of the request's ``upstream``
     that are not published here by now (a path published here is referenced as such)."""
-    in_request = {p.path.hash for p in req.paths}
-    outside = sorted({r.hash for p in todo for r in p.references if r.hash not in in_request})
+    outside = sorted({r.hash for p in todo for r in p.references if r.hash not in req.plan.objects})
     if not outside:
         return {}
     local = await db_paths.published_hashes(conn, outside)
@@ -269,13 +266,15 @@ async def _refused_realisations(
 def _render(
     ctx: PushContext,
     p: PathRequest,
+    wanted: tuple[WantedObject, ...],
     objects: dict[str, tuple[str, int | None, str | None]],
+    *,
     upstream: dict[str, UpstreamRecord],
     refused: dict[str, dict[str, str]],
 ) -> db_paths.PublishedPath:
     files: list[tuple[str, str]] = []
     nar = None
-    for obj in wanted_objects(p, published=False):
+    for obj in wanted:
         state, size, file_hash = objects.get(obj.key, ("pending", None, None))
         if obj.kind == "nar":
             nar = (obj.key, size, file_hash)

@@ -32,9 +32,8 @@ from niks3d.db import logs as db_logs
 from niks3d.db import uploads as db
 from niks3d.db.sessions import ReleasedClaim
 from niks3d.errors import InvalidRequest, InvalidUpload, ObjectNotFound, StorageError, StorageThrottled
-from niks3d.nix.bucketkeys import nar_key, parse_bucket_key, staging_key
+from niks3d.nix.bucketkeys import parse_bucket_key, staging_key
 from niks3d.nix.hashes import format_sha256
-from niks3d.nix.storepath import StorePath
 from niks3d.storage.errors import UploadNotFound
 from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
@@ -42,7 +41,7 @@ from niks3d.uploads.leases import LeaseKeeper
 from niks3d.uploads.lifecycle import abort_session
 from niks3d.uploads.multipart import start_multipart_uploads
 from niks3d.uploads.objects import CONTENT_TYPES
-from niks3d.uploads.request import ObjectReport, SessionRequest
+from niks3d.uploads.request import ObjectReport, PathRequest
 from niks3d.uploads.verify import verify_nar_object
 
 logger = logging.getLogger(__name__)
@@ -71,10 +70,6 @@ Failure = dict[str, Any]
 Accepted = tuple[str, int, str | None]
 
 
-def _nar_expectations(req: SessionRequest) -> dict[str, tuple[bytes, int, StorePath]]:
-    return {nar_key(p.nar_hash, "zstd"): (p.nar_hash, p.nar_size, p.path) for p in req.paths}
-
-
 async def _each(items: Sequence[_T], check: Callable[[_T], Awaitable[_R]]) -> list[_R]:
     """``check`` of every item, at most ``_CONCURRENCY`` at a time; the first exception cancels the rest and is
     raised once they have stopped."""
@@ -101,7 +96,7 @@ async def report_objects(
     if not reports:
         return [], []
     req = await ctx.request_of(session.id)
-    expected_nars = _nar_expectations(req)
+    expected_nars = req.plan.nars
     lease = ctx.settings.gc.claim_lease
     async with ctx.pool.acquire() as conn:
         claims = await db.claims_of_session(conn, session.id, list(reports))
@@ -269,7 +264,7 @@ async def _place(
     ctx: PushContext,
     session: db.SessionRow,
     staged: _Staged,
-    nar: tuple[bytes, int, StorePath] | None,
+    nar: PathRequest | None,
     *,
     full: bool,
 ) -> Accepted | Failure | _Gone:
@@ -281,7 +276,7 @@ async def _place(
     file_hash = format_sha256(report.file_hash) if report.file_hash is not None else None
     if nar is not None and full:
         async with ctx.verify_slots:
-            problem = await verify_nar_object(ctx.bucket, key, report, nar_hash=nar[0], nar_size=nar[1])
+            problem = await verify_nar_object(ctx.bucket, key, report, nar_hash=nar.nar_hash, nar_size=nar.nar_size)
         if problem:
             await ctx.bucket.delete_many([key])
             return {"key": key, "reason": problem, "reset": staged.reset, "invalid": True}

@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from niks3d.errors import InvalidRequest
@@ -37,6 +37,7 @@ from niks3d.nix.realisation import parse_realisation_id
 from niks3d.nix.signing import parse_signature
 from niks3d.nix.storepath import StorePath
 from niks3d.storage.multipart import MAX_PART_NUMBER
+from niks3d.uploads.plan import ObjectPlan
 
 MAX_PATHS_PER_SESSION = 100_000
 MAX_REFERENCES = 10_000
@@ -179,6 +180,12 @@ class SessionRequest:
     roots: tuple[StorePath, ...]
     paths: tuple[PathRequest, ...]
     upstream: tuple[UpstreamPath, ...] = ()  # sorted by hash part
+    # What the paths need in the bucket, worked out once here (where the request is parsed, off the event loop)
+    # and asked by every step of the push instead of working it out again (uploads/plan.py).
+    plan: ObjectPlan = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plan", ObjectPlan.of(self.paths, self.upstream))
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
