@@ -3,9 +3,9 @@
 :class:`BucketCore` holds the aiobotocore client that talks to S3 and the one that only presigns (a separate
 client when ``s3.public_endpoint_url`` differs from ``s3.endpoint_url``, because SigV4 signs the host: the URL
 must be signed for the host the client will contact, it cannot be rewritten afterwards). Presigning is local
-computation in botocore; aiobotocore makes it a coroutine only because credentials may need refreshing, so it
-costs well under a millisecond and no request. The multipart and object operations build on this class
-(``multipart.py``, ``s3.py``).
+computation and no request; with static keys, HEAD, GET and PUT URLs are signed by botocore's SigV4 query
+signer alone (``presign.py``: about a third of the CPU of aiobotocore's ``generate_presigned_url``). The
+multipart and object operations build on this class (``multipart.py``, ``s3.py``).
 
 HEAD, which the push path sends for every uploaded object, goes as a presigned request through a plain aiohttp
 session when the bucket has one: a botocore HeadObject costs about 1 ms of CPU, the presigned request about half
@@ -29,12 +29,14 @@ from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from niks3d.config import S3Settings
 from niks3d.errors import ObjectNotFound
 from niks3d.storage.errors import error_code, error_status, storage_errors, translate_error
 from niks3d.storage.models import ObjectInfo, normalize_etag
+from niks3d.storage.presign import PROBE_KEY, PUT_HEADERS, QuickPresigner
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
     from types_aiobotocore_s3 import S3Client
@@ -49,26 +51,27 @@ _QUICK_HEAD_EXPIRY = timedelta(minutes=1)
 QUICK_PUT_LIMIT = 1 << 20
 
 
-# PutObject's parameters that a quick PUT sends, and their headers.
-_PUT_HEADERS = {
-    "ContentType": "Content-Type",
-    "ContentEncoding": "Content-Encoding",
-    "CacheControl": "Cache-Control",
-    "ChecksumSHA256": "x-amz-checksum-sha256",
-}
-
-
 class BucketCore:
     """One bucket reached through one aiobotocore client; see :func:`niks3d.storage.open_bucket`."""
 
     def __init__(
-        self, *, settings: S3Settings, client: S3Client, presigner: S3Client, http: aiohttp.ClientSession | None = None
+        self,
+        *,
+        settings: S3Settings,
+        client: S3Client,
+        presigner: S3Client,
+        http: aiohttp.ClientSession | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.bucket
         self._client = client
         self._presigner = presigner
         self._http = http
+        # Static keys: URLs are signed without aiobotocore's pipeline (presign.py), for each endpoint once its
+        # address is learned (internal: True for s3.endpoint_url, False for the clients' endpoint).
+        self._credentials = credentials
+        self._quick: dict[bool, QuickPresigner | None] = {}
 
     def __repr__(self) -> str:
         return f"<Bucket {self.name!r} at {self.endpoint_url}>"
@@ -93,11 +96,30 @@ class BucketCore:
     ) -> str:
         """A presigned URL for clients (signed for ``s3.public_endpoint_url`` when it is set), or with
         ``internal`` for this daemon's own requests (signed for ``s3.endpoint_url``)."""
+        expires_in = self._expires_in(expires)
+        if self._credentials is not None and params.get("Bucket") == self.name:
+            quick = self._quick.get(internal)
+            if internal not in self._quick:
+                quick = self._quick[internal] = await self._learn_address(internal)
+            if quick is not None and (url := quick.presign(client_method, params, expires_in)) is not None:
+                return url
         signer = self._client if internal else self._presigner
         with storage_errors(f"presigning {client_method}", self.name, key):
-            return await signer.generate_presigned_url(
-                ClientMethod=client_method, Params=params, ExpiresIn=self._expires_in(expires)
+            return await signer.generate_presigned_url(ClientMethod=client_method, Params=params, ExpiresIn=expires_in)
+
+    async def _learn_address(self, internal: bool) -> QuickPresigner | None:
+        """The quick presigner of one endpoint, from the address of a URL aiobotocore presigned (None: every URL
+        of that endpoint is presigned by aiobotocore)."""
+        assert self._credentials is not None
+        signer = self._client if internal else self._presigner
+        with storage_errors("presigning head_object", self.name, PROBE_KEY):
+            probe = await signer.generate_presigned_url(
+                ClientMethod="head_object", Params={"Bucket": self.name, "Key": PROBE_KEY}, ExpiresIn=60
             )
+        quick = QuickPresigner.from_probe(self._credentials, probe)
+        if quick is None:
+            log.info("presigned URLs of %s go through aiobotocore: its address %s is not understood", self.name, probe)
+        return quick
 
     async def head(self, key: str) -> ObjectInfo | None:
         """The object's metadata, or None when it is absent (404, NoSuchKey, or 403 AccessDenied for a key
@@ -194,7 +216,7 @@ class BucketCore:
         """PutObject through a presigned URL, as :meth:`_quick_head` does HEAD: True once S3 answered 200,
         False for anything that botocore should send again (which retries and names the error). ``params`` are
         PutObject's (ContentType, ChecksumSHA256, ContentEncoding, CacheControl): each is signed as its header."""
-        headers = {header: params[name] for name, header in _PUT_HEADERS.items() if name in params}
+        headers = {header: params[name] for name, header in PUT_HEADERS.items() if name in params}
         try:
             url = await self._presign(
                 "put_object", {"Bucket": self.name, "Key": key, **params}, _QUICK_HEAD_EXPIRY, key, internal=True

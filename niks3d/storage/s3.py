@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 
 from niks3d.config import S3Settings
@@ -318,4 +319,9 @@ async def open_bucket(
             )
         )
         bounded = cast("S3Client", DeadlineClient(client, settings.request_timeout))
-        yield Bucket(settings=settings, client=bounded, presigner=presigner, http=http)
+        static = (
+            None
+            if access_key_id is None or secret_access_key is None
+            else Credentials(access_key_id, secret_access_key)
+        )
+        yield Bucket(settings=settings, client=bounded, presigner=presigner, http=http, credentials=static)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import botocore.auth
 import pytest
 
 from niks3d.config import S3Settings
@@ -115,3 +116,45 @@ async def test_presigned_urls_use_the_public_endpoint_and_are_signed_for_it(
             assert resp.status == 200, await resp.text()
         async with http.get(get) as resp:
             assert await resp.read() == b"public"
+
+
+_FIXED = datetime(2026, 12, 6, 21, 30, 5, tzinfo=UTC)
+_QUICK_CASES = [
+    ("head_object", {}),
+    ("get_object", {}),
+    ("put_object", {"ContentType": "text/x-nix-narinfo"}),
+    (
+        "put_object",
+        {
+            "ContentType": "application/x-nix-nar",
+            "ContentEncoding": "zstd",
+            "CacheControl": "no-cache",
+            "ChecksumSHA256": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize("style", ["path", "virtual"])
+@pytest.mark.parametrize(
+    "key",
+    ["staging/0b0e5c3e-5c0a-4a43-9a7f-1f0d2e1c9a11/nar/1w8x.nar.zst", "realisations/sha256:ab!out.doi", "a+b~c d"],
+)
+async def test_quick_presigned_urls_are_the_ones_aiobotocore_makes(
+    s3_settings: S3Settings, monkeypatch: pytest.MonkeyPatch, style: str, key: str
+):
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: _FIXED.replace(tzinfo=None))
+    settings = s3_settings.model_copy(update={"addressing_style": style, "bucket": "cache-bucket"})
+    async with open_bucket(settings, "AKIDEXAMPLE", "SECRET/KEY+") as opened:
+        for method, extra in _QUICK_CASES:
+            params = {"Bucket": "cache-bucket", "Key": key, **extra}
+            for internal in (True, False):
+                quick = await opened._presign(method, params, timedelta(minutes=7), key, internal=internal)
+                slow = await opened._presigner.generate_presigned_url(ClientMethod=method, Params=params, ExpiresIn=420)
+                assert quick == slow
+        assert opened._quick[False] is not None and opened._quick[True] is not None  # the quick way was taken
+
+
+async def test_the_default_credential_chain_presigns_through_aiobotocore(s3_settings: S3Settings):
+    async with open_bucket(s3_settings, None, None) as chained:
+        assert chained._credentials is None  # refreshable credentials: nothing is cached
