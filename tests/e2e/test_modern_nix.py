@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,14 @@ def test_a_content_addressed_derivation_is_substituted_through_its_realisations(
     # With --max-jobs 0 the CA derivation can only be realised from the cache's realisations.
     assert _substitute(reader, expr, salt, url, _keys(daemon)) == out
     assert reader.host_path(out).read_bytes() == modern_nix.host_path(out).read_bytes()
+    if via == "bucket":
+        # Deleting the closure takes both layouts of its realisations with it.
+        request = urllib.request.Request(
+            f"{daemon.url}/api/v1/paths/{out.removeprefix('/nix/store/')}?closure=1&force=1",
+            method="DELETE",
+            headers={"Authorization": f"Bearer {daemon.tokens['admin']}"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            assert answer.status == 200
+        left = [k for k in bucket_keys(daemon.s3) if k.startswith(("realisations/", "build-trace-v2/"))]
+        assert left == [], left
