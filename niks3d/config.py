@@ -129,6 +129,12 @@ def _lease_limit(value: timedelta) -> timedelta:
     return value
 
 
+def _max_lease_limit(value: timedelta) -> timedelta:
+    if not timedelta(seconds=1) <= value <= timedelta(days=7):
+        raise ValueError("the longest a claim is held is between 1 second and 7 days ('7d')")
+    return value
+
+
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 
 
@@ -494,7 +500,18 @@ class GcSettings(_Section):
     # How long other sessions wait for an uploader that shows no upload progress before they take the upload
     # over (docs/api.md, "Waiting for another session's upload"); calls without progress do not renew it.
     claim_lease: Annotated[PositiveDuration, AfterValidator(_lease_limit)] = timedelta(seconds=30)
+    # However much progress it shows, an uploader keeps a key at most this long after it became its uploader;
+    # then the next session that needs the key takes the upload over (docs/security.md, rule 1).
+    claim_max_lease: Annotated[PositiveDuration, AfterValidator(_max_lease_limit)] = timedelta(hours=1)
     batch_size: int = Field(default=1000, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _cap_above_lease(self) -> GcSettings:
+        if self.claim_max_lease < self.claim_lease:
+            raise ValueError(
+                f"claim_max_lease ({self.claim_max_lease}) must be at least claim_lease ({self.claim_lease})"
+            )
+        return self
 
 
 class LoggingSettings(_Section):

@@ -680,3 +680,13 @@ def test_metrics_follow_a_private_read_proxy_set_by_environment(tmp_path: Path) 
     env = {"NIKS3_SERVER__READ_PROXY": "private"}
     config = load_config(write_config(tmp_path, minimal()), environ=env, open_secrets=False)
     assert config.settings.server.metrics == "private"
+
+
+def test_a_claims_longest_hold_is_at_least_its_lease(tmp_path: Path) -> None:
+    path = write_config(tmp_path, minimal(gc={"claim_lease": "10m", "claim_max_lease": "5m"}))
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path, environ={}, open_secrets=False)
+    [problem] = problems_of(excinfo)
+    assert problem.key == "gc" and "claim_max_lease (0:05:00) must be at least claim_lease (0:10:00)" in problem.reason
+    ok = load_config(write_config(tmp_path, minimal(gc={"claim_max_lease": "2h"})), environ={}, open_secrets=False)
+    assert ok.settings.gc.claim_max_lease == timedelta(hours=2)

@@ -234,8 +234,9 @@ async def stalled_multipart(conn: Connection, keys: Sequence[str], *, exclude: u
 async def record_progress(conn: Connection, upload: StalledUpload, progress: int, lease: timedelta) -> bool:
     """Renew the lease of a multipart upload that has more bytes than at its last renewal (still the same upload)."""
     done = await conn.execute(
-        """UPDATE session_claims SET lease_until = now() + $5::interval, progress = $4
-           WHERE session_id = $1 AND key = $2 AND upload_id = $3 AND uploader AND progress < $4""",
+        """UPDATE session_claims SET lease_until = least(now() + $5::interval, lease_cap), progress = $4
+           WHERE session_id = $1 AND key = $2 AND upload_id = $3 AND uploader AND progress < $4
+             AND (lease_cap IS NULL OR lease_cap > now())""",
         upload.session_id,
         upload.key,
         upload.upload_id,
@@ -258,7 +259,7 @@ async def renew_leases(
     """
     skip = " SKIP LOCKED" if keys is None else ""
     rows = await conn.fetch(
-        f"""UPDATE session_claims c SET lease_until = now() + $2::interval
+        f"""UPDATE session_claims c SET lease_until = least(now() + $2::interval, c.lease_cap)
             FROM (SELECT key FROM session_claims
                   WHERE session_id = $1 AND uploader AND ($3::text[] IS NULL OR key = ANY($3::text[]))
                   ORDER BY key FOR NO KEY UPDATE{skip}) AS mine
@@ -283,14 +284,15 @@ async def settle_accepted(conn: Connection, session_id: uuid.UUID, accepted: Seq
     await conn.execute(
         """WITH cleared AS (
                UPDATE session_claims SET upload_id = NULL,
-                      lease_until = CASE WHEN uploader THEN now() + $2::interval ELSE lease_until END
+                      lease_until = CASE WHEN uploader THEN least(now() + $2::interval, lease_cap)
+                                         ELSE lease_until END
                WHERE session_id = $1 AND key = ANY($3::text[])
                RETURNING key),
            mine AS (
                SELECT key FROM session_claims
                WHERE session_id = $1 AND uploader AND key <> ALL($3::text[])
                ORDER BY key FOR NO KEY UPDATE SKIP LOCKED)
-           UPDATE session_claims c SET lease_until = now() + $2::interval
+           UPDATE session_claims c SET lease_until = least(now() + $2::interval, c.lease_cap)
            FROM mine WHERE c.session_id = $1 AND c.key = mine.key""",
         session_id,
         lease,
@@ -312,11 +314,11 @@ async def insert_claims(conn: Connection, session_id: uuid.UUID, claims: Iterabl
 
 
 async def take_over(
-    conn: Connection, session_id: uuid.UUID, keys: Sequence[str], lease: timedelta
+    conn: Connection, session_id: uuid.UUID, keys: Sequence[str], lease: timedelta, max_lease: timedelta
 ) -> list[ReleasedClaim]:
-    """Make ``session_id`` the uploader of ``keys`` (their previous uploader's lease ran out), with a fresh lease;
-    returns the previous uploaders' claims as released ones, whose multipart uploads the caller aborts
-    (uploads/closing.py)."""
+    """Make ``session_id`` the uploader of ``keys`` (their previous uploader's lease ran out), with a fresh lease
+    that no renewal moves past ``max_lease`` from now (``lease_cap``: docs/security.md, rule 1); returns the
+    previous uploaders' claims as released ones, whose multipart uploads the caller aborts (uploads/closing.py)."""
     # The previous uploader keeps its claim as a waiting one: its late report of the key is then accepted once
     # the key is present, and its session still protects the key from GC.
     dropped: list[Any] = []
@@ -324,18 +326,22 @@ async def take_over(
         dropped += await conn.fetch(
             """WITH old AS (SELECT session_id, key, upload_id FROM session_claims
                             WHERE key = ANY($1::text[]) AND uploader AND session_id <> $2 FOR UPDATE)
-               UPDATE session_claims c SET uploader = false, upload_id = NULL, lease_until = NULL, progress = 0
+               UPDATE session_claims c
+               SET uploader = false, upload_id = NULL, lease_until = NULL, lease_cap = NULL, progress = 0
                FROM old WHERE c.session_id = old.session_id AND c.key = old.key
                RETURNING old.session_id, old.key, old.upload_id""",
             list(batch),
             session_id,
         )
         await conn.execute(
-            """UPDATE session_claims SET uploader = true, lease_until = now() + $3::interval, progress = 0
+            """UPDATE session_claims
+               SET uploader = true, lease_until = least(now() + $3::interval, now() + $4::interval),
+                   lease_cap = now() + $4::interval, progress = 0
                WHERE session_id = $1 AND key = ANY($2::text[])""",
             session_id,
             list(batch),
             lease,
+            max_lease,
         )
     return [ReleasedClaim(r["session_id"], r["key"], r["upload_id"], True) for r in dropped]
 

@@ -3,8 +3,11 @@
 One session at a time uploads a key; others that need it wait (``409 objects_pending``), but only while the
 uploader's lease runs: ``gc.claim_lease`` after it became the uploader or last made progress. Progress is what
 shows bytes arriving, never a call: an object of the session accepted, a staged object of the session being
-checked (renewed every third of a lease while the check runs), or a multipart upload that has more bytes than
-at its last renewal (counted with ListParts when another session is about to take it over). A session whose
+checked (renewed every third of a lease while the check runs), or a multipart upload that has more whole parts
+than at its last renewal (counted with ListParts when another session is about to take it over; a part smaller
+than the part size counts for nothing). No renewal moves a lease past its cap, ``gc.claim_max_lease`` after the
+session became the uploader (``session_claims.lease_cap``), however much progress it shows: a writer that sits
+on a claim and keeps feeding it holds other writers of the same object up for that long at most. A session whose
 lease ran out loses the upload to the next session that needs the key; that one uploads under its own staging
 key and is verified like any other (docs/security.md, rule 1).
 """
@@ -34,6 +37,7 @@ async def refresh_stalled(ctx: PushContext, keys: Sequence[str], *, exclude: uui
     if not keys:
         return
     lease = ctx.settings.gc.claim_lease
+    part_size = ctx.settings.s3.multipart_part_size
     async with ctx.pool.acquire() as conn:
         stalled = await db.stalled_multipart(conn, keys, exclude=exclude)
     for upload in stalled:
@@ -41,7 +45,9 @@ async def refresh_stalled(ctx: PushContext, keys: Sequence[str], *, exclude: uui
             parts = await ctx.bucket.list_parts(staging_key(str(upload.session_id), upload.key), upload.upload_id)
         except StorageError:
             continue  # gone or unreadable: no progress to show
-        uploaded = sum(p.size or 0 for p in parts)
+        # Only whole parts count: a writer that trickles bytes, or sends one small part after another, shows no
+        # progress (every part but an upload's last is exactly the part size the session was given).
+        uploaded = sum(p.size for p in parts if p.size is not None and p.size >= part_size)
         if uploaded > upload.progress:
             async with ctx.pool.acquire() as conn:
                 if await db.record_progress(conn, upload, uploaded, lease):

@@ -154,7 +154,7 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
             stale = [k for k, o in wanted.items() if o.client_uploads and states[k] == "pending" and k not in busy]
             # A claim whose lease ran out blocks nobody: this session takes the upload over (uploads/leases.py).
             await db.insert_claims(conn, session_id, [(k, False) for k in keys])
-            aborted = await db.take_over(conn, session_id, stale, gc.claim_lease)
+            aborted = await db.take_over(conn, session_id, stale, gc.claim_lease, gc.claim_max_lease)
         await tidy_released(ctx.bucket, aborted, delete_staged=False)
         return session_id, True
 

@@ -116,7 +116,8 @@ async def _check_objects(
                 # Another waiting session may have taken some over first (we waited on its row locks).
                 busy_now = await db.live_uploaders(conn, orphaned, exclude=session.id)
                 taken = [k for k in orphaned if k not in busy_now]
-                return await db.take_over(conn, session.id, taken, ctx.settings.gc.claim_lease)
+                gc = ctx.settings.gc
+                return await db.take_over(conn, session.id, taken, gc.claim_lease, gc.claim_max_lease)
 
         # the previous uploader's session may still be open: its staged objects wait for GC's staging sweep
         await tidy_released(ctx.bucket, await retry_transaction(take), delete_staged=False)

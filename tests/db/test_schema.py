@@ -368,6 +368,16 @@ async def test_only_an_uploader_claim_carries_a_multipart_upload_id(pool: asyncp
     await pool.execute(query, session, nar_key_for(TEST), "mp", True)
 
 
+async def test_only_an_uploader_claim_has_a_lease_cap(pool: asyncpg.Pool) -> None:
+    session = await add_session(pool)
+    await add_object(pool, nar_key_for(TEST), "nar", present=False)
+    query = "INSERT INTO session_claims (session_id, key, uploader, lease_cap) VALUES ($1, $2, $3, now())"
+    await refused(
+        pool, asyncpg.CheckViolationError, "session_claims_lease_cap_check", query, session, nar_key_for(TEST), False
+    )
+    await pool.execute(query, session, nar_key_for(TEST), True)
+
+
 async def test_gc_runs_refuse_garbage(pool: asyncpg.Pool) -> None:
     query = """INSERT INTO gc_runs (state, phase, params, bytes_freed, dry_run, forced, finished_at, owner)
                VALUES ($1, 'sweep', '{}', $2, false, false, CASE WHEN $3 THEN now() END, 'host:1')"""

@@ -158,3 +158,106 @@ async def test_multipart_progress_renews_a_lease_and_its_end_hands_the_upload_ov
         done = await other.complete(second["session_id"], reports)
         assert done["published"] == [path.path]
     assert get_object(daemon.s3, key)[0] == body
+
+
+async def _feed(
+    http: aiohttp.ClientSession, kit: PushKit, session_id: str, key: str, part: bytes, got: list[int]
+) -> None:
+    """A squatter that keeps its claim "making progress": a new part of ``part`` bytes every 0.4 s, numbered
+    1, 2, 3, ... past what the NAR needs, the numbers S3 accepted appended to ``got``, until its upload is taken
+    over (it gets no part URLs any more: it only waits now)."""
+    n = 1
+    while True:
+        answer = await kit.call(
+            "POST", f"/api/v1/sessions/{session_id}/urls", {"objects": [{"key": key, "parts": [n]}]}
+        )
+        (spec,) = answer["objects"]
+        if spec["action"] != "multipart":
+            return
+        (url,) = spec["parts"]
+        async with http.put(url["url"], data=io.BytesIO(part), headers=url["headers"]) as r:
+            if r.status == 200:
+                got.append(n)
+        n += 1
+        await asyncio.sleep(0.4)
+
+
+async def _watch(dsn: str, session_id: str, seen: list[tuple[Any, Any]]) -> None:
+    """Record (lease_until, lease_cap) of the squatter's claim on its NAR while it is the uploader."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        while True:
+            row = await conn.fetchrow(
+                """SELECT lease_until, lease_cap FROM session_claims
+                   WHERE session_id = $1 AND uploader AND key LIKE 'nar/%'""",
+                session_id,
+            )
+            if row is not None:
+                seen.append((row["lease_until"], row["lease_cap"]))
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
+async def _squat_and_wait(daemon: Any, tmp_path: Path, part_size: int) -> tuple[list[int], list[tuple[Any, Any]]]:
+    """The squatter claims a big NAR and feeds it parts of ``part_size`` bytes; the honest pusher of the same NAR
+    completes until it is handed the upload (bounded: _until_taken_over), uploads and publishes it. Returns the
+    parts the squatter got in, and its claim's (lease_until, lease_cap) as they were while it was the uploader."""
+    path = await _big_path(tmp_path)
+    key = nar_key(path.nar_hash, "zstd")
+    body = ZSTD.compress(path.nar)
+    got: list[int] = []
+    seen: list[tuple[Any, Any]] = []
+    async with aiohttp.ClientSession() as http:
+        squatter = PushKit(http, daemon.url, daemon.tokens["intruder"])
+        honest = PushKit(http, daemon.url, daemon.tokens["pusher"])
+        held = await squatter.open([path], [path])
+        assert _objects(held)[key]["action"] == "multipart"
+        waiting = await honest.open([path], [path])
+        tasks = [
+            asyncio.create_task(_feed(http, squatter, held["session_id"], key, b"\0" * part_size, got)),
+            asyncio.create_task(_watch(daemon.dsn, held["session_id"], seen)),
+        ]
+        try:
+            missing = await _until_taken_over(honest, waiting["session_id"], tries=40)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        taken = {o["key"]: o for o in missing["objects"]}
+        assert taken[key]["action"] == "multipart", taken
+        reports: dict[str, Any] = {}
+        for k, o in taken.items():
+            if o["kind"] == "nar":
+                await honest.multipart(waiting["session_id"], o, body)
+                reports[k] = _report(body)
+            else:
+                await honest.put(o, path.listing)
+                reports[k] = {"file_size": len(path.listing)}
+        done = await honest.complete(waiting["session_id"], reports)
+        assert done["published"] == [path.path]
+    assert get_object(daemon.s3, key)[0] == body
+    assert got, "S3 accepted none of the squatter's parts: the attack was not made"
+    assert seen, "the squatter's claim was never seen"
+    return got, seen
+
+
+async def test_a_claim_fed_whole_parts_is_taken_over_at_its_cap(start_daemon, tmp_path: Path) -> None:
+    """Claim-and-sit with real bytes: a new whole part (5 MiB of junk) every 0.4 s is progress, so it renews the
+    squatter's 2 s lease again and again, but never past its cap, ``claim_max_lease`` (6 s here) after it became
+    the uploader; then the honest pusher is handed the upload. Without the cap it waited for as long as the
+    squatter kept sending."""
+    daemon = start_daemon(gc={"claim_lease": "2s", "claim_max_lease": "6s"})
+    _, seen = await _squat_and_wait(daemon, tmp_path, 5 * 1024 * 1024)
+    first, cap = seen[0]
+    assert max(until for until, _ in seen) > first, "the whole parts never renewed the lease: nothing was shown"
+    assert all(until <= cap and c == cap for until, c in seen), seen
+
+
+async def test_a_claim_fed_small_parts_holds_others_up_for_one_lease(start_daemon, tmp_path: Path) -> None:
+    """Claim-and-sit with a trickle: parts of 1 KiB, one after another, are not whole parts and renew nothing,
+    so the honest pusher is handed the upload after one lease, long before the cap (1 h, the default). Before,
+    every part was progress (more bytes), renewing the lease for as long as the squatter kept sending."""
+    daemon = start_daemon(gc=LEASE)
+    _, seen = await _squat_and_wait(daemon, tmp_path, 1024)
+    assert {until for until, _ in seen} == {seen[0][0]}, "a small part renewed the lease"
