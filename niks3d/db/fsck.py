@@ -101,7 +101,7 @@ async def release_unneeded(conn: Connection, keys: Sequence[str]) -> int:
     """Objects recorded present that are absent from the bucket and that no published path names become
     ``pending`` (nothing claims they are there; GC forgets them); returns how many."""
     status: str = await conn.execute(
-        """UPDATE objects o SET state = 'pending', present_at = NULL
+        """UPDATE objects o SET state = 'pending', present_at = NULL, proven = false
            WHERE o.key = ANY($1::text[]) AND o.state = 'present'
              AND NOT EXISTS (SELECT 1 FROM store_paths s WHERE s.nar_key = o.key OR s.narinfo_key = o.key)
              AND NOT EXISTS (SELECT 1 FROM path_files f WHERE f.key = o.key)""",

@@ -65,6 +65,21 @@ async def test_expired_paths_go_while_live_closures_and_shared_objects_stay(cach
     assert again.counts["paths_deleted"] == 0 and again.bytes_freed == 0
 
 
+async def test_a_proven_build_log_is_collected_like_any_other(cache: Cache, ctx: GcContext) -> None:
+    """A log published with its proof (migration 0007) goes pending, then away, with its path: the sweep's
+    "may be gone" mark drops the proof with the presence, which only a present log can have."""
+    gone = await cache.add_path("gone", root=True, root_age=timedelta(days=45), log=True)
+    kept = await cache.add_path("kept", root=True, root_age=timedelta(days=1), log=True)
+    async with cache.pool.acquire() as conn:
+        await conn.execute("UPDATE objects SET proven = true WHERE kind = 'log'")
+    row = await run_gc(ctx)
+    assert row.state == "finished" and row.error is None, row.error
+    assert row.counts["logs_deleted"] == 1
+    keys = await cache.check()
+    assert not gone.keys & keys and kept.keys <= keys
+    assert [r["proven"] for r in await cache.fetch("SELECT proven FROM objects WHERE kind = 'log'")] == [True]
+
+
 async def test_a_dry_run_reports_what_a_run_deletes_and_changes_nothing(cache: Cache, ctx: GcContext) -> None:
     dep = await cache.add_path("dep", log=True)
     await cache.add_path("old", [dep], root=True, root_age=timedelta(days=40))

@@ -86,9 +86,10 @@ async def delete_paths(conn: Connection, hashes: Sequence[str]) -> None:
 
 
 async def mark_pending(conn: Connection, keys: Sequence[str]) -> None:
-    """Present objects become pending: durably "may be gone from the bucket" before anything is deleted."""
+    """Present objects become pending: durably "may be gone from the bucket" before anything is deleted. A build
+    log loses its proof with it (migration 0007): should it be uploaded again, it is proven again."""
     await conn.execute(
-        """UPDATE objects SET state = 'pending', present_at = NULL
+        """UPDATE objects SET state = 'pending', present_at = NULL, proven = false
            WHERE key = ANY($1::text[]) AND state = 'present'""",
         list(keys),
     )
