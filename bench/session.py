@@ -3,8 +3,9 @@
 Starts ``niks3d dev`` (its daemon runs in the dev process, PostgreSQL and SeaweedFS in their own), then opens one
 session of ``--paths`` synthetic store paths (none cached, so every path gets presigned uploads) while a probe
 thread asks for a missing narinfo every few milliseconds on one keep-alive connection. Prints the time to
-open the session, the request and answer sizes, the daemon's RSS before, at its peak and after, and the longest
-a probe waited (how long the event loop was blocked, plus one request). The answer comes in pages
+open the session, the request and answer sizes, the daemon's RSS before, at its peak and after, the longest
+a probe waited (how long the event loop was blocked, plus one request), the probes' answers by status (a 503
+is a probe the daemon could not serve), and the load average before and after. The answer comes in pages
 (docs/api.md): the bench reads them all, as ``niks3 push`` does.
 
     .venv/bin/python -m bench.session [--paths 100000] [--port 5799]
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from niks3d.nix.nix32 import encode
@@ -61,6 +63,7 @@ class Probe(threading.Thread):
         self.port, self.period = port, period
         self.longest = 0.0
         self.count = 0
+        self.statuses: Counter[int] = Counter()
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -68,7 +71,9 @@ class Probe(threading.Thread):
         while not self.stop.is_set():
             start = time.perf_counter()
             conn.request("GET", "/" + "0" * 32 + ".narinfo")
-            conn.getresponse().read()
+            response = conn.getresponse()
+            response.read()
+            self.statuses[response.status] += 1
             self.longest = max(self.longest, time.perf_counter() - start)
             self.count += 1
             time.sleep(self.period)
@@ -98,6 +103,7 @@ def main() -> int:
                     return 1
                 time.sleep(0.2)
             token = (workdir / "secrets" / "push-token").read_text().strip()
+            load_before = Path("/proc/loadavg").read_text().split()[:3]
             before, _ = _rss(dev.pid)
             probe = Probe(args.port)
             probe.start()
@@ -133,6 +139,7 @@ def main() -> int:
             elapsed = time.perf_counter() - start
             probe.stop.set()
             probe.join()
+            load_after = Path("/proc/loadavg").read_text().split()[:3]
             time.sleep(2)
             after, peak = _rss(dev.pid)
             print(f"paths: {args.paths}; status {response.status}")
@@ -144,6 +151,9 @@ def main() -> int:
                 f"narinfo probe: longest {probe.longest * 1000:.0f} ms during the open "
                 f"({probe.count} probes; {idle_longest * 1000:.1f} ms when idle)"
             )
+            answers = ", ".join(f"{status}: {n}" for status, n in sorted(probe.statuses.items()))
+            print(f"probe answers by status: {answers}")
+            print(f"load average (1, 5, 15 min): {' '.join(load_before)} before, {' '.join(load_after)} after")
             if response.status >= 300:
                 print(answer[:500].decode(errors="replace"))
         finally:
