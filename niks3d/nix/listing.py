@@ -26,13 +26,21 @@ __all__ = [
     "ListingNode",
     "decode_name",
     "directory_node",
+    "parse_listing",
     "regular_node",
     "render_listing",
     "symlink_node",
 ]
 
+import json
 import re
 from typing import Any
+
+from niks3d.nix.errors import NixFormatError
+
+# Nodes from the root (root = 1): niks3d.nix.nar.MAX_DEPTH, which imports this module. No NAR niks3d accepts is
+# nested deeper, so no deeper listing can describe one.
+MAX_DEPTH = 64
 
 ListingNode = dict[str, Any]
 """One node of a listing, shaped as in the module docstring (a JSON object)."""
@@ -135,3 +143,72 @@ def render_listing(root: ListingNode) -> bytes:
     _render_node(root, out)
     out.append(b"}")
     return b"".join(out)
+
+
+def _parse_node(value: object, where: str, depth: int) -> ListingNode:
+    """One node of a parsed listing, checked against the shapes of the module docstring."""
+    if depth > MAX_DEPTH:
+        raise NixFormatError(f"listing: {where} is nested more than {MAX_DEPTH} levels deep")
+    if not isinstance(value, dict):
+        raise NixFormatError(f"listing: {where} must be an object")
+    kind = value.get("type")
+    allowed = (
+        {
+            "regular": {"type", "size", "executable", "narOffset"},
+            "directory": {"type", "entries"},
+            "symlink": {"type", "target"},
+        }.get(kind)
+        if isinstance(kind, str)
+        else None
+    )
+    if allowed is None:
+        raise NixFormatError(f"listing: {where} has unknown type {kind!r}")
+    if extra := sorted(set(value) - allowed):
+        raise NixFormatError(f"listing: {where} ({kind}) has unknown field(s) {', '.join(extra)}")
+    if kind == "symlink":
+        target = value.get("target")
+        if not isinstance(target, str) or not target:
+            raise NixFormatError(f"listing: {where} must have a non-empty string target")
+        return {"type": "symlink", "target": target}
+    if kind == "directory":
+        entries = value.get("entries")
+        if not isinstance(entries, dict):
+            raise NixFormatError(f"listing: {where} must have an object of entries")
+        node = directory_node()
+        for name, child in entries.items():
+            if not name or name in (".", "..") or "/" in name or "\0" in name:
+                raise NixFormatError(f"listing: {where} has an invalid entry name {name[:80]!r}")
+            node["entries"][name] = _parse_node(child, f"{where}/{name[:80]}", depth + 1)
+        return node
+    size, offset, executable = value.get("size"), value.get("narOffset", 0), value.get("executable", False)
+    for field, number in (("size", size), ("narOffset", offset)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            raise NixFormatError(f"listing: {where} must have a non-negative integer {field}")
+    if not isinstance(executable, bool):
+        raise NixFormatError(f"listing: {where} has a non-boolean executable")
+    assert isinstance(size, int) and isinstance(offset, int)
+    return regular_node(size, executable=executable, nar_offset=offset)
+
+
+def parse_listing(body: bytes) -> ListingNode:
+    """The root node of the ``.ls`` file ``body``, as any Nix writes it; :class:`NixFormatError` naming the problem.
+
+    Accepts what :func:`render_listing` writes (raw non-UTF-8 bytes included) and the other Nix versions' forms of
+    the same listing (keys in any order, ``"executable":false``, ``"narOffset":0``); ``render_listing`` of the
+    result is the canonical bytes, so two listings say the same exactly when those bytes are equal.
+    """
+    try:
+        document = json.loads(body.decode("utf-8", "surrogateescape"))
+    except json.JSONDecodeError as exc:
+        raise NixFormatError(f"listing: not JSON: {exc}") from None
+    except RecursionError:
+        raise NixFormatError(f"listing: nested more than {MAX_DEPTH} levels deep") from None
+    if not isinstance(document, dict):
+        raise NixFormatError("listing: must be a JSON object")
+    if document.get("version") != 1 or isinstance(document.get("version"), bool):
+        raise NixFormatError(f"listing: version must be 1, got {document.get('version')!r}")
+    if extra := sorted(set(document) - {"version", "root"}):
+        raise NixFormatError(f"listing: unknown field(s) {', '.join(extra)}")
+    if "root" not in document:
+        raise NixFormatError("listing: has no root")
+    return _parse_node(document["root"], "the root", 1)

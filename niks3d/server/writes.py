@@ -114,8 +114,9 @@ async def put_file(request: web.Request) -> web.StreamResponse:
             return _text(201 if done.created else 200, f"{done.path}: published")
         if key.kind == "ls":
             assert key.hash_part is not None
-            listing = await writes.put_listing(ctx, key.hash_part, key.key, await _decoded(request), None)
-            return _text(201 if listing.created else 200, f"{key.key}: stored")
+            listing = await writes.put_listing(ctx, key.hash_part, key.key, await _decoded(request))
+            answer = "recorded; the listing of the path's NAR is published with it" if listing.created else "the same"
+            return _text(201 if listing.created else 200, f"{key.key}: {answer}")
         if key.kind == "log":
             drv = key.key.removeprefix("log/")
             log = await writes.put_log(

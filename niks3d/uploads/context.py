@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from niks3d.db import uploads as db
 from niks3d.errors import NotFound
+from niks3d.uploads.listing import ListingCache
 from niks3d.uploads.request import SessionRequest
 
 if TYPE_CHECKING:
@@ -103,6 +104,8 @@ class PushContext:
     verify_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
     # cache.upstream_keys, parsed: the keys that prove a push's upstream references (uploads/upstream.py)
     upstream_keys: tuple[PublicKey, ...] = ()
+    # The listings of the NARs this daemon verified lately, for their paths' publication (uploads/listing.py)
+    listings: ListingCache = field(default_factory=ListingCache)
 
     async def request_of(self, session_id: uuid.UUID) -> SessionRequest:
         """The parsed request of a session (kept in :class:`RequestCache`, else loaded and parsed off the loop)."""

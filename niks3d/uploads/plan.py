@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from niks3d.nix.bucketkeys import ls_key
 from niks3d.uploads.objects import WantedObject, wanted_objects
 
 if TYPE_CHECKING:
@@ -47,7 +48,8 @@ class ObjectPlan:
     outside: tuple[tuple[str, StorePath], ...]
     # hash part -> store path, of every path and reference (names_wanted): the names publication must not clash with
     names: Mapping[str, StorePath]
-    # the keys publication locks, in key order: the narinfo of every path and every realisation (rule 7)
+    # the keys publication locks, in key order: the narinfo of every path and every realisation (rule 7), and
+    # every path's listing (rule 8)
     publication_locks: tuple[str, ...]
 
     @classmethod
@@ -57,6 +59,7 @@ class ObjectPlan:
         nars: dict[str, PathRequest] = {}
         locks: set[str] = set()
         for p in paths:
+            locks.add(ls_key(p.path.hash))  # whether it asked for a listing or not (rule 8)
             for o in objects[p.path.hash]:
                 if o.client_uploads:
                     uploads.setdefault(o.key, o)

@@ -1,5 +1,6 @@
 """Completing a session: check that every object is there, sign the narinfos, publish them references first,
-and commit paths, references, files and roots in one transaction (docs/design.md, push protocol step 4).
+and commit paths, references, files and roots in one transaction (docs/design.md, push protocol step 4). The
+listings are niks3d's own, derived from the NARs (uploads/listing.py).
 
 Nothing is published unless all of it can be: missing objects give a 422 with fresh upload specs, objects that
 another live session is still uploading give a 409 with ``retry_after``. Narinfos are written while their rows
@@ -30,7 +31,7 @@ from niks3d.db.sessions import ReleasedClaim
 from niks3d.db.upstream import UpstreamRecord
 from niks3d.errors import MissingPrerequisite, StateConflict
 from niks3d.logsetup import log_event
-from niks3d.nix.bucketkeys import narinfo_key, realisation_key
+from niks3d.nix.bucketkeys import ls_key, nar_key, narinfo_key, realisation_key
 from niks3d.nix.buildtrace import BuildTraceEntry
 from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.narinfo import NarInfo
@@ -38,6 +39,7 @@ from niks3d.nix.realisation import Realisation
 from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.leases import refresh_stalled
+from niks3d.uploads.listing import derive_listings, put_listings
 from niks3d.uploads.multipart import start_multipart_uploads
 from niks3d.uploads.objects import CONTENT_TYPES, WantedObject, build_trace_outputs, object_spec
 from niks3d.uploads.open import check_names
@@ -67,8 +69,11 @@ async def complete_session(
         raise closed_error(session)
     _, failed = await report_objects(ctx, session, reports, trusted=trusted)
     req = await ctx.request_of(session.id)
-    await _check_objects(ctx, session, req, {m["key"]: m["reason"] for m in failed})
-    result = await retry_transaction(lambda: _publish(ctx, session_id, req))
+    todo, states = await _check_objects(ctx, session, req, {m["key"]: m["reason"] for m in failed})
+    # The listings are derived from the NARs before the publishing transaction, which must not hold its locks
+    # while NARs are read (a listing uploaded meanwhile is derived in it).
+    listings = await derive_listings(ctx, _nars_of([p for p in todo if _listed(p, states)]))
+    result = await retry_transaction(lambda: _publish(ctx, session_id, req, listings))
     log_event(
         logger,
         logging.INFO,
@@ -86,17 +91,19 @@ async def complete_session(
 
 async def _check_objects(
     ctx: PushContext, session: db.SessionRow, req: SessionRequest, reasons: dict[str, str]
-) -> None:
-    """Raise 422/409 unless every object needed to publish the unpublished paths is present."""
+) -> tuple[list[PathRequest], dict[str, tuple[str, int | None, str | None]]]:
+    """Raise 422/409 unless every object needed to publish the unpublished paths is present; else return those
+    paths and the states of their objects (and of all their listings' keys, rule 8)."""
     async with ctx.pool.acquire() as conn:
         published = await db_paths.published_hashes(conn, [p.path.hash for p in req.paths])
-        needed = {
-            o.key: o for p in req.paths if p.path.hash not in published for o in req.plan.client_uploads(p.path.hash)
-        }
-        states = await db.object_states(conn, list(needed), proven_writer=True)
+        todo = [p for p in req.paths if p.path.hash not in published]
+        needed = {o.key: o for p in todo for o in req.plan.client_uploads(p.path.hash)}
+        states = await db.object_states(
+            conn, list(needed.keys() | {ls_key(p.path.hash) for p in todo}), proven_writer=True
+        )
         absent = [k for k in sorted(needed) if states.get(k, ("pending",))[0] != "present"]
         if not absent:
-            return  # every object is there: nothing to ask about claims or uploaders
+            return todo, states  # every object is there: nothing to ask about claims or uploaders
         claims = await db.claims_of_session(conn, session.id)
     mine_now = {k for k in absent if claims.get(k) is not None and claims[k].uploader}
     # Another session's multipart upload that ran out of lease but has more bytes keeps it (uploads/leases.py).
@@ -155,9 +162,21 @@ async def _check_objects(
             pending=pending,
             retry_after=PENDING_RETRY_AFTER,
         )
+    return todo, states
 
 
-async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest) -> dict[str, Any]:
+def _listed(p: PathRequest, objects: dict[str, tuple[str, int | None, str | None]]) -> bool:
+    """Whether ``p`` is published with a listing: it asked for one, or someone uploaded one for it (rule 8)."""
+    return p.listing or objects.get(ls_key(p.path.hash), ("pending",))[0] == "present"
+
+
+def _nars_of(paths: list[PathRequest]) -> dict[str, tuple[str, str]]:
+    return {p.path.hash: (nar_key(p.nar_hash, "zstd"), "zstd") for p in paths}
+
+
+async def _publish(
+    ctx: PushContext, session_id: uuid.UUID, req: SessionRequest, listings: dict[str, bytes]
+) -> dict[str, Any]:
     async with ctx.pool.acquire() as conn, conn.transaction():
         session = await db.load_session(conn, session_id, for_update=True)
         assert session is not None
@@ -167,18 +186,26 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
             raise closed_error(session)
         all_hashes = [p.path.hash for p in req.paths]
         # The realisations' rows too (both layouts), in the same key order: two sessions never both write one
-        # (rule 7).
+        # (rule 7); and the listings' rows: a stock PUT of <hash>.ls waits, then finds the path published (rule 8).
         await db.lock_objects(conn, req.plan.publication_locks)
         await check_names(conn, req)  # a path of another name may have been published since the session opened
         published = await db_paths.published_hashes(conn, all_hashes)
         todo = [p for p in req.paths if p.path.hash not in published]
         upstream = await _upstream_of(ctx, conn, req, todo)
-        objects = await db.object_states(conn, [o.key for p in todo for o in req.plan.objects[p.path.hash]])
+        keys = [o.key for p in todo for o in req.plan.objects[p.path.hash]]
+        objects = await db.object_states(conn, keys + [ls_key(p.path.hash) for p in todo])
         refused = await _refused_realisations(conn, todo, objects)
+        listed = [p for p in todo if _listed(p, objects)]
+        late = [p for p in listed if p.path.hash not in listings]  # a listing PUT since they were derived
+        listings = {**listings, **await derive_listings(ctx, _nars_of(late))} if late else listings
+        own = {p.path.hash: listings[p.path.hash] for p in listed if p.path.hash in listings}
+        # What anyone put under the key of a path that gets no listing (its NAR does not parse) is not left there.
+        await ctx.bucket.delete_many([ls_key(p.path.hash) for p in listed if p.path.hash not in own])
+        listing_rows = await put_listings(ctx.bucket, [(ls_key(h), body) for h, body in sorted(own.items())])
         rows: list[db_paths.PublishedPath] = []
         for group in reference_levels(todo):
             rendered = [
-                _render(ctx, p, req.plan.objects[p.path.hash], objects, upstream=upstream, refused=refused)
+                _render(ctx, p, req.plan.objects[p.path.hash], objects, upstream=upstream, refused=refused, own=own)
                 for p in group
             ]
             await _put_all(ctx, [(r.narinfo_key, r.narinfo.encode(), "narinfo") for r in rendered])
@@ -187,11 +214,10 @@ async def _publish(ctx: PushContext, session_id: uuid.UUID, req: SessionRequest)
             (e.key, e.body(ctx), "realisation") for p in todo for e in _realisations_of(p) if e.key not in refused
         ]
         await _put_all(ctx, realisations)
-        await db.mark_present(
-            conn,
-            [(r.narinfo_key, len(r.narinfo.encode()), None) for r in rows]
-            + [(key, len(body), None) for key, body, _ in realisations],
-        )
+        present: list[tuple[str, int, str | None]] = [(r.narinfo_key, len(r.narinfo.encode()), None) for r in rows]
+        present += [(key, len(body), None) for key, body, _ in realisations]
+        present += listing_rows
+        await db.mark_present(conn, present)
         await db_paths.insert_published(conn, [replace(r, published_by=session.token_name) for r in rows])
         leaning = [(r.hash, u) for r in rows for u in r.upstream_references]
         await db_upstream.insert_records(conn, [upstream[h] for h in sorted({u for _, u in leaning})], leaning)
@@ -272,16 +298,16 @@ def _render(
     *,
     upstream: dict[str, UpstreamRecord],
     refused: dict[str, dict[str, str]],
+    own: dict[str, bytes],
 ) -> db_paths.PublishedPath:
-    files: list[tuple[str, str]] = []
+    """The published path ``p``, its narinfo signed; ``own``: the listings niks3d writes (by hash part)."""
+    files: list[tuple[str, str]] = [(ls_key(p.path.hash), "ls")] if p.path.hash in own else []
     nar = None
     for obj in wanted:
         state, size, file_hash = objects.get(obj.key, ("pending", None, None))
         if obj.kind == "nar":
             nar = (obj.key, size, file_hash)
-        elif (obj.kind in ("ls", "log") and state == "present") or (
-            obj.kind == "realisation" and obj.key not in refused
-        ):
+        elif (obj.kind == "log" and state == "present") or (obj.kind == "realisation" and obj.key not in refused):
             files.append((obj.key, obj.kind))
     assert nar is not None and nar[1] is not None and nar[2] is not None, f"NAR of {p.path} not verified"
     info = NarInfo(

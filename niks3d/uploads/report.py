@@ -12,10 +12,11 @@ aborted (422 ``objects_invalid``): a writer that lied about one object is truste
 What a report costs does not grow with the number of objects on the database side: the objects are checked in
 S3 (complete the multipart upload, HEAD the staged object) with bounded concurrency, then the leases of every
 staged object found are renewed in one statement, then they are copied and checked, then recorded in one
-transaction. No check of one object takes a pool connection of its own: a report of thousands of objects took
-one each, and with the pool's ``acquire_timeout`` running out for any one of them on a loaded machine, every
-report failed with 503 and was sent again with more objects (issue 18). When one check fails, the others are
-cancelled rather than left running on to compete with the report sent next.
+transaction (a listing is only parsed, never copied into place: uploads/listing.py). No check of one object
+takes a pool connection of its own: a report of thousands of objects took one each, and with the pool's
+``acquire_timeout`` running out for any one of them on a loaded machine, every report failed with 503 and was
+sent again with more objects (issue 18). When one check fails, the others are cancelled rather than left running
+on to compete with the report sent next.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from niks3d.db import uploads as db
 from niks3d.db.sessions import ReleasedClaim
 from niks3d.errors import InvalidRequest, InvalidUpload, ObjectNotFound, StorageError, StorageThrottled
 from niks3d.nix.bucketkeys import parse_bucket_key, staging_key
+from niks3d.nix.errors import NixFormatError
 from niks3d.nix.hashes import format_sha256
+from niks3d.nix.listing import parse_listing
 from niks3d.storage.errors import UploadNotFound
 from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
@@ -271,13 +274,35 @@ async def _place(
     """Copy the staged object to its key and, for a NAR under full verification, check the copy."""
     report = staged.report
     key = report.key
+    if parse_bucket_key(key).kind == "ls":
+        return await _check_listing(ctx, session, staged)
     if not await _copy(ctx, session, staged):
         return _Gone(key)
     file_hash = format_sha256(report.file_hash) if report.file_hash is not None else None
     if nar is not None and full:
         async with ctx.verify_slots:
-            problem = await verify_nar_object(ctx.bucket, key, report, nar_hash=nar.nar_hash, nar_size=nar.nar_size)
+            problem = await verify_nar_object(
+                ctx.bucket, key, report, nar_hash=nar.nar_hash, nar_size=nar.nar_size, listings=ctx.listings
+            )
         if problem:
             await ctx.bucket.delete_many([key])
             return {"key": key, "reason": problem, "reset": staged.reset, "invalid": True}
     return key, staged.size, file_hash
+
+
+async def _check_listing(ctx: PushContext, session: db.SessionRow, staged: _Staged) -> Accepted | Failure | _Gone:
+    """A staged listing is parsed, never copied into place: niks3d writes ``<hash>.ls`` itself, from the path's
+    NAR, when the path is published (uploads/listing.py, docs/security.md rule 8)."""
+    key = staged.report.key
+    limit = ctx.settings.server.max_body_bytes
+    if staged.size > limit:
+        return {"key": key, "reason": f"the listing is {staged.size} bytes, more than the limit of {limit}"}
+    try:
+        body = await ctx.bucket.get(staging_key(str(session.id), key))
+    except ObjectNotFound:
+        return _Gone(key)
+    try:
+        parse_listing(body)
+    except NixFormatError as exc:
+        return {"key": key, "reason": f"the listing is not valid: {exc}", "reset": staged.reset}
+    return key, staged.size, None

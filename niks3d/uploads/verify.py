@@ -16,20 +16,32 @@ import zstandard
 
 from niks3d.nix.errors import InvalidNar
 from niks3d.nix.hashes import format_sha256
+from niks3d.nix.listing import render_listing
 from niks3d.nix.nar_read import NarValidator
 
 if TYPE_CHECKING:
     from niks3d.storage.s3 import Bucket
+    from niks3d.uploads.listing import ListingCache
     from niks3d.uploads.request import ObjectReport
 
 
 async def verify_nar_object(
-    bucket: Bucket, key: str, report: ObjectReport, *, nar_hash: bytes, nar_size: int
+    bucket: Bucket,
+    key: str,
+    report: ObjectReport,
+    *,
+    nar_hash: bytes,
+    nar_size: int,
+    listings: ListingCache | None = None,
 ) -> str | None:
-    """None when the object is what the client said it is, else the reason it is not."""
+    """None when the object is what the client said it is, else the reason it is not.
+
+    With ``listings``, the listing of a NAR that passed is kept there (uploads/listing.py): its path's
+    publication needs it, and this is the one time niks3d reads the NAR anyway.
+    """
     file_digest = hashlib.sha256()
     decompressor = zstandard.ZstdDecompressor().decompressobj()
-    validator = NarValidator()
+    validator = NarValidator(listing=listings is not None)
     size = 0
     try:
         async with await bucket.open_stream(key) as stream:
@@ -53,4 +65,6 @@ async def verify_nar_object(
         return f"NarSize mismatch: declared {nar_size}, the NAR has {result.nar_size} bytes"
     if result.nar_hash != nar_hash:
         return f"NarHash mismatch: declared {format_sha256(nar_hash)}, the NAR has {format_sha256(result.nar_hash)}"
+    if listings is not None and result.listing is not None:
+        listings.put(key, render_listing(result.listing))
     return None

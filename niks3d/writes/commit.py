@@ -5,7 +5,8 @@ niks3d itself: the NAR its ``URL`` names arrived by PUT (or belongs to a publish
 NarHash/NarSize and FileHash/FileSize, and every reference is published (Nix uploads references first). niks3d
 then renders the narinfo itself, signs it with the server's keys (the client's ``Sig:`` lines are dropped unless
 ``signing.keep_client_signatures``), writes it to the bucket while its rows are locked, and records the path,
-references, files and a root for the retention window in one transaction, as ``complete`` does.
+references, files and a root for the retention window in one transaction, as ``complete`` does. A path for which
+a listing was PUT gets niks3d's own, derived from its NAR (niks3d/uploads/listing.py).
 
 A path that is already published is never changed: a narinfo with the same fingerprint (StorePath, NarHash,
 NarSize, References) is a no-op (``nix store sign`` and a second ``nix copy`` with another compression send such
@@ -33,6 +34,7 @@ from niks3d.nix.errors import NixFormatError
 from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.narinfo import NarInfo, parse_narinfo
 from niks3d.uploads.context import PushContext
+from niks3d.uploads.listing import derive_listings, put_listings
 
 logger = logging.getLogger(__name__)
 NARINFO_TYPE = "text/x-nix-narinfo"
@@ -93,12 +95,19 @@ async def commit_narinfo(
     key = narinfo_key(hash_part)
     own = info.store_path.basename
     references = [r for r in info.references if r != own]
+    listing_key = ls_key(hash_part)
+    nars = {hash_part: (info.url, info.compression)}
+    # A listing was PUT for the path: niks3d publishes the NAR's own instead, read before the locks are taken.
+    async with ctx.pool.acquire() as conn:
+        wanted = (await db.object_states(conn, [listing_key])).get(listing_key, ("pending",))[0] == "present"
+    listings = await derive_listings(ctx, nars) if wanted else {}
 
     async def attempt() -> CommitOutcome:
         async with ctx.pool.acquire() as conn, conn.transaction():
-            # The narinfo's row serializes commits of this path, here and by the push API.
+            # The narinfo's row serializes commits of this path, here and by the push API; the listing's row (if
+            # one was PUT) makes a listing PUT wait, and then find the path published (docs/security.md, rule 8).
             await db.ensure_objects(conn, [(key, "narinfo")])
-            await db.lock_objects(conn, [key])
+            await db.lock_objects(conn, [key, listing_key])
             published = await db_writes.published_narinfo(conn, hash_part)
             if published is not None:
                 if not _same_fingerprint(parse_narinfo(published), info):
@@ -123,6 +132,13 @@ async def commit_narinfo(
                     missing=[f"/nix/store/{m}" for m in missing],
                 )
             files = await _files(conn, hash_part, info)
+            if (listing_key, "ls") in files:
+                listing = listings.get(hash_part) or (await derive_listings(ctx, nars)).get(hash_part)
+                if listing is None:  # not a NAR niks3d can list: what was PUT is not left under the key
+                    files.remove((listing_key, "ls"))
+                    await ctx.bucket.delete_many([listing_key])
+                else:
+                    await db.mark_present(conn, await put_listings(ctx.bucket, [(listing_key, listing)]))
             sigs = info.sigs if ctx.settings.signing.keep_client_signatures else ()
             rendered = NarInfo(
                 store_path=info.store_path,

@@ -2,9 +2,11 @@
 
 - ``nix-cache-info`` is the server's (docs/api.md): a PUT whose ``StoreDir`` is this cache's is answered with
   success and changes nothing (Nix 2.8 PUTs it when a GET failed); any other store dir is refused.
-- ``<hash>.ls`` (``write-nar-listing=1``) comes before its NAR and narinfo. For a path that is not published yet
-  it is stored as an object no path owns (GC reclaims it unless the narinfo commit takes it); once the path is
-  published it is immutable: the same bytes again are a no-op, other bytes a 409.
+- ``<hash>.ls`` (``write-nar-listing=1``) comes before its NAR and narinfo. It is parsed strictly (400
+  ``invalid_listing``) and, for a path that is not published yet, recorded as asked for, never written to the
+  bucket: when the path is published niks3d writes the listing of its NAR there (niks3d/uploads/listing.py,
+  docs/security.md rule 8). Once the path is published a listing that says the same (in any Nix version's
+  form) is a no-op, any other a 409.
 - ``log/<drv>`` (``nix store copy-log``) comes after the outputs: it is accepted only with the proof that the
   derivation built a path the same identity published, its ``.drv`` in this cache
   (:mod:`niks3d.writes.logproof`; trusted writers are spared it), compressed with zstd as pushed logs are, and
@@ -29,12 +31,13 @@ from niks3d.db import writes as db_writes
 from niks3d.db.retry import retry_transaction
 from niks3d.errors import InvalidRequest, MissingPrerequisite, StateConflict
 from niks3d.logsetup import log_event
+from niks3d.nix.errors import NixFormatError
 from niks3d.nix.hashes import format_sha256
+from niks3d.nix.listing import parse_listing, render_listing
 from niks3d.uploads.context import PushContext
 from niks3d.writes.logproof import proven_outputs
 
 logger = logging.getLogger(__name__)
-LS_TYPE = "application/json"
 LOG_TYPE = "text/plain; charset=utf-8"
 _LOG_LEVEL = 10
 
@@ -70,8 +73,13 @@ async def _immutable(conn: Connection, key: str, digest: str, what: str) -> bool
     )
 
 
-async def put_listing(ctx: PushContext, hash_part: str, key: str, body: bytes, encoding: str | None) -> FileOutcome:
-    digest = format_sha256(hashlib.sha256(body).digest())
+async def put_listing(ctx: PushContext, hash_part: str, key: str, body: bytes) -> FileOutcome:
+    """Take the (decoded) listing ``body`` PUT as ``key`` for the path ``hash_part``; see the module docstring."""
+    try:
+        canonical = render_listing(parse_listing(body))
+    except NixFormatError as exc:
+        raise InvalidRequest(f"{key}: {exc}; nothing was stored", code="invalid_listing") from None
+    digest = format_sha256(hashlib.sha256(canonical).digest())
 
     async def attempt() -> FileOutcome:
         async with ctx.pool.acquire() as conn, conn.transaction():
@@ -83,8 +91,7 @@ async def put_listing(ctx: PushContext, hash_part: str, key: str, body: bytes, e
                 raise StateConflict(
                     f"{key}: the path is already published; its listing cannot be added now", code="path_published"
                 )
-            await ctx.bucket.put(key, body, content_type=LS_TYPE, content_encoding=encoding)
-            await db_writes.record_path_file(conn, [], key, "ls", size=len(body), digest=digest)
+            await db_writes.record_path_file(conn, [], key, "ls", size=len(canonical), digest=digest)
             return FileOutcome(key, True)
 
     return await retry_transaction(attempt)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from niks3d.nix.hashes import format_sha256
+from niks3d.nix.listing import parse_listing, render_listing
 from niks3d.nix.nar import NarResult
 from niks3d.nix.nar_dump import NarDumper
 from niks3d.nix.nar_read import NarValidator
@@ -89,6 +90,16 @@ def test_listing_equals_the_ls_nix_copy_writes(nix_fixtures: Fixtures, nix_cache
     _, result = ours(path)
     written_by_nix = (nix_cache / f"{Path(path).name[:32]}.ls").read_bytes()
     assert result.listing_file() == written_by_nix
+
+
+@pytest.mark.parametrize("which", FIXTURES)
+def test_parsing_the_ls_nix_copy_writes_gives_back_its_bytes(
+    nix_fixtures: Fixtures, nix_cache: Path, which: str
+) -> None:
+    """What niks3d compares a PUT listing by (docs/security.md, rule 8): Nix's own, odd names included."""
+    path = store_path(nix_fixtures, which)
+    written_by_nix = (nix_cache / f"{Path(path).name[:32]}.ls").read_bytes()
+    assert render_listing(parse_listing(written_by_nix)) == written_by_nix
 
 
 @pytest.mark.parametrize("which", FIXTURES)

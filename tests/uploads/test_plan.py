@@ -48,8 +48,8 @@ def test_the_plan_is_worked_out_with_the_parse() -> None:
     assert [(h, p.name) for h, p in plan.outside] == [(OUT, "outside")]
     assert {h: p.name for h, p in plan.names.items()} == {A: "a", B: "b", C: "c", OUT: "outside"}
     assert plan.publication_locks == tuple(
-        sorted([narinfo_key(A), narinfo_key(B), narinfo_key(C), realisation_key(RID)])
-    )
+        sorted([narinfo_key(A), narinfo_key(B), narinfo_key(C), realisation_key(RID)] + [ls_key(h) for h in (A, B, C)])
+    )  # every path's listing, whether it asked for one or not (docs/security.md, rule 8)
     assert plan.large_nars(1 << 20) == [nar_2]
 
 
