@@ -246,56 +246,47 @@ async def record_progress(conn: Connection, upload: StalledUpload, progress: int
     return bool(done != "UPDATE 0")
 
 
-async def renew_leases(
-    conn: Connection, session_id: uuid.UUID, lease: timedelta, keys: Sequence[str] | None = None
-) -> set[str]:
-    """Upload progress: renew the session's leases (all of them, or those of ``keys``); returns the keys it still
-    uploads among them (another session may have taken some over).
+async def renew_leases(conn: Connection, session_id: uuid.UUID, lease: timedelta, keys: Sequence[str] = ()) -> set[str]:
+    """Upload progress: renew the leases of every upload of the session, in one statement; returns the keys of
+    ``keys`` it still uploads (another session may have taken some over).
 
-    Renewing all of them skips rows that another transaction holds instead of waiting: such a renewal never
-    takes part in a deadlock (that transaction is a report or a publication of the same session, progress
-    itself), and a renewal missed is made up by the next. Renewing given keys waits, to say for sure which of
-    them the session still uploads; it is one statement on rows of one session, called with one key.
+    The rows of ``keys`` are locked first, in key order, waiting for a transaction that holds one (to say for
+    sure which of them the session still uploads); the session's other rows are renewed skipping the rows another
+    transaction holds: such a renewal never waits, so it never takes part in a deadlock (that transaction is a
+    report or a publication of the same session, progress itself), and a renewal missed is made up by the next.
+    ``named`` comes before ``others`` in the UNION ALL, which PostgreSQL runs in order: this statement holds no
+    lock of the others while it waits for one of ``keys``.
     """
-    skip = " SKIP LOCKED" if keys is None else ""
     rows = await conn.fetch(
-        f"""UPDATE session_claims c SET lease_until = least(now() + $2::interval, c.lease_cap)
-            FROM (SELECT key FROM session_claims
-                  WHERE session_id = $1 AND uploader AND ($3::text[] IS NULL OR key = ANY($3::text[]))
-                  ORDER BY key FOR NO KEY UPDATE{skip}) AS mine
-            WHERE c.session_id = $1 AND c.key = mine.key
-            RETURNING c.key""",  # noqa: S608 - constants only
-        session_id,
-        lease,
-        None if keys is None else list(keys),
-    )
-    return {r["key"] for r in rows}
-
-
-async def settle_accepted(conn: Connection, session_id: uuid.UUID, accepted: Sequence[str], lease: timedelta) -> None:
-    """After a report: forget the multipart upload ids of the ``accepted`` keys and renew the session's other
-    leases, in one statement.
-
-    Accepted objects are upload progress, so the session keeps the uploads it still has to do. The accepted
-    keys' rows are updated whatever holds them (the caller holds the session's row, so no other report or
-    publication of this session does); the other rows are renewed as :func:`renew_leases` renews all of them,
-    skipping rows another transaction holds. The two parts touch disjoint rows.
-    """
-    await conn.execute(
-        """WITH cleared AS (
-               UPDATE session_claims SET upload_id = NULL,
-                      lease_until = CASE WHEN uploader THEN least(now() + $2::interval, lease_cap)
-                                         ELSE lease_until END
-               WHERE session_id = $1 AND key = ANY($3::text[])
-               RETURNING key),
-           mine AS (
+        """WITH named AS (
+               SELECT key FROM session_claims
+               WHERE session_id = $1 AND uploader AND key = ANY($3::text[])
+               ORDER BY key FOR NO KEY UPDATE),
+           others AS (
                SELECT key FROM session_claims
                WHERE session_id = $1 AND uploader AND key <> ALL($3::text[])
                ORDER BY key FOR NO KEY UPDATE SKIP LOCKED)
            UPDATE session_claims c SET lease_until = least(now() + $2::interval, c.lease_cap)
-           FROM mine WHERE c.session_id = $1 AND c.key = mine.key""",
+           FROM (SELECT key FROM named UNION ALL SELECT key FROM others) AS mine
+           WHERE c.session_id = $1 AND c.key = mine.key
+           RETURNING c.key""",
         session_id,
         lease,
+        list(keys),
+    )
+    named = set(keys)
+    return {r["key"] for r in rows if r["key"] in named}
+
+
+async def settle_accepted(conn: Connection, session_id: uuid.UUID, accepted: Sequence[str]) -> None:
+    """After a report: forget the multipart upload ids of the ``accepted`` keys (their uploads are finished).
+
+    Their leases are not renewed here: the report renewed every lease of the session when it found the staged
+    objects (:func:`renew_leases`), and kept them renewed while it checked them (uploads/leases.py).
+    """
+    await conn.execute(
+        "UPDATE session_claims SET upload_id = NULL WHERE session_id = $1 AND key = ANY($2::text[])",
+        session_id,
         list(accepted),
     )
 

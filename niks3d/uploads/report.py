@@ -10,13 +10,13 @@ staged object deleted. A NAR that fails its check is deleted from its published 
 aborted (422 ``objects_invalid``): a writer that lied about one object is trusted with none.
 
 What a report costs does not grow with the number of objects on the database side: the objects are checked in
-S3 (complete the multipart upload, HEAD the staged object) with bounded concurrency, then the leases of every
-staged object found are renewed in one statement, then they are copied and checked, then recorded in one
-transaction (a listing is only parsed, never copied into place: uploads/listing.py). No check of one object
-takes a pool connection of its own: a report of thousands of objects took one each, and with the pool's
-``acquire_timeout`` running out for any one of them on a loaded machine, every report failed with 503 and was
-sent again with more objects (issue 18). When one check fails, the others are cancelled rather than left running
-on to compete with the report sent next.
+S3 (complete the multipart upload, HEAD the staged object) with bounded concurrency, then every lease of the
+session is renewed in one statement (staged objects found are progress), then they are copied and checked, then
+recorded in one transaction (a listing is only parsed, never copied into place: uploads/listing.py). No check of
+one object takes a pool connection of its own: a report of thousands of objects took one each, and with the
+pool's ``acquire_timeout`` running out for any one of them on a loaded machine, every report failed with 503 and
+was sent again with more objects (issue 18). When one check fails, the others are cancelled rather than left
+running on to compete with the report sent next.
 """
 
 from __future__ import annotations
@@ -126,9 +126,10 @@ async def report_objects(
     failed = [r for r in staged if isinstance(r, dict)]
     ready = [r for r in staged if isinstance(r, _Staged)]
     if ready:
-        # The staged objects are there: that is progress. Their leases are renewed (one statement for all), and
-        # kept renewed while the copies and their checks run, unless another session took an upload over
-        # meanwhile (uploads/leases.py).
+        # The staged objects are there: that is progress. The session's leases are renewed, all of them in one
+        # statement (the report's only renewal, however many objects it carries), and kept renewed while the
+        # copies and their checks run; an upload another session took over meanwhile is not this one's any more
+        # (uploads/leases.py).
         async with ctx.pool.acquire() as conn:
             still = await db.renew_leases(conn, session.id, lease, [r.report.key for r in ready])
         failed.extend(
@@ -185,8 +186,7 @@ async def report_objects(
             # of them lock the same object and claim rows in different orders and deadlock.
             await db.load_session(conn, session.id, for_update=True)
             await db.mark_present(conn, good)
-            # Accepted objects are upload progress: the session keeps the uploads it still has to do.
-            await db.settle_accepted(conn, session.id, [key for key, _, _ in good], lease)
+            await db.settle_accepted(conn, session.id, [key for key, _, _ in good])
         accepted.extend(k for k, _, _ in good)
         await ctx.bucket.delete_many([staging_key(str(session.id), k) for k, _, _ in good])
     for item in missing:

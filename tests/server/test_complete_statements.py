@@ -37,6 +37,7 @@ class StatementCounter:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.statements: list[str] = []  # in full, in the order sent
         self.on = False
 
     @property
@@ -52,8 +53,9 @@ def counter(monkeypatch: pytest.MonkeyPatch) -> Iterator[StatementCounter]:
 
         def wrapped(self: Any, *args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
             if counter.on:
-                sql = args[0] if args else kwargs.get("query", "")
-                counter.counts[f"{_name}: {' '.join(str(sql).split())[:70]}"] += 1
+                sql = " ".join(str(args[0] if args else kwargs.get("query", "")).split())
+                counter.counts[f"{_name}: {sql[:70]}"] += 1
+                counter.statements.append(sql)
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(asyncpg.connection.Connection, name, wrapped)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -55,3 +56,42 @@ async def test_a_report_costs_the_same_statements_for_2_objects_as_for_20(
         result = await kit.complete(sid, {})
     assert len(result["published"]) == 11
     assert figures[0] == figures[1]
+
+
+async def test_a_report_renews_every_lease_of_its_session_in_one_statement(
+    make_daemon_config: Any, tmp_path: Path, counter: StatementCounter
+) -> None:
+    """Staged objects found are progress of the whole session: one statement renews the leases of the objects
+    reported and of those still to upload (before, one for the reported objects and one more when they were
+    accepted)."""
+    daemon = make_daemon_config()
+    app = create_app(load_config(daemon.config_path))
+    paths = make_closure(tmp_path, seed=79, n=3)
+    async with TestServer(app) as server, aiohttp.ClientSession() as http:
+        kit = PushKit(http, str(server.make_url("")).rstrip("/"), daemon.tokens["pusher"])
+        session = await kit.open(paths, paths[-1:])
+        sid = session["session_id"]
+        reports = await kit.upload(session, paths)
+        reported = sorted(reports)[:2]
+        conn = await asyncpg.connect(daemon.dsn)
+        try:
+            await conn.execute(
+                "UPDATE session_claims SET lease_until = now() - interval '1 s' WHERE session_id = $1 AND uploader",
+                sid,
+            )
+            counter.on = True
+            answer = await kit.call(
+                "POST", f"/api/v1/sessions/{sid}/objects", {"objects": {k: reports[k] for k in reported}}
+            )
+            counter.on = False
+            assert answer == {"accepted": reported, "missing": []}
+            lapsed = await conn.fetch(
+                "SELECT key FROM session_claims WHERE session_id = $1 AND uploader AND lease_until <= now()", sid
+            )
+        finally:
+            await conn.close()
+        assert [r["key"] for r in lapsed if r["key"] not in reported] == []  # the objects still to upload too
+        renewals = [sql for sql in counter.statements if "SET lease_until =" in sql]
+        assert len(renewals) == 1, renewals
+        result = await kit.complete(sid, {k: reports[k] for k in reports if k not in reported})
+    assert len(result["published"]) == 3
