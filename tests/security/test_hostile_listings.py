@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import lzma
+import secrets
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,9 +21,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from niks3d.nix.listing import parse_listing
+from niks3d.nix.listing import parse_listing, render_listing
 from niks3d.nix.storepath import StorePath
-from tests.e2e.test_nix_copy_to import copy_to, nix
+from tests.e2e.test_nix_copy_to import copy_to, netrc, nix
 from tests.security.kit import ATTACKERS, assert_substitutable, file_report, real_path, victim_pushes
 from tests.server.bucketview import bucket_keys, get_object
 from tests.server.pushkit import FakePath, PushKit, make_closure
@@ -216,3 +217,39 @@ def test_a_malformed_or_oversized_listing_is_refused_and_nothing_is_written(star
     assert not {_ls_key(path), _ls_key(fake.path)} & bucket_keys(daemon.s3)
     rows = asyncio.run(_rows(daemon, "SELECT key, state FROM objects WHERE kind = 'ls'"))
     assert {r["key"]: r["state"] for r in rows} == {_ls_key(fake.path): "pending"}
+
+
+LISTED_EXPR = """\
+derivation {
+  name = "modern-listed";
+  salt = "@SALT@";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" ''
+    export PATH=/bin:/usr/bin; mkdir -p $out/bin; printf hi > $out/bin/hi; chmod +x $out/bin/hi
+    ln -s bin/hi $out/l; touch $out/empty
+  '' ];
+}
+"""
+
+
+@pytest.mark.modern_nix
+def test_modern_nix_publishes_the_nars_listing_over_a_planted_one(start_daemon, modern_nix, tmp_path):
+    """Nix 2.26 writes its listings in another form (keys sorted): a planted listing is still replaced by the NAR's,
+    which says what 2.26's own says, and 2.26's form of it after publication is a no-op."""
+    daemon = start_daemon()
+    expr = tmp_path / "listed.nix"
+    expr.write_text(LISTED_EXPR.replace("@SALT@", secrets.token_hex(6)))
+    out = modern_nix.nix("build", "--no-link", "--print-out-paths", "-f", str(expr)).strip()
+    status, text = put_ls(daemon, "intruder", out, LIE)
+    assert status == 201, (status, text)
+    url = f"{daemon.url}/?compression=zstd&write-nar-listing=1"
+    modern_nix.nix("copy", "--to", url, out, "--option", "netrc-file", str(netrc(tmp_path, daemon, "pusher")))
+    cache = tmp_path / "file-cache"
+    modern_nix.nix("copy", "--to", f"file://{cache}?write-nar-listing=1&compression=none", out)
+    theirs = (cache / _ls_key(out)).read_bytes()
+    assert theirs.startswith(b'{"root":')  # 2.26's form, not 2.8's
+    served, _ = get_object(daemon.s3, _ls_key(out))
+    assert served == render_listing(parse_listing(theirs)), (served, theirs)
+    assert put_ls(daemon, "pusher", out, theirs)[0] == 200
+    assert put_ls(daemon, "pusher", out, LIE)[0] == 409
