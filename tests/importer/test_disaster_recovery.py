@@ -2,7 +2,7 @@
 ``niks3d import``: the published set, references, per-path files and objects are what they were (table contents
 compared), ``niks3d fsck`` passes, and pushing the same closures again uploads nothing. A closure of
 content-addressed derivations (built in a chroot store with ``ca-derivations``) is pushed too, so the import's
-reading of ``realisations/*.doi`` is compared with what the push recorded."""
+reading of ``realisations/*.doi`` and ``build-trace-v2/*/*.doi`` is compared with what the push recorded."""
 
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ def test_the_database_is_rebuilt_from_the_bucket(start_daemon, nix_fixtures, pos
     assert any(kind == "log" for _, _, kind in before["path_files"]), before["path_files"]
     realisations = [key for _, key, kind in before["path_files"] if kind == "realisation"]
     assert ca is None or len(realisations) >= 2, before["path_files"]
+    # Both layouts: the import must read Nix 2.35's build-trace-v2 bodies too.
+    assert ca is None or any(k.startswith("build-trace-v2/") for k in realisations), realisations
     daemon.stop()
 
     name = daemon.dsn.rsplit("/", 1)[1].split("?")[0]
