@@ -36,11 +36,13 @@ def session_body(
     *,
     listing: bool = True,
     derivations: Mapping[StorePath, bytes] | None = None,
+    build_traces: Mapping[StorePath, Sequence[tuple[str, str]]] | None = None,
 ) -> dict[str, Any]:
     """The body of ``POST /sessions`` without its idempotency key, in a canonical order.
 
     ``derivations`` holds the ``.drv`` file of each path whose log is pushed: the server accepts a log only
-    with the derivation that proves it built the path (docs/security.md, rule 3).
+    with the derivation that proves it built the path (docs/security.md, rule 3). ``build_traces`` holds a Nix
+    2.35 store's own build-trace entries of each path, as (drv basename, output).
     """
     paths = []
     for store_path in sorted(closure, key=lambda p: p.path):
@@ -58,6 +60,9 @@ def session_body(
                 "realisations": [r.to_json() for r in sorted(realisations.get(store_path, ()), key=lambda r: r.id)],
             }
         )
+        traces = (build_traces or {}).get(store_path)
+        if traces:
+            paths[-1]["build_trace"] = [{"drv_path": f"/nix/store/{d}", "output": o} for d, o in sorted(traces)]
         if derivations and store_path in logs and store_path in derivations:
             paths[-1]["derivation"] = base64.b64encode(derivations[store_path]).decode()
     return {"roots": sorted({r.path for r in roots}), "paths": paths}

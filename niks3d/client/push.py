@@ -36,7 +36,7 @@ from niks3d.client.narstream import NarMismatch
 from niks3d.client.pipeline import PipelineSettings, Uploaded, UploadPipeline
 from niks3d.client.plan import SessionPlan, idempotency_key, plan_work, session_body, specs_to_work
 from niks3d.client.progress import Progress, format_bytes
-from niks3d.client.realisations import LocalRealisation, query_realisations
+from niks3d.client.realisations import LocalRealisation, query_build_traces, query_realisations
 from niks3d.client.reporter import Reporter
 from niks3d.client.store import LocalStore
 from niks3d.client.upstream import UpstreamSplit, choose_keys, split_upstream, upstream_entries
@@ -160,7 +160,10 @@ async def _gather_inputs(api: ApiClient, options: PushOptions) -> _Inputs:
     realisations: dict[StorePath, list[LocalRealisation]] = {}
     if options.realisations and "realisations" in info.capabilities:
         realisations = await asyncio.to_thread(query_realisations, options.store.db_path, list(closure))
-    body = session_body(split.roots, closure, logs, realisations, derivations=derivations)
+    traces: dict[StorePath, list[tuple[str, str]]] = {}
+    if options.realisations and "build-trace" in info.capabilities:
+        traces = await asyncio.to_thread(query_build_traces, options.store.db_path, list(closure))
+    body = session_body(split.roots, closure, logs, realisations, derivations=derivations, build_traces=traces)
     if split.referenced:
         body["upstream"] = upstream_entries(split, everything)
     body["idempotency_key"] = idempotency_key(body)

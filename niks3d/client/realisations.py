@@ -6,11 +6,15 @@ the id's hash part (``sha256:<base16 hash modulo>``), ``outputName`` the output,
 ``ValidPaths`` row of the result, and ``RealisationsRefs`` links a realisation to the realisations it depends
 on. No ``nix`` command lists realisations by output path, so the client reads the database, read-only. A
 store that never had the feature enabled has no such table: then there is nothing to send.
+
+Nix 2.35 records them in ``BuildTraceV3`` instead (``drvPath`` the derivation's basename, ``outputName``,
+``outputPath`` the full path; docs/protocol.md 4.4): :func:`query_build_traces` reads those, which the server
+writes as ``build-trace-v2/`` entries. A store upgraded from an older Nix may have both tables.
 """
 
 from __future__ import annotations
 
-__all__ = ["LocalRealisation", "query_realisations"]
+__all__ = ["LocalRealisation", "query_build_traces", "query_realisations"]
 
 import logging
 import sqlite3
@@ -19,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from niks3d.nix.errors import NixFormatError
+from niks3d.nix.errors import InvalidStorePath, NixFormatError
 from niks3d.nix.realisation import parse_realisation_id
-from niks3d.nix.storepath import StorePath
+from niks3d.nix.storepath import StorePath, validate_name
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +50,19 @@ class LocalRealisation:
         }
 
 
-def _connect(db_path: Path) -> sqlite3.Connection | None:
+def _connect(
+    db_path: Path, tables: frozenset[str] = frozenset({"Realisations", "RealisationsRefs"})
+) -> sqlite3.Connection | None:
     if not db_path.exists():
         logger.debug("no Nix database at %s; no realisations to send", db_path)
         return None
     try:
         conn = sqlite3.connect(db_path.absolute().as_uri() + "?mode=ro", uri=True, timeout=10)
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        found = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.Error as exc:
         logger.warning("cannot read realisations from %s (%s); pushing without them", db_path, exc)
         return None
-    if not {"Realisations", "RealisationsRefs", "ValidPaths"} <= tables:
+    if not (tables | {"ValidPaths"}) <= found:
         conn.close()
         return None
     return conn
@@ -129,6 +135,52 @@ def query_realisations(db_path: Path, paths: Iterable[StorePath]) -> dict[StoreP
         return _query(conn, wanted)
     except (sqlite3.Error, NixFormatError) as exc:
         logger.warning("cannot read realisations from %s (%s); pushing without them", db_path, exc)
+        return {}
+    finally:
+        conn.close()
+
+
+def _build_traces(conn: sqlite3.Connection, paths: list[str]) -> dict[StorePath, list[tuple[str, str]]]:
+    result: dict[StorePath, set[tuple[str, str]]] = {}
+    for drv, output, out_path in _rows(
+        conn, "SELECT drvPath, outputName, outputPath FROM BuildTraceV3 WHERE outputPath IN ({marks})", paths
+    ):
+        try:
+            entry = (_derivation_basename(drv), validate_name(output, "output name"))
+            path = StorePath.parse(out_path)
+        except (NixFormatError, TypeError) as exc:
+            logger.warning("ignoring a build trace entry in the Nix database: %s", exc)
+            continue
+        found = result.setdefault(path, set())
+        if len(found) < MAX_PER_PATH:
+            found.add(entry)
+    return {path: sorted(entries) for path, entries in result.items()}
+
+
+def _derivation_basename(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"drvPath {value!r} is not text")
+    drv = StorePath.from_basename(value.removeprefix("/nix/store/"))
+    if not drv.is_derivation:
+        raise InvalidStorePath(f"drvPath {value!r} is not a derivation")
+    return drv.basename
+
+
+def query_build_traces(db_path: Path, paths: Iterable[StorePath]) -> dict[StorePath, list[tuple[str, str]]]:
+    """Nix 2.35's build-trace entries whose output is one of ``paths``: (drv basename, output), by output path.
+
+    Never fails the push, as :func:`query_realisations`; a store without ``BuildTraceV3`` gives ``{}``.
+    """
+    wanted = sorted({p.path for p in paths})
+    if not wanted:
+        return {}
+    conn = _connect(db_path, frozenset({"BuildTraceV3"}))
+    if conn is None:
+        return {}
+    try:
+        return _build_traces(conn, wanted)
+    except sqlite3.Error as exc:
+        logger.warning("cannot read build trace entries from %s (%s); pushing without them", db_path, exc)
         return {}
     finally:
         conn.close()

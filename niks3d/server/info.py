@@ -21,7 +21,16 @@ async def info(request: web.Request) -> web.Response:
             "service": "niks3d",
             "version": __version__,
             "api_versions": list(API_VERSIONS),
-            "capabilities": ["sessions", "multipart", "logs", "realisations", "pins", "upstream", "log-proof"],
+            "capabilities": [
+                "sessions",
+                "multipart",
+                "logs",
+                "realisations",
+                "pins",
+                "upstream",
+                "log-proof",
+                "build-trace",
+            ],
             "store_dir": s.cache.store_dir,
             "compression": "zstd",
             "limits": {

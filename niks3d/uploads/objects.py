@@ -46,17 +46,18 @@ class WantedObject:
         return self.kind in ("nar", "ls", "log")
 
 
-def build_trace_outputs(path: PathRequest) -> list[tuple[str, str]]:
-    """The Nix 2.35 build-trace entries written for ``path``: (key, output name), sorted by key.
+def build_trace_outputs(path: PathRequest) -> list[tuple[str, str, str]]:
+    """The Nix 2.35 build-trace entries written for ``path``: (key, drv basename, output name), sorted by key.
 
     One per output name of the path's realisations, under its deriver: Nix up to 2.34 records the derivation it
     built (for a derivation with content-addressed inputs, the resolved one) as the output's deriver, and 2.35
-    looks an output up under that derivation (docs/protocol.md 4.4). No deriver, or no realisation: none.
+    looks an output up under that derivation (docs/protocol.md 4.4). And those a 2.35 store recorded itself,
+    sent as ``build_trace``. Every one names ``path`` as its output (rule 7).
     """
-    if path.deriver is None:
-        return []
-    outputs = {parse_realisation_id(r.id)[1] for r in path.realisations}
-    return sorted((build_trace_key(path.deriver.basename, output), output) for output in outputs)
+    entries = set(path.build_trace)
+    if path.deriver is not None:
+        entries |= {(path.deriver.basename, parse_realisation_id(r.id)[1]) for r in path.realisations}
+    return sorted((build_trace_key(drv, output), drv, output) for drv, output in entries)
 
 
 def wanted_objects(path: PathRequest, *, published: bool) -> list[WantedObject]:
@@ -70,7 +71,7 @@ def wanted_objects(path: PathRequest, *, published: bool) -> list[WantedObject]:
     if path.log_proven and path.deriver is not None:
         objects.append(WantedObject(log_key(path.deriver.basename), "log", 0))
     objects.extend(WantedObject(realisation_key(r.id), "realisation", 0) for r in path.realisations)
-    objects.extend(WantedObject(key, "realisation", 0) for key, _ in build_trace_outputs(path))
+    objects.extend(WantedObject(key, "realisation", 0) for key, _, _ in build_trace_outputs(path))
     return objects
 
 

@@ -357,8 +357,8 @@ class _Written:
 
 def _realisations_of(p: PathRequest) -> list[_Written]:
     """The path's realisations in both layouts (docs/protocol.md 4.4): each ``realisations/<id>.doi`` it sent,
-    and a ``build-trace-v2/<deriver>/<output>.doi`` per output name of those (Nix 2.35 reads only these). Every
-    one names ``p`` itself as its output (rule 7)."""
+    and the ``build-trace-v2/<drv>/<output>.doi`` entries of :func:`build_trace_outputs` (Nix 2.35 reads only
+    these). Every one names ``p`` itself as its output (rule 7)."""
     written = [
         _Written(
             realisation_key(r.id),
@@ -372,12 +372,10 @@ def _realisations_of(p: PathRequest) -> list[_Written]:
         )
         for r in p.realisations
     ]
-    if p.deriver is not None:
-        drv = p.deriver.basename
-        written.extend(
-            _Written(key, f"{drv}^{output}", BuildTraceEntry(drv, output, p.path.basename))
-            for key, output in build_trace_outputs(p)
-        )
+    written.extend(
+        _Written(key, f"{drv}^{output}", BuildTraceEntry(drv, output, p.path.basename))
+        for key, drv, output in build_trace_outputs(p)
+    )
     return written
 
 

@@ -31,11 +31,11 @@ from typing import Any
 from niks3d.errors import InvalidRequest
 from niks3d.nix.bucketkeys import parse_bucket_key
 from niks3d.nix.derivation import MAX_DERIVATION_BYTES, parse_derivation, text_store_path
-from niks3d.nix.errors import NixFormatError
+from niks3d.nix.errors import InvalidStorePath, NixFormatError
 from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.realisation import parse_realisation_id
 from niks3d.nix.signing import parse_signature
-from niks3d.nix.storepath import StorePath
+from niks3d.nix.storepath import StorePath, validate_name
 from niks3d.storage.multipart import MAX_PART_NUMBER
 from niks3d.uploads.plan import ObjectPlan
 
@@ -124,6 +124,8 @@ class PathRequest:
     log: bool
     realisations: tuple[RealisationRequest, ...]
     derivation: bytes | None = None  # the deriver's .drv file, sent as the proof for a build log
+    # Nix 2.35's build-trace entries of a 2.35 store naming this path: (drv basename, output name), sorted.
+    build_trace: tuple[tuple[str, str], ...] = ()
     # Why the build log is refused, or None when the derivation proves it (docs/security.md, rule 3).
     log_refused: str | None = None
 
@@ -132,7 +134,11 @@ class PathRequest:
         return self.log and self.log_refused is None
 
     def to_json(self) -> dict[str, Any]:
-        extra = {"derivation": base64.b64encode(self.derivation).decode()} if self.derivation is not None else {}
+        extra: dict[str, Any] = (
+            {"derivation": base64.b64encode(self.derivation).decode()} if self.derivation is not None else {}
+        )
+        if self.build_trace:  # absent when empty: requests stored before the field keep their fingerprint
+            extra["build_trace"] = [{"drv_path": f"/nix/store/{d}", "output": o} for d, o in self.build_trace]
         return {
             **extra,
             "path": self.path.path,
@@ -283,6 +289,22 @@ def _parse_realisation(value: object, where: str) -> RealisationRequest:
     return RealisationRequest(rid, _store_path(obj["out_path"], f"{where}.out_path"), tuple(sorted(deps)))
 
 
+def _parse_build_trace(value: object, where: str) -> tuple[str, str]:
+    """``{"drv_path": "/nix/store/<hash>-<name>.drv", "output": "<name>"}``: an entry whose value is this path."""
+    obj = _object(value, where, {"drv_path": True, "output": True})
+    drv = _store_path(obj["drv_path"], f"{where}.drv_path")
+    if not drv.is_derivation:
+        raise _bad(f"{where}.drv_path", f"{drv.path} is not a derivation (.drv)")
+    output = obj["output"]
+    if not isinstance(output, str):
+        raise _bad(f"{where}.output", f"must be a string, got {type(output).__name__}")
+    try:
+        validate_name(output, "output name")
+    except InvalidStorePath as exc:
+        raise _bad(f"{where}.output", str(exc)) from None
+    return drv.basename, output
+
+
 def _parse_path(value: object, where: str) -> PathRequest:
     obj = _object(
         value,
@@ -298,6 +320,7 @@ def _parse_path(value: object, where: str) -> PathRequest:
             "log": False,
             "realisations": False,
             "derivation": False,
+            "build_trace": False,
         },
     )
     path = _store_path(obj["path"], f"{where}.path")
@@ -324,6 +347,14 @@ def _parse_path(value: object, where: str) -> PathRequest:
     for r in realisations:
         if r.out_path != path:
             raise _bad(f"{where}.realisations", f"realisation {r.id} points to {r.out_path.path}, not to {path.path}")
+    build_trace = tuple(
+        sorted(
+            {
+                _parse_build_trace(t, f"{where}.build_trace[{i}]")
+                for i, t in enumerate(_list(obj.get("build_trace", []), f"{where}.build_trace", 64))
+            }
+        )
+    )
     derivation = None
     if obj.get("derivation") is not None:
         derivation = _base64(obj["derivation"], f"{where}.derivation", MAX_DERIVATION_BYTES)
@@ -338,6 +369,7 @@ def _parse_path(value: object, where: str) -> PathRequest:
         log=log,
         realisations=realisations,
         derivation=derivation,
+        build_trace=build_trace,
         log_refused=_log_refusal(path, deriver, derivation) if log else None,
     )
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import bz2
 import json
+import sqlite3
 import subprocess
 
 import pytest
 import zstandard
 
 from niks3d.client.buildlogs import compress_log, find_build_log
-from niks3d.client.realisations import query_realisations
+from niks3d.client.realisations import query_build_traces, query_realisations
 from niks3d.client.store import LocalStore, resolve_store_path
 from niks3d.errors import ClientError
 from niks3d.nix.storepath import StorePath
@@ -98,6 +99,30 @@ def test_the_real_build_log_is_found_and_recompressed(nix_fixtures):
 
 def test_a_store_without_ca_tables_has_no_realisations(tmp_path):
     assert query_realisations(tmp_path / "missing.sqlite", [DRV]) == {}
+    assert query_build_traces(tmp_path / "missing.sqlite", [DRV]) == {}
+
+
+def test_build_trace_entries_are_read_as_nix_2_35_records_them(tmp_path, caplog):
+    """``BuildTraceV3`` (Nix 2.35: drv basename, output, full output path); a bad row is skipped with a warning."""
+    out = StorePath.parse("/nix/store/" + "b" * 32 + "-out")
+    other = StorePath.parse("/nix/store/" + "c" * 32 + "-other")
+    drv, resolved = "d" * 32 + "-out.drv", "f" * 32 + "-out.drv"
+    db = tmp_path / "db.sqlite"
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("CREATE TABLE ValidPaths (id integer primary key, path text)")
+        conn.execute(
+            "CREATE TABLE BuildTraceV3 (id integer primary key autoincrement not null, drvPath text not null, "
+            "outputName text not null, outputPath text not null, signatures text)"
+        )
+        rows = [(drv, "out", out.path), (resolved, "out", out.path), (drv, "dev", other.path)]
+        rows += [("not-a-drv", "out", out.path), (resolved, "a/b", out.path)]
+        conn.executemany("INSERT INTO BuildTraceV3 (drvPath, outputName, outputPath) VALUES (?, ?, ?)", rows)
+    conn.close()
+    assert query_build_traces(db, [out]) == {out: [(drv, "out"), (resolved, "out")]}
+    assert query_build_traces(db, [out, other])[other] == [(drv, "dev")]
+    assert "not-a-drv" in caplog.text and "a/b" in caplog.text
+    assert query_realisations(db, [out]) == {}  # a 2.35 store without the older tables
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import sqlite3
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -151,16 +152,18 @@ def test_substitution_through_the_read_proxy(start_daemon, modern_nix, tmp_path,
                "--option", "trusted-public-keys", _keys(daemon))  # fmt: skip
 
 
-def _check_build_traces(daemon: Any, nix: ModernNix, published: list[str]) -> None:
+def _deriver(nix: ModernNix, out: str) -> str:
+    return nix.run(["nix-store", "--query", "--deriver", out]).stdout.decode().strip()
+
+
+def _check_build_traces(daemon: Any, nix: ModernNix, published: list[str], *extra: str) -> None:
     """Nix 2.35's layout beside the old one: one ``build-trace-v2/<deriver>/out.doi`` per published output, under
-    the derivation the local Nix built it with (for the top, the resolved one), byte for byte the body our parser
-    reads back, signed over Nix's fingerprint by the daemon's key. No Nix here reads this layout (2.35 needed)."""
+    the derivation the local Nix built it with (for the top, the resolved one), and the ``extra`` keys; each byte
+    for byte the body our parser reads back, signed over Nix's fingerprint by the daemon's key. No Nix here reads
+    this layout (2.35 needed)."""
     traces = sorted(k for k in bucket_keys(daemon.s3) if k.startswith("build-trace-v2/"))
-    expected = []
-    for out in published:
-        deriver = nix.run(["nix-store", "--query", "--deriver", out]).stdout.decode().strip()
-        expected.append(f"build-trace-v2/{deriver.removeprefix('/nix/store/')}/out.doi")
-    assert traces == sorted(expected), (traces, expected)
+    expected = {f"build-trace-v2/{_deriver(nix, out).removeprefix('/nix/store/')}/out.doi" for out in published}
+    assert traces == sorted(expected | set(extra)), (traces, expected, extra)
     public = [k.public_key() for k in daemon.signing_keys]
     for key in traces:
         body, _ = get_object(daemon.s3, key)
@@ -172,6 +175,36 @@ def _check_build_traces(daemon: Any, nix: ModernNix, published: list[str]) -> No
         assert all(any(k.verify(sig, entry.fingerprint()) for k in public) for sig in entry.signatures), key
         fingerprint = {"key": {"drvPath": drv, "outputName": "out"}, "value": {"outPath": entry.out_path}}
         assert entry.fingerprint() == json.dumps(fingerprint, separators=(",", ":"), sort_keys=True).encode()
+
+
+def test_the_build_trace_of_a_nix_2_35_store_is_pushed(start_daemon, modern_nix, tmp_path):
+    """A store as Nix 2.35 keeps it: no realisations in ``Realisations`` (a table older Nix versions left), its
+    entries in ``BuildTraceV3`` (drv basename, output, full output path; docs/protocol.md 4.4). Made from the
+    chroot's store, as no 2.35 is available."""
+    daemon = start_daemon()
+    salt = secrets.token_hex(6)
+    expr = _write(tmp_path, "ca.nix", CA_EXPR)
+    out = _build(modern_nix, expr, salt)
+    closure = modern_nix.nix("path-info", "-r", out).split()
+    evaluated = modern_nix.nix("path-info", "--derivation", "-f", expr, "--argstr", "salt", salt).strip()
+    rows = [(_deriver(modern_nix, p).removeprefix("/nix/store/"), "out", p) for p in closure]
+    rows.append((evaluated.removeprefix("/nix/store/"), "out", out))  # the evaluated drv too, not only the resolved
+    db = sqlite3.connect(modern_nix.state / "var/nix/db/db.sqlite")
+    with db:
+        # Emptied, not dropped: the chroot's Nix (which niks3 push runs) needs the tables.
+        db.execute("DELETE FROM RealisationsRefs")
+        db.execute("DELETE FROM Realisations")
+        db.execute(
+            "CREATE TABLE BuildTraceV3 (id integer primary key autoincrement not null, drvPath text not null, "
+            "outputName text not null, outputPath text not null, signatures text)"
+        )
+        db.executemany("INSERT INTO BuildTraceV3 (drvPath, outputName, outputPath) VALUES (?, ?, ?)", rows)
+    db.close()
+
+    doc = _push(modern_nix, daemon, tmp_path, out)
+    assert sorted(doc["published"]) == sorted(closure)
+    assert not [k for k in bucket_keys(daemon.s3) if k.startswith("realisations/")]
+    _check_build_traces(daemon, modern_nix, doc["published"], f"build-trace-v2/{rows[-1][0]}/out.doi")
 
 
 @pytest.mark.parametrize("via", ["bucket", "proxy"])
