@@ -4,15 +4,18 @@ Clients never get a URL for a published key (docs/security.md, rule 2): they upl
 ``staging/<session>/<key>``, and niks3d copies the object into place with CopyObject (objects up to 5 GiB, one
 request) or a multipart upload of UploadPartCopy parts (larger ones). The copy's Content-Type and
 Content-Encoding are set by niks3d (``MetadataDirective=REPLACE``), never taken from what the client sent.
+Each copy request has a deadline that grows with the bytes it copies (``deadline.copy_deadline``).
 """
 
 from __future__ import annotations
 
 __all__ = ["MAX_SINGLE_COPY", "CopyOps"]
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from niks3d.storage.deadline import copy_deadline
 from niks3d.storage.errors import storage_errors
 from niks3d.storage.multipart import MAX_PART_NUMBER, MultipartOps
 
@@ -50,7 +53,8 @@ class CopyOps(MultipartOps):
             if content_encoding is not None:
                 params["ContentEncoding"] = content_encoding
             with storage_errors("CopyObject", self.name, target):
-                await self._client.copy_object(**params)
+                async with asyncio.timeout(copy_deadline(self.settings.request_timeout, size)):
+                    await self._client.copy_object(**params)
             return
         part_size = max(part_size, -(-size // MAX_PART_NUMBER))  # S3 allows at most 10000 parts
         upload_id = await self.create_multipart(target, content_type=content_type)
@@ -58,15 +62,17 @@ class CopyOps(MultipartOps):
             parts: list[CompletedPartTypeDef] = []
             for number, start in enumerate(range(0, size, part_size), 1):
                 end = min(size, start + part_size) - 1
+                deadline = copy_deadline(self.settings.request_timeout, end + 1 - start)
                 with storage_errors("UploadPartCopy", self.name, target, upload_id):
-                    resp = await self._client.upload_part_copy(
-                        Bucket=self.name,
-                        Key=target,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        CopySource={"Bucket": self.name, "Key": source},
-                        CopySourceRange=f"bytes={start}-{end}",
-                    )
+                    async with asyncio.timeout(deadline):
+                        resp = await self._client.upload_part_copy(
+                            Bucket=self.name,
+                            Key=target,
+                            UploadId=upload_id,
+                            PartNumber=number,
+                            CopySource={"Bucket": self.name, "Key": source},
+                            CopySourceRange=f"bytes={start}-{end}",
+                        )
                 parts.append({"PartNumber": number, "ETag": resp["CopyPartResult"]["ETag"]})
             with storage_errors("CompleteMultipartUpload", self.name, target, upload_id):
                 await self._client.complete_multipart_upload(

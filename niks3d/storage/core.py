@@ -16,15 +16,21 @@ reads of import and fsck) GETs small objects the same way, under the same rules,
 bodies of up to 1 MiB (narinfos, small NARs: two per path that stock Nix writes) the same way: the presigned
 PUT signs ``Content-Type``, ``x-amz-checksum-sha256`` and the other headers, so S3 still checks the body's
 SHA-256 (docs/storage.md); any answer but 200 is sent again through botocore.
+
+The presigned attempt and botocore's retries after it are one S3 call (:meth:`BucketCore._call`): together they
+finish within ``s3.request_timeout`` (docs/configuration.md), so a frozen S3 costs one request timeout, not a
+read timeout and then a request timeout.
 """
 
 from __future__ import annotations
 
 __all__ = ["MAX_PRESIGN_SECONDS", "QUICK_PUT_LIMIT", "BucketCore"]
 
+import asyncio
 import email.utils
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +87,14 @@ class BucketCore:
         """The S3 endpoint this daemon talks to."""
         return str(self._client.meta.endpoint_url)
 
+    @asynccontextmanager
+    async def _call(self, operation: str, key: str | None = None) -> AsyncIterator[None]:
+        """One S3 call, its presigned attempt and botocore's retries together, within ``s3.request_timeout``;
+        what runs out is a StorageError naming ``operation`` and ``key``."""
+        with storage_errors(operation, self.name, key):
+            async with asyncio.timeout(self.settings.request_timeout):
+                yield
+
     def _expires_in(self, expires: timedelta | None) -> int:
         seconds = int((expires if expires is not None else self.settings.presign_expiry).total_seconds())
         return min(max(seconds, 1), MAX_PRESIGN_SECONDS)
@@ -128,6 +142,10 @@ class BucketCore:
         A bodiless 403 from HEAD cannot tell "missing" from "wrong secret key", so a 403 is followed by a
         one-byte GET, whose XML error carries the code: AccessDenied means absent, anything else is raised.
         """
+        async with self._call("HeadObject", key):
+            return await self._head(key)
+
+    async def _head(self, key: str) -> ObjectInfo | None:
         if self._http is not None:
             answered, info = await self._quick_head(self._http, key)
             if answered:

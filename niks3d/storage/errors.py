@@ -205,6 +205,8 @@ def translate_error(
         return StorageError(f"{what} failed: cannot reach the S3 endpoint: {exc}")
     if isinstance(exc, ReadTimeoutError):
         return StorageError(f"{what} failed: the S3 endpoint stopped answering: {exc}")
+    if isinstance(exc, TimeoutError):  # the deadline of one call (deadline.py, core.py), retries included
+        return StorageError(f"{what} failed: no answer from S3 within s3.request_timeout")
     return StorageError(f"{what} failed: {type(exc).__name__}: {exc}")
 
 

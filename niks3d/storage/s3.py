@@ -109,14 +109,14 @@ class Bucket(CopyOps):
             params["ContentEncoding"] = content_encoding
         if cache_control is not None:
             params["CacheControl"] = cache_control
-        if (
-            self._http is not None
-            and len(body) <= QUICK_PUT_LIMIT
-            and await self._quick_put(self._http, key, body, params)
-        ):
-            return
-        params.update(Bucket=self.name, Key=key, Body=BufferBody(body))
-        with storage_errors("PutObject", self.name, key):
+        async with self._call("PutObject", key):
+            if (
+                self._http is not None
+                and len(body) <= QUICK_PUT_LIMIT
+                and await self._quick_put(self._http, key, body, params)
+            ):
+                return
+            params.update(Bucket=self.name, Key=key, Body=BufferBody(body))
             await self._client.put_object(**params)
 
     async def get(self, key: str) -> bytes:
@@ -133,7 +133,7 @@ class Bucket(CopyOps):
         slots = asyncio.Semaphore(concurrency)
 
         async def one(key: str) -> tuple[str, bytes | None]:
-            async with slots:
+            async with slots, self._call("GetObject", key):
                 if self._http is not None:
                     answered, body = await self._quick_get(self._http, key, small)
                     if answered:
