@@ -73,13 +73,14 @@ async def close_sessions(conn: Connection, session_ids: Sequence[uuid.UUID], sta
 
 
 async def complete_session(conn: Connection, session_id: uuid.UUID, result: dict[str, Any]) -> None:
-    """Record a published session's answer and release its claims (publication's own transaction)."""
+    """Record a published session's answer and release its claims, in one statement (in publication's
+    transaction, which holds the session's row)."""
     await conn.execute(
-        "UPDATE upload_sessions SET state = 'completed', completed_at = now(), result = $2 WHERE id = $1",
+        """WITH released AS (DELETE FROM session_claims WHERE session_id = $1)
+           UPDATE upload_sessions SET state = 'completed', completed_at = now(), result = $2 WHERE id = $1""",
         session_id,
         result,
     )
-    await release_claims(conn, [session_id])
 
 
 async def expire_due(conn: Connection, now: datetime) -> tuple[list[uuid.UUID], list[ReleasedClaim]]:

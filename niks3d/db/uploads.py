@@ -12,6 +12,7 @@ __all__ = [
     "Claim",
     "SessionRow",
     "StalledUpload",
+    "absent_uploads",
     "claims_of_session",
     "clear_idempotency_key",
     "clear_upload_ids",
@@ -26,10 +27,11 @@ __all__ = [
     "mark_present",
     "object_states",
     "open_session_ids",
+    "record_accepted",
     "record_progress",
     "renew_leases",
+    "report_view",
     "set_upload_id",
-    "settle_accepted",
     "stalled_multipart",
     "take_over",
     "touch_session",
@@ -193,6 +195,46 @@ async def object_states(
     return states
 
 
+async def report_view(
+    conn: Connection, session_id: uuid.UUID, keys: Sequence[str], expiry: timedelta
+) -> dict[str, tuple[Claim, str]]:
+    """What a report needs to know of its objects, in one statement: key -> (the session's claim, the object's
+    state as a writer with proofs sees it: :func:`lock_objects`), for the keys the session claims; and the session
+    touched (:func:`touch_session`), since its client is calling."""
+    rows = await conn.fetch(
+        """WITH touched AS (
+               UPDATE upload_sessions SET last_seen_at = now(),
+                      expires_at = greatest(expires_at, now() + $3::interval)
+               WHERE id = $1 AND state = 'open')
+           SELECT c.key, c.uploader, c.upload_id,
+                  CASE WHEN o.kind = 'log' AND o.state = 'present' AND NOT o.proven THEN 'pending'
+                       ELSE coalesce(o.state, 'pending') END AS state
+           FROM session_claims c LEFT JOIN objects o ON o.key = c.key
+           WHERE c.session_id = $1 AND c.key = ANY($2::text[])""",
+        session_id,
+        list(keys),
+        expiry,
+    )
+    return {r["key"]: (Claim(r["key"], r["uploader"], r["upload_id"]), r["state"]) for r in rows}
+
+
+async def absent_uploads(conn: Connection, wanted: Sequence[tuple[str, str]]) -> set[str]:
+    """Of ``(path hash, key)`` pairs, the keys that a path not published yet needs and that are not present (as a
+    writer with proofs sees them: :func:`lock_objects`), in one statement a batch."""
+    absent: set[str] = set()
+    for batch in batches(list(wanted)):
+        rows = await conn.fetch(
+            """SELECT DISTINCT x.key FROM unnest($1::text[], $2::text[]) AS x(hash, key)
+               LEFT JOIN objects o ON o.key = x.key
+               WHERE NOT EXISTS (SELECT 1 FROM store_paths p WHERE p.hash = x.hash)
+                 AND NOT coalesce(o.state = 'present' AND (o.kind <> 'log' OR o.proven), false)""",
+            [h for h, _ in batch],
+            [k for _, k in batch],
+        )
+        absent.update(r["key"] for r in rows)
+    return absent
+
+
 async def live_uploaders(conn: Connection, keys: Sequence[str], *, exclude: uuid.UUID) -> dict[str, uuid.UUID]:
     """For each key, the other open session whose lease on uploading it has not run out (if any)."""
     busy: dict[str, uuid.UUID] = {}
@@ -276,19 +318,6 @@ async def renew_leases(conn: Connection, session_id: uuid.UUID, lease: timedelta
     )
     named = set(keys)
     return {r["key"] for r in rows if r["key"] in named}
-
-
-async def settle_accepted(conn: Connection, session_id: uuid.UUID, accepted: Sequence[str]) -> None:
-    """After a report: forget the multipart upload ids of the ``accepted`` keys (their uploads are finished).
-
-    Their leases are not renewed here: the report renewed every lease of the session when it found the staged
-    objects (:func:`renew_leases`), and kept them renewed while it checked them (uploads/leases.py).
-    """
-    await conn.execute(
-        "UPDATE session_claims SET upload_id = NULL WHERE session_id = $1 AND key = ANY($2::text[])",
-        session_id,
-        list(accepted),
-    )
 
 
 async def insert_claims(conn: Connection, session_id: uuid.UUID, claims: Iterable[tuple[str, bool]]) -> None:
@@ -381,6 +410,38 @@ async def mark_present(conn: Connection, entries: Iterable[tuple[str, int, str |
            WHERE o.key = x.key""",
         [k for k, _, _ in rows],
         [s for _, s, _ in rows],
+        [h for _, _, h in rows],
+    )
+
+
+async def record_accepted(
+    conn: Connection, session_id: uuid.UUID, entries: Sequence[tuple[str, int, str | None]]
+) -> None:
+    """After a report: record the accepted ``(key, size, file_hash)`` objects as present (:func:`mark_present`)
+    and forget their multipart upload ids in the session's claims (their uploads are finished), in one statement.
+
+    Reports of one session (a retry, or one through another daemon) record in turn: ``s`` locks the session's
+    row, and both updates join it, so neither locks an object or claim row before the session's row is held.
+    Without that, two of them lock the same object and claim rows in different orders and deadlock. The claims
+    are updated for the objects updated (``present``), so an object's row is locked before its claim's, as
+    publication and take-overs lock them. The leases are not renewed here: the report renewed every lease of the
+    session when it found the staged objects (:func:`renew_leases`), and kept them renewed while it checked them
+    (uploads/leases.py).
+    """
+    rows = list(entries)
+    await conn.execute(
+        """WITH s AS (SELECT id FROM upload_sessions WHERE id = $1 FOR UPDATE),
+           present AS (
+               UPDATE objects o SET state = 'present', size = x.size, file_hash = x.file_hash,
+                      present_at = coalesce(o.present_at, now())
+               FROM unnest($2::text[], $3::bigint[], $4::text[]) AS x(key, size, file_hash), s
+               WHERE o.key = x.key
+               RETURNING o.key)
+           UPDATE session_claims c SET upload_id = NULL
+           FROM present, s WHERE c.session_id = s.id AND c.key = present.key""",
+        session_id,
+        [k for k, _, _ in rows],
+        [z for _, z, _ in rows],
         [h for _, _, h in rows],
     )
 

@@ -44,8 +44,9 @@ logger = logging.getLogger(__name__)
 PAGE_PATHS = 1_000
 
 
-async def check_names(conn: asyncpg.Connection, req: SessionRequest) -> None:
-    """409 when a path of the request, or a reference, has the hash part of a published path of another name.
+async def check_names(conn: asyncpg.Connection, req: SessionRequest) -> set[str]:
+    """409 when a path of the request, or a reference, has the hash part of a published path of another name;
+    else the hash parts of the request's paths that are published (the same statement answers both).
 
     The cache keys everything by hash part (``<hash>.narinfo``), so ``<hash>-othername`` is not in the cache
     when ``<hash>-tricky`` is: answering "cached" would record a root for a path nobody can substitute
@@ -62,6 +63,7 @@ async def check_names(conn: asyncpg.Connection, req: SessionRequest) -> None:
             code="path_conflict",
             conflicts=[{"path": a, "cached": c} for a, c in clashes],
         )
+    return {h for h in names if h in req.plan.objects}
 
 
 def _claimed(plan: ObjectPlan, published: set[str]) -> dict[str, WantedObject]:
@@ -133,8 +135,7 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
                 request_digest=prepared.digest,
                 expiry=gc.session_expiry,
             )
-            await check_names(conn, req)
-            published = await db_paths.published_hashes(conn, list(plan.objects))
+            published = await check_names(conn, req)
             wanted = await asyncio.to_thread(_claimed, plan, published)
             outside = [h for h, _ in plan.outside]
             keys = list(wanted)

@@ -184,12 +184,11 @@ async def _publish(
             return session.result
         if session.state != "open":
             raise closed_error(session)
-        all_hashes = [p.path.hash for p in req.paths]
         # The realisations' rows too (both layouts), in the same key order: two sessions never both write one
         # (rule 7); and the listings' rows: a stock PUT of <hash>.ls waits, then finds the path published (rule 8).
         await db.lock_objects(conn, req.plan.publication_locks)
-        await check_names(conn, req)  # a path of another name may have been published since the session opened
-        published = await db_paths.published_hashes(conn, all_hashes)
+        # a path of another name may have been published since the session opened
+        published = await check_names(conn, req)
         todo = [p for p in req.paths if p.path.hash not in published]
         upstream = await _upstream_of(ctx, conn, req, todo)
         keys = [o.key for p in todo for o in req.plan.objects[p.path.hash]]

@@ -102,18 +102,16 @@ async def report_objects(
     expected_nars = req.plan.nars
     lease = ctx.settings.gc.claim_lease
     async with ctx.pool.acquire() as conn:
-        claims = await db.claims_of_session(conn, session.id, list(reports))
-        states = await db.object_states(conn, list(reports), proven_writer=True)
-        await db.touch_session(conn, session.id, ctx.settings.gc.session_expiry)
+        view = await db.report_view(conn, session.id, list(reports), ctx.settings.gc.session_expiry)
     accepted: list[str] = []
     missing: list[dict[str, Any]] = []
     to_check: list[tuple[ObjectReport, db.Claim]] = []
     superseded: list[db.Claim] = []
     for key, report in sorted(reports.items()):
-        claim = claims.get(key)
-        if claim is None:
+        if key not in view:
             raise InvalidRequest(f"objects: {key!r} is not an object of this session")
-        if states.get(key, ("pending",))[0] == "present":
+        claim, state = view[key]
+        if state == "present":
             accepted.append(key)
             superseded.append(claim)  # another session's upload may have been verified first: drop this one's copy
         elif not claim.uploader:
@@ -181,12 +179,9 @@ async def report_objects(
             await db.clear_upload_ids(conn, session.id, reset)
         await start_multipart_uploads(ctx, session.id)
     if good:
-        async with ctx.pool.acquire() as conn, conn.transaction():
-            # Reports of one session (a retry, or one through another daemon) record in turn: without that, two
-            # of them lock the same object and claim rows in different orders and deadlock.
-            await db.load_session(conn, session.id, for_update=True)
-            await db.mark_present(conn, good)
-            await db.settle_accepted(conn, session.id, [key for key, _, _ in good])
+        async with ctx.pool.acquire() as conn:
+            # one statement, which holds the session's row: reports of one session record in turn
+            await db.record_accepted(conn, session.id, good)
         accepted.extend(k for k, _, _ in good)
         await ctx.bucket.delete_many([staging_key(str(session.id), k) for k, _, _ in good])
     for item in missing:
