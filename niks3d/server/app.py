@@ -49,7 +49,14 @@ def create_app(config: Config, *, run_migrations: bool = True) -> web.Applicatio
     if settings.oidc:
         # Inside the error middleware: it only records its verdict; require() raises it (docs/auth.md).
         middlewares.append(oidc_middleware)
-    app = web.Application(middlewares=middlewares, client_max_size=settings.server.max_body_bytes)
+    # Bodies reach the handlers as sent: a narinfo, listing or log PUT with a Content-Encoding is decoded once, by
+    # niks3d (server/writes.py, bounded), not first by aiohttp (which decoded gzip, so niks3d's gunzip failed,
+    # and refused zstd without a module we do not depend on).
+    app = web.Application(
+        middlewares=middlewares,
+        client_max_size=settings.server.max_body_bytes,
+        handler_args={"auto_decompress": False},
+    )
     app[config_key] = config
     app[metrics_key] = metrics
     app[tokens_key] = TokenTable(config.secrets.tokens)

@@ -8,6 +8,8 @@ shape, too large) are refused with a 4xx naming the problem, and nothing is writ
 from __future__ import annotations
 
 import asyncio
+import bz2
+import gzip
 import io
 import json
 import lzma
@@ -20,6 +22,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+import zstandard
 
 from niks3d.nix.listing import parse_listing, render_listing
 from niks3d.nix.storepath import StorePath
@@ -253,3 +256,27 @@ def test_modern_nix_publishes_the_nars_listing_over_a_planted_one(start_daemon, 
     assert served == render_listing(parse_listing(theirs)), (served, theirs)
     assert put_ls(daemon, "pusher", out, theirs)[0] == 200
     assert put_ls(daemon, "pusher", out, LIE)[0] == 409
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "zstd", "xz", "bzip2"])
+def test_a_compressed_listing_put_is_decoded_once(start_daemon, nix_fixtures, tmp_path, encoding):
+    """Nix 2.32+ sends `ls-compression=...` listings with a Content-Encoding: niks3d decodes the body itself, once
+    (aiohttp decoded gzip on its own first, so niks3d's gunzip failed, and refused zstd), and publishes the NAR's
+    listing. A body that is not what its Content-Encoding says is a 400 naming it."""
+    daemon = start_daemon()
+    path = nix_fixtures.protodep
+    body = nix_listing(tmp_path, path)
+    compress = {
+        "gzip": gzip.compress,
+        "x-gzip": gzip.compress,
+        "zstd": zstandard.ZstdCompressor().compress,
+        "xz": lambda b: lzma.compress(b, format=lzma.FORMAT_XZ),
+        "bzip2": bz2.compress,
+    }[encoding]
+    status, text = put_ls(daemon, "pusher", path, b"not " + encoding.encode(), {"Content-Encoding": encoding})
+    assert status == 400 and "not valid" in text, (status, text)
+    status, text = put_ls(daemon, "pusher", path, compress(body), {"Content-Encoding": encoding})
+    assert status == 201, (status, text)
+    assert copy_to(tmp_path, daemon, f"{daemon.url}/?compression=zstd", path).returncode == 0
+    assert get_object(daemon.s3, _ls_key(path))[0] == body
+    assert put_ls(daemon, "pusher", path, compress(body), {"Content-Encoding": encoding})[0] == 200
