@@ -337,8 +337,10 @@ async def take_over(
     conn: Connection, session_id: uuid.UUID, keys: Sequence[str], lease: timedelta, max_lease: timedelta
 ) -> list[ReleasedClaim]:
     """Make ``session_id`` the uploader of ``keys`` (their previous uploader's lease ran out), with a fresh lease
-    that no renewal moves past ``max_lease`` from now (``lease_cap``: docs/security.md, rule 1); returns the
-    previous uploaders' claims as released ones, whose multipart uploads the caller aborts (uploads/closing.py)."""
+    that no renewal moves past the identity's cap on the key: ``max_lease`` from the first time that identity
+    became its uploader (``claim_caps``; docs/security.md, rule 1), already past for an identity that used it up.
+    Returns the previous uploaders' claims as released ones, whose multipart uploads the caller aborts
+    (uploads/closing.py)."""
     # The previous uploader keeps its claim as a waiting one: its late report of the key is then accepted once
     # the key is present, and its session still protects the key from GC.
     dropped: list[Any] = []
@@ -353,11 +355,19 @@ async def take_over(
             list(batch),
             session_id,
         )
+        # The cap is the identity's for the key (claim_caps): set the first time it uploads the key, inherited by
+        # every later session of the same identity, so a second session cannot start the clock again.
         await conn.execute(
-            """UPDATE session_claims
-               SET uploader = true, lease_until = least(now() + $3::interval, now() + $4::interval),
-                   lease_cap = now() + $4::interval, progress = 0
-               WHERE session_id = $1 AND key = ANY($2::text[])""",
+            """WITH caps AS (
+                   INSERT INTO claim_caps (key, token_name, lease_cap)
+                   SELECT k, s.token_name, now() + $4::interval
+                   FROM unnest($2::text[]) AS k, upload_sessions s WHERE s.id = $1
+                   ON CONFLICT (key, token_name) DO UPDATE SET lease_cap = claim_caps.lease_cap
+                   RETURNING key, lease_cap)
+               UPDATE session_claims c
+               SET uploader = true, lease_until = least(now() + $3::interval, caps.lease_cap),
+                   lease_cap = caps.lease_cap, progress = 0
+               FROM caps WHERE c.session_id = $1 AND c.key = caps.key""",
             session_id,
             list(batch),
             lease,

@@ -33,6 +33,7 @@ TABLES = {
     "pins",
     "upload_sessions",
     "session_claims",
+    "claim_caps",
     "upstream_paths",
     "upstream_references",
     "nar_facts",

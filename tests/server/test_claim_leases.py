@@ -161,19 +161,23 @@ async def test_multipart_progress_renews_a_lease_and_its_end_hands_the_upload_ov
 
 
 async def _feed(
-    http: aiohttp.ClientSession, kit: PushKit, session_id: str, key: str, part: bytes, got: list[int]
+    http: aiohttp.ClientSession, kit: PushKit, session_id: str, key: str, part: bytes, got: list[int], *, relay: bool
 ) -> None:
     """A squatter that keeps its claim "making progress": a new part of ``part`` bytes every 0.4 s, numbered
     1, 2, 3, ... past what the NAR needs, the numbers S3 accepted appended to ``got``, until its upload is taken
-    over (it gets no part URLs any more: it only waits now)."""
+    over (it gets no part URLs any more: it only waits now). ``relay``: one of several sessions of the squatter,
+    which then asks (every 50 ms, faster than any honest client) to be handed the upload again, and feeds it."""
     n = 1
+    urls = f"/api/v1/sessions/{session_id}/urls"
     while True:
-        answer = await kit.call(
-            "POST", f"/api/v1/sessions/{session_id}/urls", {"objects": [{"key": key, "parts": [n]}]}
-        )
-        (spec,) = answer["objects"]
+        (spec,) = (await kit.call("POST", urls, {"objects": [{"key": key}]}))["objects"]
         if spec["action"] != "multipart":
-            return
+            if not relay:
+                return
+            await kit.complete(session_id, {}, expect=(409, 422))
+            await asyncio.sleep(0.05)
+            continue
+        (spec,) = (await kit.call("POST", urls, {"objects": [{"key": key, "parts": [n]}]}))["objects"]
         (url,) = spec["parts"]
         async with http.put(url["url"], data=io.BytesIO(part), headers=url["headers"]) as r:
             if r.status == 200:
@@ -182,43 +186,55 @@ async def _feed(
         await asyncio.sleep(0.4)
 
 
-async def _watch(dsn: str, session_id: str, seen: list[tuple[Any, Any]]) -> None:
-    """Record (lease_until, lease_cap) of the squatter's claim on its NAR while it is the uploader."""
+Seen = list[tuple[Any, Any, Any]]
+
+
+async def _watch(dsn: str, seen: Seen) -> None:
+    """Record (session, lease_until, lease_cap) of the squatter's uploader claims on its NAR."""
     conn = await asyncpg.connect(dsn)
     try:
         while True:
-            row = await conn.fetchrow(
-                """SELECT lease_until, lease_cap FROM session_claims
-                   WHERE session_id = $1 AND uploader AND key LIKE 'nar/%'""",
-                session_id,
+            rows = await conn.fetch(
+                """SELECT c.session_id, c.lease_until, c.lease_cap FROM session_claims c
+                   JOIN upload_sessions s ON s.id = c.session_id
+                   WHERE s.token_name = 'intruder' AND c.uploader AND c.key LIKE 'nar/%'"""
             )
-            if row is not None:
-                seen.append((row["lease_until"], row["lease_cap"]))
+            seen.extend((r["session_id"], r["lease_until"], r["lease_cap"]) for r in rows)
             await asyncio.sleep(0.1)
     finally:
         await conn.close()
 
 
-async def _squat_and_wait(daemon: Any, tmp_path: Path, part_size: int) -> tuple[list[int], list[tuple[Any, Any]]]:
-    """The squatter claims a big NAR and feeds it parts of ``part_size`` bytes; the honest pusher of the same NAR
-    completes until it is handed the upload (bounded: _until_taken_over), uploads and publishes it. Returns the
-    parts the squatter got in, and its claim's (lease_until, lease_cap) as they were while it was the uploader."""
+async def _squat_and_wait(daemon: Any, tmp_path: Path, part_size: int, sessions: int = 1) -> tuple[list[int], Seen]:
+    """The squatter claims a big NAR with ``sessions`` sessions and feeds it parts of ``part_size`` bytes; the
+    honest pusher of the same NAR completes until it is handed the upload (bounded: _until_taken_over), uploads
+    and publishes it. Returns the parts the squatter got in, and its uploader claims as they were seen."""
     path = await _big_path(tmp_path)
     key = nar_key(path.nar_hash, "zstd")
     body = ZSTD.compress(path.nar)
     got: list[int] = []
-    seen: list[tuple[Any, Any]] = []
+    seen: Seen = []
     async with aiohttp.ClientSession() as http:
         squatter = PushKit(http, daemon.url, daemon.tokens["intruder"])
         honest = PushKit(http, daemon.url, daemon.tokens["pusher"])
-        held = await squatter.open([path], [path])
-        assert _objects(held)[key]["action"] == "multipart"
+        held = [await squatter.open([path], [path]) for _ in range(sessions)]
+        assert _objects(held[0])[key]["action"] == "multipart"
         waiting = await honest.open([path], [path])
+        junk = b"\0" * part_size
         tasks = [
-            asyncio.create_task(_feed(http, squatter, held["session_id"], key, b"\0" * part_size, got)),
-            asyncio.create_task(_watch(daemon.dsn, held["session_id"], seen)),
+            asyncio.create_task(_feed(http, squatter, h["session_id"], key, junk, got, relay=sessions > 1))
+            for h in held
         ]
+        tasks.append(asyncio.create_task(_watch(daemon.dsn, seen)))
         try:
+            if sessions > 1:
+                # The honest pusher asks only once the squatter's second session took the upload over.
+                for _ in range(60):
+                    if len({sid for sid, _, _ in seen}) > 1:
+                        break
+                    await asyncio.sleep(0.25)
+                else:
+                    raise AssertionError("the squatter's second session never took the upload over")
             missing = await _until_taken_over(honest, waiting["session_id"], tries=40)
         finally:
             for task in tasks:
@@ -249,9 +265,19 @@ async def test_a_claim_fed_whole_parts_is_taken_over_at_its_cap(start_daemon, tm
     squatter kept sending."""
     daemon = start_daemon(gc={"claim_lease": "2s", "claim_max_lease": "6s"})
     _, seen = await _squat_and_wait(daemon, tmp_path, 5 * 1024 * 1024)
-    first, cap = seen[0]
-    assert max(until for until, _ in seen) > first, "the whole parts never renewed the lease: nothing was shown"
-    assert all(until <= cap and c == cap for until, c in seen), seen
+    _, first, cap = seen[0]
+    assert max(until for _, until, _ in seen) > first, "the whole parts never renewed the lease: nothing was shown"
+    assert all(until <= cap and c == cap for _, until, c in seen), seen
+
+
+async def test_a_second_session_of_the_squatter_does_not_start_the_cap_again(start_daemon, tmp_path: Path) -> None:
+    """The same with two sessions of the squatter: when the first reaches its cap, the second, asking every 50 ms,
+    takes the upload over and feeds it in turn. The cap is the identity's (claim_caps), so the second session
+    gets the first one's, already past, and the honest pusher is handed the upload all the same. Before, the
+    second session started a fresh cap, then the first, and so on for as long as they liked."""
+    daemon = start_daemon(gc={"claim_lease": "2s", "claim_max_lease": "6s"})
+    _, seen = await _squat_and_wait(daemon, tmp_path, 5 * 1024 * 1024, sessions=2)
+    assert len({sid for sid, _, _ in seen}) == 2 and len({cap for _, _, cap in seen}) == 1, sorted(set(seen))
 
 
 async def test_a_claim_fed_small_parts_holds_others_up_for_one_lease(start_daemon, tmp_path: Path) -> None:
@@ -260,4 +286,4 @@ async def test_a_claim_fed_small_parts_holds_others_up_for_one_lease(start_daemo
     every part was progress (more bytes), renewing the lease for as long as the squatter kept sending."""
     daemon = start_daemon(gc=LEASE)
     _, seen = await _squat_and_wait(daemon, tmp_path, 1024)
-    assert {until for until, _ in seen} == {seen[0][0]}, "a small part renewed the lease"
+    assert {until for _, until, _ in seen} == {seen[0][1]}, "a small part renewed the lease"
