@@ -53,7 +53,10 @@ class CopyOps(MultipartOps):
             if content_encoding is not None:
                 params["ContentEncoding"] = content_encoding
             with storage_errors("CopyObject", self.name, target):
+                # one deadline for the presigned attempt and botocore's
                 async with asyncio.timeout(copy_deadline(self.settings.request_timeout, size)):
+                    if self._http is not None and await self._quick_copy(self._http, target, params):
+                        return
                     await self._client.copy_object(**params)
             return
         part_size = max(part_size, -(-size // MAX_PART_NUMBER))  # S3 allows at most 10000 parts

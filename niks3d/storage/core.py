@@ -42,7 +42,7 @@ from niks3d.config import S3Settings
 from niks3d.errors import ObjectNotFound
 from niks3d.storage.errors import error_code, error_status, storage_errors, translate_error
 from niks3d.storage.models import ObjectInfo, normalize_etag
-from niks3d.storage.presign import PROBE_KEY, PUT_HEADERS, QuickPresigner
+from niks3d.storage.presign import PROBE_KEY, QuickPresigner, request_headers
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
     from types_aiobotocore_s3 import S3Client
@@ -234,7 +234,9 @@ class BucketCore:
         """PutObject through a presigned URL, as :meth:`_quick_head` does HEAD: True once S3 answered 200,
         False for anything that botocore should send again (which retries and names the error). ``params`` are
         PutObject's (ContentType, ChecksumSHA256, ContentEncoding, CacheControl): each is signed as its header."""
-        headers = {header: params[name] for name, header in PUT_HEADERS.items() if name in params}
+        headers = request_headers("put_object", params)
+        if headers is None:
+            return False
         try:
             url = await self._presign(
                 "put_object", {"Bucket": self.name, "Key": key, **params}, _QUICK_HEAD_EXPIRY, key, internal=True
@@ -251,6 +253,32 @@ class BucketCore:
             return False
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, TypeError) as exc:
             log.debug("PUT %s failed (%s): sending it again through botocore", key, exc)
+            return False
+
+    async def _quick_copy(self, http: aiohttp.ClientSession, target: str, params: Mapping[str, Any]) -> bool:
+        """CopyObject through a URL presigned here (static keys only), as :meth:`_quick_put` does PutObject: True
+        once S3 answered 200 with a CopyObjectResult (S3 may answer a copy 200 and an error in the body), False for
+        anything that botocore should send again (which retries, and names the error: a missing source is
+        ObjectNotFound)."""
+        headers = request_headers("copy_object", params)
+        if headers is None or self._credentials is None:
+            return False
+        try:
+            url = await self._presign("copy_object", params, _QUICK_HEAD_EXPIRY, target, internal=True)
+            if self._quick.get(True) is None:
+                return False  # signed by aiobotocore: its headers might not be these
+            async with http.put(url, headers=headers, allow_redirects=False) as resp:
+                body = await resp.read()
+                if resp.status != 200 or b"<CopyObjectResult" not in body or b"<Error>" in body:
+                    log.debug("CopyObject to %s answered %d: sending it again through botocore", target, resp.status)
+                    return False
+                return True
+        except aiohttp.ClientConnectorError as exc:
+            log.warning("CopyObject to %s without botocore failed (%s); using botocore from now on", target, exc)
+            self._http = None
+            return False
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, TypeError) as exc:
+            log.debug("CopyObject to %s failed (%s): sending it again through botocore", target, exc)
             return False
 
     async def _forbidden_means_missing(self, key: str, head_error: ClientError) -> bool:

@@ -25,7 +25,7 @@ from botocore.credentials import Credentials
 PROBE_KEY = "niks3d-presign-probe"
 
 # The methods signed here, as botocore names them, and their HTTP methods.
-METHODS = {"head_object": "HEAD", "get_object": "GET", "put_object": "PUT"}
+METHODS = {"head_object": "HEAD", "get_object": "GET", "put_object": "PUT", "copy_object": "PUT"}
 # PutObject's parameters signed here, and the headers botocore turns them into.
 PUT_HEADERS = {
     "ContentType": "Content-Type",
@@ -33,10 +33,39 @@ PUT_HEADERS = {
     "CacheControl": "Cache-Control",
     "ChecksumSHA256": "x-amz-checksum-sha256",
 }
+# CopyObject's (besides CopySource).
+COPY_HEADERS = {
+    "ContentType": "Content-Type",
+    "ContentEncoding": "Content-Encoding",
+    "MetadataDirective": "x-amz-metadata-directive",
+}
+
+
+def request_headers(client_method: str, params: Mapping[str, object]) -> dict[str, str] | None:
+    """The headers that carry ``params`` (besides Bucket and Key) of ``client_method``, as botocore sends and signs
+    them; None for a method or parameter this module does not sign."""
+    names = PUT_HEADERS if client_method == "put_object" else COPY_HEADERS if client_method == "copy_object" else {}
+    headers: dict[str, str] = {}
+    for name, value in params.items():
+        if name in ("Bucket", "Key"):
+            continue
+        if name == "CopySource" and client_method == "copy_object" and isinstance(value, Mapping):
+            source_bucket, source_key = value.get("Bucket"), value.get("Key")
+            if not isinstance(source_bucket, str) or not isinstance(source_key, str) or set(value) - {"Bucket", "Key"}:
+                return None
+            headers["x-amz-copy-source"] = quote(f"{source_bucket}/{source_key}", safe="-._~/")
+            continue
+        header = names.get(name)
+        if header is None or not isinstance(value, str):
+            return None
+        headers[header] = value
+    if client_method == "copy_object" and "x-amz-copy-source" not in headers:
+        return None
+    return headers
 
 
 class QuickPresigner:
-    """Presigns HEAD, GET and PUT (with :data:`PUT_HEADERS`) of keys of one bucket at one address."""
+    """Presigns HEAD, GET, PUT (with :data:`PUT_HEADERS`) and CopyObject of keys of one bucket at one address."""
 
     __slots__ = ("_base", "_credentials", "_region")
 
@@ -63,19 +92,12 @@ class QuickPresigner:
         return cls(credentials, scope[-3], address[: -len(PROBE_KEY)])
 
     def presign(self, client_method: str, params: Mapping[str, object], expires: int) -> str | None:
-        """The presigned URL of ``client_method`` with PutObject-style ``params`` (Bucket and Key included), or
-        None for anything this class does not sign (the caller asks aiobotocore)."""
+        """The presigned URL of ``client_method`` with ``params`` (Bucket and Key included; the request must send
+        :func:`request_headers`), or None for anything this class does not sign (the caller asks aiobotocore)."""
         method = METHODS.get(client_method)
-        if method is None:
+        headers = request_headers(client_method, params)
+        if method is None or headers is None:
             return None
-        headers: dict[str, str] = {}
-        for name, value in params.items():
-            if name in ("Bucket", "Key"):
-                continue
-            header = PUT_HEADERS.get(name) if method == "PUT" else None
-            if header is None or not isinstance(value, str):
-                return None
-            headers[header] = value
         key = params.get("Key")
         if not isinstance(key, str) or not key:
             return None
