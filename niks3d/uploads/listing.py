@@ -17,7 +17,6 @@ from __future__ import annotations
 __all__ = ["LS_TYPE", "ListingCache", "derive_listings", "nar_listing", "put_listings"]
 
 import asyncio
-import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -26,7 +25,6 @@ from typing import TYPE_CHECKING
 from niks3d.errors import ObjectNotFound
 from niks3d.nix.decompress import StreamDecompressor
 from niks3d.nix.errors import InvalidNar
-from niks3d.nix.hashes import format_sha256
 from niks3d.nix.listing import render_listing
 from niks3d.nix.nar_read import NarValidator
 
@@ -111,8 +109,9 @@ async def derive_listings(ctx: PushContext, nars: Mapping[str, tuple[str, str]])
     return found
 
 
-async def put_listings(bucket: Bucket, listings: Iterable[tuple[str, bytes]]) -> list[tuple[str, int, str]]:
-    """Write ``(key, listing)`` pairs to the bucket; returns their ``(key, size, file_hash)`` to mark present.
+async def put_listings(bucket: Bucket, listings: Iterable[tuple[str, bytes]]) -> list[tuple[str, int, None]]:
+    """Write ``(key, listing)`` pairs to the bucket; returns their ``(key, size, None)`` to mark present (no file
+    hash is recorded for a listing, as ``niks3d import`` records none: what it says is compared, not its bytes).
 
     The caller holds the listings' object rows locked and records them in the same transaction.
     """
@@ -124,4 +123,4 @@ async def put_listings(bucket: Bucket, listings: Iterable[tuple[str, bytes]]) ->
             await bucket.put(key, body, content_type=LS_TYPE)
 
     await asyncio.gather(*(put(key, body) for key, body in items))
-    return [(key, len(body), format_sha256(hashlib.sha256(body).digest())) for key, body in items]
+    return [(key, len(body), None) for key, body in items]

@@ -29,7 +29,7 @@ from niks3d.db import logs as db_logs
 from niks3d.db import uploads as db
 from niks3d.db import writes as db_writes
 from niks3d.db.retry import retry_transaction
-from niks3d.errors import InvalidRequest, MissingPrerequisite, StateConflict
+from niks3d.errors import InvalidRequest, MissingPrerequisite, ObjectNotFound, StateConflict
 from niks3d.logsetup import log_event
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.hashes import format_sha256
@@ -73,6 +73,18 @@ async def _immutable(conn: Connection, key: str, digest: str, what: str) -> bool
     )
 
 
+async def _same_listing(ctx: PushContext, conn: Connection, key: str, canonical: bytes) -> bool:
+    """Whether the published listing ``key`` says what ``canonical`` (a rendered listing) says. Compared with the
+    object itself: listings published by niks3d, or imported, have no recorded hash."""
+    if (await db.object_states(conn, [key])).get(key, ("pending",))[0] != "present":
+        return False
+    try:
+        stored = await ctx.bucket.get(key)
+        return render_listing(parse_listing(stored)) == canonical
+    except (ObjectNotFound, NixFormatError):
+        return False
+
+
 async def put_listing(ctx: PushContext, hash_part: str, key: str, body: bytes) -> FileOutcome:
     """Take the (decoded) listing ``body`` PUT as ``key`` for the path ``hash_part``; see the module docstring."""
     try:
@@ -86,10 +98,11 @@ async def put_listing(ctx: PushContext, hash_part: str, key: str, body: bytes) -
             await db.ensure_objects(conn, [(key, "ls")])
             await db.lock_objects(conn, [key])
             if await db_writes.published_narinfo(conn, hash_part) is not None:
-                if await _immutable(conn, key, digest, "the listing"):
+                if await _same_listing(ctx, conn, key, canonical):
                     return FileOutcome(key, False)
                 raise StateConflict(
-                    f"{key}: the path is already published; its listing cannot be added now", code="path_published"
+                    f"{key}: the path is already published with another listing, or none; it cannot be changed now",
+                    code="path_published",
                 )
             await db_writes.record_path_file(conn, [], key, "ls", size=len(canonical), digest=digest)
             return FileOutcome(key, True)
