@@ -11,7 +11,9 @@ fresh NAR hashes too). Every command is logged before it runs; failures raise ``
 from __future__ import annotations
 
 __all__ = [
+    "CA_MK",
     "CA_NIX",
+    "SH_MK",
     "Fixtures",
     "GraphFixture",
     "add_to_store",
@@ -20,6 +22,7 @@ __all__ = [
     "build_standard_fixtures",
     "make_closure",
     "nix_missing_reason",
+    "salted_expr",
 ]
 
 import hashlib
@@ -103,14 +106,36 @@ ln -s "$(printf 'target\twith\001ctl\377"q\\b')" odd-link
 printf '%s' "$salt" > salt
 """
 
-_GRAPH = r"""
-let
-  mk = name: script: derivation {
+# The ``mk`` of every test expression: a derivation whose builder is /bin/sh running ``script``, with the
+# expression's ``salt`` as an attribute, so that a fresh salt gives fresh store paths and contents.
+SH_MK = r"""  mk = name: script: derivation {
     inherit name salt;
     system = builtins.currentSystem;
     builder = "/bin/sh";
     args = [ "-c" ("export PATH=/bin:/usr/bin; " + script) ];
   };
+"""
+# The same for content-addressed derivations (they need the ca-derivations feature: CA_NIX).
+CA_MK = r"""  mk = name: script: derivation {
+    inherit name salt;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    __contentAddressed = true;
+    outputHashMode = "recursive";
+    outputHashAlgo = "sha256";
+    args = [ "-c" script ];
+  };
+"""
+
+
+def salted_expr(bindings: str, salt: str, *, mk: str = SH_MK) -> str:
+    """A test expression: ``let salt = "<salt>";``, the ``mk`` above, then ``bindings`` (the expression's own
+    bindings, then ``in ...``)."""
+    _check_salt(salt)
+    return f'let\n  salt = "{salt}";\n{mk}{bindings}'
+
+
+_GRAPH = r"""
   leaf = mk "graph-leaf" "mkdir $out; echo leaf $salt > $out/data";
   middleA = mk "graph-middle-a" "mkdir $out; echo 'uses ${leaf}' > $out/ref; echo a $salt > $out/data";
   middleB = mk "graph-middle-b" "mkdir $out; echo 'uses ${leaf}' > $out/ref; echo b $salt > $out/data";
@@ -225,20 +250,11 @@ def build_ca_closure(workdir: Path, store: Path, prefix: str) -> subprocess.Comp
     store (``--store``), whose sandbox must see ``/bin/sh``. The finished process is returned (stdout: the output
     path), so that each caller decides what a failed build means for its test.
     """
-    expr = f"""\
-let
-  mk = name: script: derivation {{
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    __contentAddressed = true;
-    outputHashMode = "recursive";
-    outputHashAlgo = "sha256";
-    args = [ "-c" script ];
-  }};
+    bindings = f"""\
   dep = mk "{prefix}cadep" "echo {prefix}ca-dependency > $out";
 in mk "{prefix}catop" "echo ${{dep}} > $out"
 """
+    expr = salted_expr(bindings, "", mk=CA_MK)
     (workdir / "ca.nix").write_text(expr, encoding="utf-8")
     argv = ["nix-build", str(workdir / "ca.nix"), "--store", str(store), "--no-out-link", *CA_NIX, *NO_SUBSTITUTERS]
     argv += ["--option", "extra-sandbox-paths", "/bin /lib /lib64 /usr"]
@@ -309,12 +325,8 @@ def build_standard_fixtures(workdir: Path, salt: str = "", *, large_mib: int = 8
             salt,
         ),
     }
-    expr = (
-        f'let salt = "{salt}"; in\n'
-        + _GRAPH
-        + "[ top middleA middleB leaf "
-        + " ".join(f"({body})" for body in members.values())
-        + " ]\n"
+    expr = salted_expr(
+        _GRAPH + "[ top middleA middleB leaf " + " ".join(f"({body})" for body in members.values()) + " ]\n", salt
     )
     built = _by_name(build_expr(expr, workdir))
     missing = [name for name in ("graph-top", *members) if name not in built]

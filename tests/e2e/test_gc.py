@@ -25,7 +25,7 @@ from niks3d.config import DatabaseSettings, S3Settings
 from niks3d.db.migrate import migrate
 from niks3d.db.pool import open_pool
 from niks3d.storage import open_bucket
-from testkit.nixfixtures import build_expr
+from testkit.nixfixtures import build_expr, salted_expr
 from tests.client.storekit import delete
 from tests.e2e.gcchecks import assert_closure_consistent, bucket_state, nix_copy
 from tests.fixtures.daemon import niks3d_argv
@@ -33,15 +33,8 @@ from tests.gc.gckit import Cache, Seeded
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]
 
+# the bindings of an expression of testkit/nixfixtures.py's salted_expr (its ``mk``)
 CLOSURES = """\
-let
-  salt = "@SALT@";
-  mk = name: script: derivation {
-    inherit name salt;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" ("export PATH=/bin:/usr/bin; " + script) ];
-  };
   shared = mk "gc-shared" "echo building the shared library; mkdir $out; echo shared $salt > $out/lib";
   onlyA = mk "gc-only-a" "mkdir $out; echo a $salt > $out/data";
   onlyB = mk "gc-only-b" "echo building b; mkdir $out; echo b $salt > $out/data";
@@ -74,7 +67,7 @@ async def _published(dsn: str) -> set[str]:
 
 @pytest.mark.nix
 def test_the_pinned_closure_survives_gc_and_the_expired_one_is_gone(start_daemon, tmp_path, capsys, request):
-    top_a, top_b, shared, only_a, only_b = build_expr(CLOSURES.replace("@SALT@", secrets.token_hex(6)), tmp_path)
+    top_a, top_b, shared, only_a, only_b = build_expr(salted_expr(CLOSURES, secrets.token_hex(6)), tmp_path)
     request.addfinalizer(lambda: delete(top_a, top_b, shared, only_a, only_b))
     daemon = start_daemon()
     for top, extra in ((top_a, ["--pin", "release"]), (top_b, [])):

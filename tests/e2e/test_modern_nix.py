@@ -23,6 +23,7 @@ from niks3d.errors import ServiceError
 from niks3d.nix.buildtrace import parse_build_trace_entry
 from niks3d.nix.signing import SecretKey
 from testkit.modernnix import ModernNix
+from testkit.nixfixtures import CA_MK
 from tests.server.bucketview import bucket_keys, get_object
 
 pytestmark = [pytest.mark.modern_nix, pytest.mark.postgres, pytest.mark.s3]
@@ -47,21 +48,15 @@ in derivation {
 }
 """
 
-CA_EXPR = """\
-{ salt }:
-let
-  mk = name: script: derivation {
-    inherit name salt;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    __contentAddressed = true;
-    outputHashMode = "recursive";
-    outputHashAlgo = "sha256";
-    args = [ "-c" script ];
-  };
+# a function of its salt (nix path-info -f takes it with --argstr), with testkit's content-addressed ``mk``
+CA_EXPR = (
+    "{ salt }:\nlet\n"
+    + CA_MK
+    + """\
   dep = mk "modern-cadep" "echo ca dependency $salt > $out";
 in mk "modern-catop" "echo ${dep} $salt > $out"
 """
+)
 
 
 def _write(tmp_path: Path, name: str, text: str) -> str:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from niks3d.nix.storepath import StorePath
-from testkit.nixfixtures import build_expr
+from testkit.nixfixtures import build_expr, salted_expr
 from tests.client.storekit import delete
 from tests.e2e.gcchecks import assert_closure_consistent, bucket_state
 from tests.e2e.test_gc import _niks3
@@ -22,15 +22,8 @@ from tests.e2e.test_nix_copy_to import NIX, copy_from, dump, netrc, rows
 
 pytestmark = [pytest.mark.nix, pytest.mark.postgres, pytest.mark.s3]
 
+# the bindings of an expression of testkit/nixfixtures.py's salted_expr (its ``mk``)
 OVERLAPPING = """
-let
-  mk = name: script: derivation {
-    inherit name;
-    salt = "@SALT@";
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" ("export PATH=/bin:/usr/bin; " + script) ];
-  };
   shared = mk "race-shared" "mkdir $out; head -c 3000000 /dev/urandom > $out/lib";
   middle = mk "race-middle" "mkdir $out; echo ${shared} > $out/ref; head -c 200000 /dev/urandom > $out/data";
   topA = mk "race-top-a" "mkdir $out; echo ${middle} > $out/ref";
@@ -41,7 +34,7 @@ in [ topA topB middle shared ]
 
 def test_overlapping_copies_a_push_and_gc_at_once_keep_the_cache_whole(start_daemon, tmp_path, capsys, request):
     daemon = start_daemon()
-    top_a, top_b, middle, shared = build_expr(OVERLAPPING.replace("@SALT@", secrets.token_hex(6)), tmp_path / "b")
+    top_a, top_b, middle, shared = build_expr(salted_expr(OVERLAPPING, secrets.token_hex(6)), tmp_path / "b")
     request.addfinalizer(lambda: delete(top_a, top_b, middle, shared))
     netrc_file = netrc(tmp_path, daemon, "pusher")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from niks3d.nix import nix32
-from testkit.nixfixtures import build_expr
+from testkit.nixfixtures import build_expr, salted_expr
 from tests.client.storekit import delete
 from tests.e2e.gcchecks import assert_closure_consistent
 from tests.fixtures.daemon import niks3d_argv
@@ -21,15 +21,8 @@ from tests.server.bucketview import s3_client
 
 pytestmark = [pytest.mark.nix, pytest.mark.postgres, pytest.mark.s3]
 
+# the bindings of an expression of testkit/nixfixtures.py's salted_expr (its ``mk``)
 PATHS = """\
-let
-  salt = "@SALT@";
-  mk = name: script: derivation {
-    inherit name salt;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" ("export PATH=/bin:/usr/bin; " + script) ];
-  };
   lostNar = mk "dmg-lost-nar" "mkdir $out; echo 1 $salt > $out/d";
   lostInfo = mk "dmg-lost-narinfo" "mkdir $out; echo 2 $salt > $out/d";
   aboveLostInfo = mk "dmg-above-lost-narinfo" "mkdir $out; echo ${lostInfo} > $out/r";
@@ -53,7 +46,7 @@ def _kinds(report: dict) -> dict[str, set[str]]:
 
 
 def test_planted_damage_is_reported_by_kind_and_quarantined_then_fsck_passes(start_daemon, tmp_path, request):
-    built = build_expr(PATHS.replace("@SALT@", secrets.token_hex(6)), tmp_path)
+    built = build_expr(salted_expr(PATHS, secrets.token_hex(6)), tmp_path)
     request.addfinalizer(lambda: delete(*built))
     lost_nar, lost_info, above_info, above_nar, above_above, good, good_top = (Path(p).name[:32] for p in built)
     _, key_file = old_cache_key(tmp_path)

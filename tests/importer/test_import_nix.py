@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit.nixfixtures import build_expr
+from testkit.nixfixtures import build_expr, salted_expr
 from tests.client.storekit import delete
 from tests.e2e.gcchecks import assert_closure_consistent, bucket_state
 from tests.fixtures.daemon import niks3d_argv
@@ -20,15 +20,8 @@ from tests.importer.importkit import niks3d, nix_copy_to_file, old_cache_key, sn
 
 pytestmark = [pytest.mark.nix, pytest.mark.postgres, pytest.mark.s3]
 
+# the bindings of an expression of testkit/nixfixtures.py's salted_expr (its ``mk``)
 CLOSURES = """\
-let
-  salt = "@SALT@";
-  mk = name: script: derivation {
-    inherit name salt;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" ("export PATH=/bin:/usr/bin; " + script) ];
-  };
   shared = mk "imp-shared" "mkdir $out; echo shared $salt > $out/lib";
   onlyA = mk "imp-only-a" "mkdir $out; echo a $salt > $out/data";
   onlyB = mk "imp-only-b" "mkdir $out; echo b $salt > $out/data";
@@ -47,7 +40,7 @@ def _nix_copy_from(url: str, tmp_path: Path, paths: list[str], keys: list[str]) 
 
 
 def test_a_bucket_written_by_nix_copy_is_imported_served_resigned_and_collected(start_daemon, tmp_path, request):
-    top_a, top_b, shared, only_a, only_b = build_expr(CLOSURES.replace("@SALT@", secrets.token_hex(6)), tmp_path)
+    top_a, top_b, shared, only_a, only_b = build_expr(salted_expr(CLOSURES, secrets.token_hex(6)), tmp_path)
     request.addfinalizer(lambda: delete(top_a, top_b, shared, only_a, only_b))
     old_key, key_file = old_cache_key(tmp_path)
     written = tmp_path / "file-cache"
