@@ -8,7 +8,8 @@ that is wrong (a file, a TOML key, a narinfo line, a store path, a bucket key)::
     ├── DatabaseError          PostgreSQL refused or is unreachable; migrations failed
     ├── StorageError           the S3 server refused or is unreachable
     │   ├── ObjectNotFound     a key is absent from the bucket
-    │   └── StorageThrottled   S3 said 429/SlowDown and back-off did not absorb it (retry_after seconds)
+    │   ├── StorageThrottled   S3 said 429/SlowDown and back-off did not absorb it (retry_after seconds)
+    │   └── StorageUnavailable S3 could not be reached or did not answer in time (an outage, not a refusal)
     ├── RequestError           a request the domain refuses; ``code`` is stable and machine-readable, the message
     │   │                      names the problem, ``details`` go into a JSON answer as extra fields
     │   ├── InvalidRequest     the request is malformed or inconsistent (400)
@@ -57,6 +58,7 @@ __all__ = [
     "StateConflict",
     "StorageError",
     "StorageThrottled",
+    "StorageUnavailable",
     "Unauthenticated",
     "Unsupported",
 ]
@@ -112,6 +114,10 @@ class StorageThrottled(StorageError):
     def __init__(self, message: str, retry_after: float) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class StorageUnavailable(StorageError):
+    """S3 could not be reached, or did not answer within its timeouts: an outage of S3, nothing to fix in niks3d."""
 
 
 class RequestError(Niks3Error):

@@ -20,6 +20,7 @@ ApiError                    its own the HTTP layer's own refusals (408, 413, 424
 StorageThrottled            429     ``Retry-After`` from S3's answer (503 outside the API, for Nix)
 StorageError, DatabaseError 503     ``Retry-After: 5``
 OSError, db.pool.UNAVAILABLE        timeouts and lost connections to PostgreSQL: a warning, no traceback
+StorageUnavailable          503     S3 unreachable or not answering in time: a warning, no traceback
 the client went away        499     nothing is sent; logged at INFO, counted under status 499 (nginx's use)
 aiohttp HTTPException       its own 400/404/405/413/415 with our wording
 anything else               500     "the server failed"
@@ -52,6 +53,7 @@ from niks3d.errors import (
     StateConflict,
     StorageError,
     StorageThrottled,
+    StorageUnavailable,
     Unauthenticated,
     Unsupported,
 )
@@ -134,6 +136,8 @@ def unavailable(request: web.Request, exc: BaseException) -> web.Response:
         logger.warning(
             "%s %s: the database is unavailable: %s", request.method, request.path, str(exc) or type(exc).__name__
         )
+    elif isinstance(exc, StorageUnavailable):  # the same for S3 (docs/operations.md)
+        logger.warning("%s %s: S3 is unavailable: %s", request.method, request.path, exc)
     else:
         logger.error("%s %s failed: %s", request.method, request.path, exc, exc_info=True)
     return error_response(

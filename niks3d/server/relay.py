@@ -42,7 +42,7 @@ import aiohttp
 import zstandard
 from aiohttp import web
 
-from niks3d.errors import ObjectNotFound, StorageError
+from niks3d.errors import ObjectNotFound, StorageError, StorageUnavailable
 from niks3d.storage import Bucket
 from niks3d.storage.errors import answer_error
 from niks3d.storage.http import presigned_session
@@ -179,7 +179,8 @@ class Relay:
     ) -> Upstream:
         """GET ``key`` (or ``byte_range`` of it); 304 when ``if_none_match`` names its ETag.
 
-        Raises ObjectNotFound, RangeNotSatisfiable, or StorageError (StorageThrottled) for S3 trouble.
+        Raises ObjectNotFound, RangeNotSatisfiable, or StorageError (StorageThrottled, StorageUnavailable) for S3
+        trouble.
         """
         url = await self._urls.get(key)
         headers = {}
@@ -193,7 +194,7 @@ class Relay:
             async with asyncio.timeout(self.bucket.settings.request_timeout):
                 resp = await self._http.get(url, headers=headers, allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise StorageError(f"{what} failed: cannot reach the S3 endpoint: {exc}") from exc
+            raise StorageUnavailable(f"{what} failed: cannot reach the S3 endpoint: {exc}") from exc
         if resp.status in (200, 206, 304):
             return Upstream(
                 status=resp.status,

@@ -28,6 +28,7 @@ from niks3d.errors import (
     MissingPrerequisite,
     NotFound,
     StorageError,
+    StorageUnavailable,
     Unsupported,
 )
 from niks3d.nix.bucketkeys import BucketKey
@@ -131,7 +132,10 @@ async def put_file(request: web.Request) -> web.StreamResponse:
             code="unsupported_upload",
         )
     except (StorageError, DatabaseError) as exc:
-        logger.error("PUT %s failed: %s", key.key, exc, exc_info=True)
+        if isinstance(exc, StorageUnavailable):  # an outage of S3, not a failure of ours (docs/operations.md)
+            logger.warning("PUT %s failed: S3 is unavailable: %s", key.key, exc)
+        else:
+            logger.error("PUT %s failed: %s", key.key, exc, exc_info=True)
         raise ApiError(
             424, "backend_failed", "the storage or the database of this cache failed; nothing was published, retry"
         ) from None

@@ -7,6 +7,8 @@ exception reaches this module; what is left is mapped once, here:
 - ``NoSuchUpload`` becomes :class:`UploadNotFound`, and 416/``InvalidRange`` :class:`RangeNotSatisfiable`;
 - 429, 503 and the throttling codes (``SlowDown``, ...) become :class:`~niks3d.errors.StorageThrottled` with
   the server's ``Retry-After`` when it sent one, else :data:`DEFAULT_RETRY_AFTER`;
+- an endpoint that cannot be reached or stops answering (connection errors, timeouts, the deadline of one call)
+  becomes :class:`~niks3d.errors.StorageUnavailable`;
 - everything else becomes a plain :class:`~niks3d.errors.StorageError` whose message names the operation, the
   bucket, the key, S3's status and code, and a hint for the codes an operator can fix (wrong keys, clock
   skew).
@@ -43,7 +45,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from niks3d.errors import ObjectNotFound, StorageError, StorageThrottled
+from niks3d.errors import ObjectNotFound, StorageError, StorageThrottled, StorageUnavailable
 from niks3d.storage.models import size_from_content_range
 
 # Seconds a caller is told to wait when S3 throttled us and did not say for how long.
@@ -202,11 +204,14 @@ def translate_error(
             "or provide credentials through the AWS default chain (environment, profile, instance role)"
         )
     if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
-        return StorageError(f"{what} failed: cannot reach the S3 endpoint: {exc}")
+        return StorageUnavailable(f"{what} failed: cannot reach the S3 endpoint: {exc}")
     if isinstance(exc, ReadTimeoutError):
-        return StorageError(f"{what} failed: the S3 endpoint stopped answering: {exc}")
+        return StorageUnavailable(f"{what} failed: the S3 endpoint stopped answering: {exc}")
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        reason = str(exc) or type(exc).__name__
+        return StorageUnavailable(f"{what} failed: the connection to the S3 endpoint failed: {reason}")
     if isinstance(exc, TimeoutError):  # the deadline of one call (deadline.py, core.py), retries included
-        return StorageError(f"{what} failed: no answer from S3 within s3.request_timeout")
+        return StorageUnavailable(f"{what} failed: no answer from S3 within s3.request_timeout")
     return StorageError(f"{what} failed: {type(exc).__name__}: {exc}")
 
 
