@@ -69,10 +69,7 @@ TABLES = {
     " deriver, ca, narinfo FROM store_paths",
     "path_references": "SELECT referrer, reference FROM path_references",
     "path_files": "SELECT hash, key, kind FROM path_files",
-    # A listing's hash is left out: niks3d records it when it writes the listing at publication (rule 8 of
-    # docs/security.md), while the import lists listings without reading them (one GET per path more).
-    "objects": "SELECT key, kind, state, size, CASE WHEN kind = 'ls' THEN NULL ELSE file_hash END"
-    " FROM objects WHERE state = 'present'",
+    "objects": "SELECT key, kind, state, size, file_hash FROM objects WHERE state = 'present'",
 }
 
 
