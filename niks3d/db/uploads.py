@@ -16,6 +16,7 @@ __all__ = [
     "claims_of_session",
     "clear_idempotency_key",
     "clear_upload_ids",
+    "ensure_and_lock",
     "ensure_objects",
     "find_session_by_key",
     "insert_claims",
@@ -46,6 +47,7 @@ from typing import Any
 from asyncpg import Connection
 
 from niks3d.db.batch import batches
+from niks3d.db.retry import Conflict
 from niks3d.db.sessions import ReleasedClaim
 
 
@@ -175,6 +177,45 @@ async def lock_objects(conn: Connection, keys: Sequence[str], *, proven_writer: 
             proven_writer,
         )
         states.update((r["key"], r["state"]) for r in rows)
+    return states
+
+
+async def ensure_and_lock(
+    conn: Connection, objects: Sequence[tuple[str, str]], *, also: Sequence[str] = (), proven_writer: bool = False
+) -> dict[str, str]:
+    """:func:`ensure_objects` of ``objects`` and :func:`lock_objects` of their keys and of ``also`` (keys that are
+    locked if they exist, never inserted), in one statement a batch; key -> state of the rows locked.
+
+    The rows it inserts come first (the UNION ALL runs in order), then the others are locked in key order: the
+    order of the two statements this replaces. The lock sees the rows of the statement's snapshot, so a row that
+    another transaction inserted while this one waited for it (ON CONFLICT) is not locked here: then, as when a
+    GC sweep deleted a row between the two, it raises :class:`~niks3d.db.retry.Conflict`, and the caller's
+    transaction runs again and sees the row.
+    """
+    kinds = dict(objects)
+    states: dict[str, str] = {}
+    for batch in batches(sorted(kinds.keys() | set(also))):  # in key order, as lock_objects
+        ensured = [k for k in batch if k in kinds]
+        rows = await conn.fetch(
+            """WITH inserted AS (
+                   INSERT INTO objects (key, kind, state)
+                   SELECT k, t, 'pending' FROM unnest($1::text[], $2::text[]) AS u(k, t) ORDER BY k
+                   ON CONFLICT (key) DO NOTHING
+                   RETURNING key, state)
+               SELECT key, state FROM inserted
+               UNION ALL
+               SELECT key, state FROM (
+                   SELECT key, CASE WHEN $4 AND kind = 'log' AND state = 'present' AND NOT proven
+                                    THEN 'pending' ELSE state END AS state
+                   FROM objects WHERE key = ANY($3::text[]) ORDER BY key FOR NO KEY UPDATE) AS locked""",
+            ensured,
+            [kinds[k] for k in ensured],
+            list(batch),
+            proven_writer,
+        )
+        states.update((r["key"], r["state"]) for r in rows)
+        if any(k not in states for k in ensured):
+            raise Conflict
     return states
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from niks3d.db import paths as db_paths
 from niks3d.db import uploads as db
-from niks3d.db.retry import Conflict, retry_transaction
+from niks3d.db.retry import retry_transaction
 from niks3d.errors import InvalidRequest, MissingPrerequisite, NotFound, StateConflict
 from niks3d.eventloop import Pauser
 from niks3d.logsetup import log_event
@@ -139,11 +139,9 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
             wanted = await asyncio.to_thread(_claimed, plan, published)
             outside = [h for h, _ in plan.outside]
             keys = list(wanted)
-            await db.ensure_objects(conn, [(k, o.kind) for k, o in wanted.items()])
             # A session claims a log only with its proof (objects.py): an unproven one is to be replaced (rule 3).
-            states = await db.lock_objects(conn, keys, proven_writer=True)
-            if len(states) != len(keys):
-                raise Conflict  # GC deleted a row between the two statements: decide again
+            # A row GC deleted meanwhile, or another session inserted meanwhile, is a Conflict: decide again.
+            states = await db.ensure_and_lock(conn, [(k, o.kind) for k, o in wanted.items()], proven_writer=True)
             gone = set(outside) - await db_paths.published_hashes(conn, outside)
             if gone:
                 raise MissingPrerequisite(

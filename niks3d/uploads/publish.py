@@ -117,8 +117,7 @@ async def _check_objects(
         # Their uploader went away: this session uploads them now.
         async def take() -> list[ReleasedClaim]:
             async with ctx.pool.acquire() as conn, conn.transaction():
-                await db.ensure_objects(conn, [(k, needed[k].kind) for k in orphaned])
-                await db.lock_objects(conn, orphaned)
+                await db.ensure_and_lock(conn, [(k, needed[k].kind) for k in orphaned])
                 await db.insert_claims(conn, session.id, [(k, False) for k in orphaned])
                 # Another waiting session may have taken some over first (we waited on its row locks).
                 busy_now = await db.live_uploaders(conn, orphaned, exclude=session.id)

@@ -106,8 +106,7 @@ async def commit_narinfo(
         async with ctx.pool.acquire() as conn, conn.transaction():
             # The narinfo's row serializes commits of this path, here and by the push API; the listing's row (if
             # one was PUT) makes a listing PUT wait, and then find the path published (docs/security.md, rule 8).
-            await db.ensure_objects(conn, [(key, "narinfo")])
-            await db.lock_objects(conn, [key, listing_key])
+            await db.ensure_and_lock(conn, [(key, "narinfo")], also=[listing_key])
             published = await db_writes.published_narinfo(conn, hash_part)
             if published is not None:
                 if not _same_fingerprint(parse_narinfo(published), info):

@@ -95,8 +95,7 @@ async def put_listing(ctx: PushContext, hash_part: str, key: str, body: bytes) -
 
     async def attempt() -> FileOutcome:
         async with ctx.pool.acquire() as conn, conn.transaction():
-            await db.ensure_objects(conn, [(key, "ls")])
-            await db.lock_objects(conn, [key])
+            await db.ensure_and_lock(conn, [(key, "ls")])
             if await db_writes.published_narinfo(conn, hash_part) is not None:
                 if await _same_listing(ctx, conn, key, canonical):
                     return FileOutcome(key, False)

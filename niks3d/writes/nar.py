@@ -314,8 +314,7 @@ async def ingest_nar(
 
     async def record() -> None:
         async with ctx.pool.acquire() as conn, conn.transaction():
-            await db.ensure_objects(conn, [(key, "nar")])
-            await db.lock_objects(conn, [key])
+            await db.ensure_and_lock(conn, [(key, "nar")])
             await db_writes.record_nar(conn, facts, token_name)
 
     await retry_transaction(record)
