@@ -21,7 +21,8 @@ StorageThrottled            429     ``Retry-After`` from S3's answer (503 outsid
 StorageError, DatabaseError 503     ``Retry-After: 5``
 OSError, db.pool.UNAVAILABLE        timeouts and lost connections to PostgreSQL: a warning, no traceback
 StorageUnavailable          503     S3 unreachable or not answering in time: a warning, no traceback
-the client went away        499     nothing is sent; logged at INFO, counted under status 499 (nginx's use)
+the client went away        499     nothing is sent; logged at INFO, counted under status 499 (nginx's use); also
+                                    when an outage (StorageUnavailable, db.pool.UNAVAILABLE) meets a gone client
 aiohttp HTTPException       its own 400/404/405/413/415 with our wording
 anything else               500     "the server failed"
 ==========================  ======  ==============================================================
@@ -87,6 +88,9 @@ NIX_CHALLENGE = 'Basic realm="niks3d", charset="UTF-8"'
 RETRY_AFTER = 5
 # The status a request is counted under when its client went away before the answer was sent (nginx's 499).
 CLIENT_GONE = 499
+# What a backend's failure raises (a 503), and which of it is an outage rather than a refusal.
+_BACKEND_FAILURES: tuple[type[BaseException], ...] = (StorageError, DatabaseError, OSError, *DATABASE_UNAVAILABLE)
+_OUTAGES: tuple[type[BaseException], ...] = (StorageUnavailable, *DATABASE_UNAVAILABLE)
 
 
 def on_api(request: web.Request) -> bool:
@@ -176,9 +180,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             logger.info("%s %s: the client went away before the answer was sent", request.method, request.path)
             return web.Response(status=CLIENT_GONE)
         return unavailable(request, exc)
-    except (StorageError, DatabaseError, OSError) as exc:
-        return unavailable(request, exc)
-    except DATABASE_UNAVAILABLE as exc:
+    except _BACKEND_FAILURES as exc:
+        if isinstance(exc, _OUTAGES) and _client_gone(request):
+            # An outage met a request whose client had gone: nobody gets the 503, and /ready tells of the outage.
+            logger.info(
+                "%s %s: the client went away before the answer was sent (and a backend was unavailable: %s)",
+                request.method,
+                request.path,
+                str(exc) or type(exc).__name__,
+            )
+            return web.Response(status=CLIENT_GONE)
         return unavailable(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
