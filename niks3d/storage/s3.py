@@ -22,7 +22,7 @@ import asyncio
 import base64
 import hashlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -52,7 +52,6 @@ from niks3d.storage.stream import ObjectStream
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
     from types_aiobotocore_s3 import S3Client
-    from types_aiobotocore_s3.type_defs import PaginatorConfigTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -208,20 +207,11 @@ class Bucket(CopyOps):
             )
         return result
 
-    async def iter_objects(
-        self, prefix: str = "", *, page_size: int = 1000, start_after: str | None = None
-    ) -> AsyncGenerator[ObjectInfo, None]:
-        """Every object under ``prefix`` (and after ``start_after``), in key order (ListObjectsV2, all pages); no
-        content headers."""
+    async def iter_objects(self, prefix: str = "", *, page_size: int = 1000) -> AsyncIterator[ObjectInfo]:
+        """Every object under ``prefix``, in key order (ListObjectsV2, all pages); no content headers."""
         with storage_errors("ListObjectsV2", self.name):
             paginator = self._client.get_paginator("list_objects_v2")
-            config: PaginatorConfigTypeDef = {"PageSize": page_size}
-            if start_after is None:
-                pages = paginator.paginate(Bucket=self.name, Prefix=prefix, PaginationConfig=config)
-            else:
-                pages = paginator.paginate(
-                    Bucket=self.name, Prefix=prefix, StartAfter=start_after, PaginationConfig=config
-                )
+            pages = paginator.paginate(Bucket=self.name, Prefix=prefix, PaginationConfig={"PageSize": page_size})
             async for page in pages:
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(

@@ -10,14 +10,13 @@ staged object deleted. A NAR that fails its check is deleted from its published 
 aborted (422 ``objects_invalid``): a writer that lied about one object is trusted with none.
 
 What a report costs does not grow with the number of objects on the database side: the objects are checked in
-S3 (complete the multipart upload; one listing of the session's staging keys finds the others, a HEAD the objects
-it does not show with the reported size) with bounded concurrency, then every lease of the session is renewed in
-one statement (staged objects found are progress), then they are copied and checked, then recorded in one
-transaction (a listing is only parsed, never copied into place: uploads/listing.py). No check of one object takes
-a pool connection of its own: a report of thousands of objects took one each, and with the pool's
-``acquire_timeout`` running out for any one of them on a loaded machine, every report failed with 503 and was sent
-again with more objects (issue 18). When one check fails, the others are cancelled rather than left running on to
-compete with the report sent next.
+S3 (complete the multipart upload, HEAD the staged object) with bounded concurrency, then every lease of the
+session is renewed in one statement (staged objects found are progress), then they are copied and checked, then
+recorded in one transaction (a listing is only parsed, never copied into place: uploads/listing.py). No check of
+one object takes a pool connection of its own: a report of thousands of objects took one each, and with the
+pool's ``acquire_timeout`` running out for any one of them on a loaded machine, every report failed with 503 and
+was sent again with more objects (issue 18). When one check fails, the others are cancelled rather than left
+running on to compete with the report sent next.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from __future__ import annotations
 __all__ = ["report_objects"]
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -51,9 +49,6 @@ from niks3d.uploads.verify import verify_nar_object
 
 logger = logging.getLogger(__name__)
 _CONCURRENCY = 32
-# From this many objects of a report without a multipart upload, their staged copies are found by listing the
-# session's staging keys (one ListObjectsV2 per 1,000) instead of one HEAD each.
-_LIST_FROM = 8
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -125,7 +120,7 @@ async def report_objects(
             to_check.append((report, claim))
 
     full = ctx.settings.s3.verify == "full" or not trusted
-    staged = await _stage_all(ctx, session, to_check)
+    staged = await _each(to_check, lambda item: _stage(ctx, session, *item))
     failed = [r for r in staged if isinstance(r, dict)]
     ready = [r for r in staged if isinstance(r, _Staged)]
     if ready:
@@ -192,47 +187,6 @@ async def report_objects(
     for item in missing:
         logger.info("session %s: object %s not accepted: %s", session.id, item["key"], item["reason"])
     return sorted(accepted), missing
-
-
-async def _stage_all(
-    ctx: PushContext, session: db.SessionRow, items: list[tuple[ObjectReport, db.Claim]]
-) -> list[_Staged | Failure]:
-    """:func:`_stage` of every item; the sizes of objects uploaded in one PUT come from one listing of the
-    session's staging keys when there are enough of them. The listing only ever confirms: a key it does not show
-    with exactly the reported size is asked about with a HEAD, as it would be without the listing."""
-    single = sorted(report.key for report, claim in items if claim.upload_id is None)
-    listed = await _staged_sizes(ctx, session, single) if len(single) >= _LIST_FROM else {}
-
-    async def one(item: tuple[ObjectReport, db.Claim]) -> _Staged | Failure:
-        report, claim = item
-        if claim.upload_id is None and listed.get(report.key) == report.file_size:
-            return _Staged(report, report.file_size, False)
-        return await _stage(ctx, session, report, claim)
-
-    return await _each(items, one)
-
-
-async def _staged_sizes(ctx: PushContext, session: db.SessionRow, keys: list[str]) -> dict[str, int]:
-    """key -> size of the staged copies of ``keys`` (sorted) that a listing of the session's staging keys from the
-    first to the last of them shows; empty if S3 refuses the listing (the HEADs then answer)."""
-    prefix = staging_key(str(session.id), keys[0])[: -len(keys[0])]
-    wanted = set(keys)
-    last = prefix + keys[-1]
-    sizes: dict[str, int] = {}
-    try:
-        async with contextlib.aclosing(ctx.bucket.iter_objects(prefix, start_after=prefix + keys[0][:-1])) as listing:
-            async for info in listing:
-                if info.key > last:
-                    break
-                key = info.key[len(prefix) :]
-                if key in wanted:
-                    sizes[key] = info.size
-    except StorageThrottled:
-        raise
-    except StorageError as exc:
-        logger.info("session %s: listing its staged objects failed (%s); asking about each", session.id, exc)
-        return {}
-    return sizes
 
 
 async def _stage(ctx: PushContext, session: db.SessionRow, report: ObjectReport, claim: db.Claim) -> _Staged | Failure:
