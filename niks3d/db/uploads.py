@@ -28,6 +28,7 @@ __all__ = [
     "mark_present",
     "object_states",
     "open_session_ids",
+    "path_object_states",
     "record_accepted",
     "record_progress",
     "renew_leases",
@@ -274,6 +275,31 @@ async def absent_uploads(conn: Connection, wanted: Sequence[tuple[str, str]]) ->
         )
         absent.update(r["key"] for r in rows)
     return absent
+
+
+async def path_object_states(
+    conn: Connection, wanted: Sequence[tuple[str, str]], *, proven_writer: bool = False
+) -> tuple[set[str], dict[str, tuple[str, int | None, str | None]]]:
+    """Of ``(path hash, key)`` pairs: the path hashes that are published, and key -> (state, size, file_hash) of
+    the keys that exist (``proven_writer`` as for :func:`lock_objects`); one statement a batch, where
+    ``published_hashes`` and :func:`object_states` were two."""
+    published: set[str] = set()
+    states: dict[str, tuple[str, int | None, str | None]] = {}
+    for batch in batches(list(wanted)):
+        rows = await conn.fetch(
+            """SELECT x.hash, p.hash IS NOT NULL AS published, o.key,
+                      CASE WHEN $3 AND o.kind = 'log' AND o.state = 'present' AND NOT o.proven
+                           THEN 'pending' ELSE o.state END AS state, o.size, o.file_hash
+               FROM unnest($1::text[], $2::text[]) AS x(hash, key)
+               LEFT JOIN store_paths p ON p.hash = x.hash
+               LEFT JOIN objects o ON o.key = x.key""",
+            [h for h, _ in batch],
+            [k for _, k in batch],
+            proven_writer,
+        )
+        published.update(r["hash"] for r in rows if r["published"])
+        states.update((r["key"], (r["state"], r["size"], r["file_hash"])) for r in rows if r["key"] is not None)
+    return published, states
 
 
 async def live_uploaders(conn: Connection, keys: Sequence[str], *, exclude: uuid.UUID) -> dict[str, uuid.UUID]:

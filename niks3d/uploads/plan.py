@@ -51,15 +51,17 @@ class ObjectPlan:
     # the keys publication locks, in key order: the narinfo of every path and every realisation (rule 7), and
     # every path's listing (rule 8)
     publication_locks: tuple[str, ...]
+    # path hash -> the key of its listing, whether it asked for one or not (rule 8)
+    listings: Mapping[str, str]
 
     @classmethod
     def of(cls, paths: Sequence[PathRequest], upstream: Sequence[UpstreamPath]) -> ObjectPlan:
         objects = {p.path.hash: tuple(wanted_objects(p, published=False)) for p in paths}
         uploads: dict[str, WantedObject] = {}
         nars: dict[str, PathRequest] = {}
-        locks: set[str] = set()
+        listings = {p.path.hash: ls_key(p.path.hash) for p in paths}
+        locks: set[str] = set(listings.values())
         for p in paths:
-            locks.add(ls_key(p.path.hash))  # whether it asked for a listing or not (rule 8)
             for o in objects[p.path.hash]:
                 if o.client_uploads:
                     uploads.setdefault(o.key, o)
@@ -76,6 +78,7 @@ class ObjectPlan:
             outside=tuple(sorted(outside.items())),
             names=names_wanted(paths),
             publication_locks=tuple(sorted(locks)),
+            listings=listings,
         )
 
     def client_uploads(self, path_hash: str) -> list[WantedObject]:

@@ -95,12 +95,15 @@ async def _check_objects(
     """Raise 422/409 unless every object needed to publish the unpublished paths is present; else return those
     paths and the states of their objects (and of all their listings' keys, rule 8)."""
     async with ctx.pool.acquire() as conn:
-        published = await db_paths.published_hashes(conn, [p.path.hash for p in req.paths])
+        # every path's uploads and listing key: what publishing it needs if it is not published by now
+        wanted = [
+            (p.path.hash, k)
+            for p in req.paths
+            for k in {*(o.key for o in req.plan.client_uploads(p.path.hash)), req.plan.listings[p.path.hash]}
+        ]
+        published, states = await db.path_object_states(conn, wanted, proven_writer=True)
         todo = [p for p in req.paths if p.path.hash not in published]
         needed = {o.key: o for p in todo for o in req.plan.client_uploads(p.path.hash)}
-        states = await db.object_states(
-            conn, list(needed.keys() | {ls_key(p.path.hash) for p in todo}), proven_writer=True
-        )
         absent = [k for k in sorted(needed) if states.get(k, ("pending",))[0] != "present"]
         if not absent:
             return todo, states  # every object is there: nothing to ask about claims or uploaders

@@ -51,6 +51,7 @@ def test_the_plan_is_worked_out_with_the_parse() -> None:
         sorted([narinfo_key(A), narinfo_key(B), narinfo_key(C), realisation_key(RID)] + [ls_key(h) for h in (A, B, C)])
     )  # every path's listing, whether it asked for one or not (docs/security.md, rule 8)
     assert plan.large_nars(1 << 20) == [nar_2]
+    assert plan.listings == {A: ls_key(A), B: ls_key(B), C: ls_key(C)}  # A asked for none: its key still (rule 8)
 
 
 def test_a_stored_request_parsed_again_has_the_same_plan() -> None:
