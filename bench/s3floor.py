@@ -1,0 +1,107 @@
+"""Benchmark: what one S3 request costs niks3d and SeaweedFS on this machine, the floor under issue 18's per-path cost.
+
+A push costs niks3d a few S3 requests per path (a CopyObject of the NAR into place, the narinfo's PUT, a share of
+the batched listing and DeleteObjects): whatever else niks3d does, its CPU per path cannot fall below those
+requests' cost. This bench starts a throwaway SeaweedFS, opens the bucket as the daemon does
+(:func:`niks3d.storage.open_bucket`, static keys) and runs ``--requests`` of each operation the push path sends,
+``--concurrency`` at a time, measuring this process's CPU (``time.process_time``: signing, HTTP, parsing) and
+SeaweedFS's (from /proc) per request, next to a bare presigned HEAD on aiohttp (no niks3d code around it):
+
+    .venv/bin/python -m bench.s3floor [--requests 2000] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+__all__ = ["main"]
+
+import argparse
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+from niks3d.config import S3Settings
+from niks3d.devenv.seaweedfs import seaweed_server
+from niks3d.storage import Bucket, open_bucket
+from testkit.proctree import process_tree
+
+BODY = b"StorePath: /nix/store/x\n" * 24  # about a narinfo's size
+
+
+async def _each(n: int, concurrency: int, one: Callable[[int], Awaitable[object]]) -> None:
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def run(i: int) -> None:
+        async with semaphore:
+            await one(i)
+
+    await asyncio.gather(*(run(i) for i in range(n)))
+
+
+async def _measure(args: argparse.Namespace, bucket: Bucket, weed_pid: int) -> None:
+    n, conc = args.requests, args.concurrency
+    await _each(n, conc, lambda i: bucket.put(f"staging/s/{i:06}.nar.zst", BODY, content_type="text/plain"))
+    http = bucket._http
+    assert http is not None
+
+    async def bare_head(i: int) -> None:
+        url = await bucket._presign(
+            "head_object", {"Bucket": bucket.name, "Key": f"staging/s/{i:06}.nar.zst"}, None, ""
+        )
+        async with http.head(url) as resp:
+            assert resp.status == 200
+
+    async def listing(_: int) -> None:
+        async for _info in bucket.iter_objects("staging/s/"):
+            pass
+
+    operations: list[tuple[str, int, Callable[[int], Awaitable[object]]]] = [
+        ("presigned HEAD on aiohttp, bare", n, bare_head),
+        ("Bucket.head", n, lambda i: bucket.head(f"staging/s/{i:06}.nar.zst")),
+        ("Bucket.put (narinfo-sized)", n, lambda i: bucket.put(f"{i:06}.narinfo", BODY, content_type="text/plain")),
+        (
+            "Bucket.copy (staged NAR into place)",
+            n,
+            lambda i: bucket.copy(
+                f"staging/s/{i:06}.nar.zst", f"nar/{i:06}.nar.zst", size=len(BODY), content_type="text/plain"
+            ),
+        ),
+        (f"Bucket.iter_objects ({n} keys, per key)", 1, listing),
+        (
+            "Bucket.delete_many (1000 a request, per key)",
+            1,
+            lambda _: bucket.delete_many([f"nar/{i:06}.nar.zst" for i in range(n)]),
+        ),
+    ]
+    for label, count, one in operations:
+        weed_before = sum(p.cpu_seconds for p in process_tree(weed_pid))
+        cpu, wall = time.process_time(), time.monotonic()
+        await _each(count, conc, one)
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        weed = sum(p.cpu_seconds for p in process_tree(weed_pid)) - weed_before
+        print(
+            f"{label:46} niks3d {1000 * cpu / n:6.3f} ms CPU/request  SeaweedFS {1000 * weed / n:6.3f} ms  "
+            f"({n / wall:6.0f}/s; load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args(argv)
+    with seaweed_server() as weed:
+        weed.create_bucket("floor")
+        settings = S3Settings(bucket="floor", endpoint_url=weed.endpoint_url, region=weed.region)
+
+        async def run() -> None:
+            async with open_bucket(settings, weed.access_key_id, weed.secret_access_key) as bucket:
+                await _measure(args, bucket, weed.pid)
+
+        asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
