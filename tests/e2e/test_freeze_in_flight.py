@@ -124,6 +124,13 @@ def _nix_copy(daemon: Any, tmp_path: Path, paths: list[str]) -> subprocess.Compl
     return subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=300)
 
 
+def _errors_with_tracebacks(log: str, lines_after: int = 40) -> str:
+    """The daemon's ERROR lines and what follows each (its traceback), for the message of a failed check."""
+    lines = log.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(("ERROR", "CRITICAL"))]
+    return "\n".join("\n".join(lines[i : i + lines_after]) for i in starts[:3])
+
+
 async def _until(condition: Callable[[], bool], soak: Soak, timeout: float = 60) -> None:  # noqa: ASYNC109
     deadline = time.monotonic() + timeout
     while not condition():
@@ -188,7 +195,7 @@ async def _freeze_under_load(
     assert not problems, problems[:10]
 
     bad = [a for a in answers.seen if a.status >= 500 and (a.status != 503 or not a.retry_after)]
-    assert not bad, bad[:10]
+    assert not bad, (bad[:10], _errors_with_tracebacks(daemon.log()))
     ours = {"/ready", f"/api/v1/sessions/{session_id}/complete"}
     met = [a for a in answers.seen if frozen_at <= a.at < thawed_at + 1 and a.status == 503 and a.path not in ours]
     assert met, soak.statuses  # the freeze met the pushers' and readers' requests, not only ours

@@ -42,6 +42,15 @@ async def _upload_specs(
     return reports
 
 
+def _stale_connection(exc: aiohttp.ClientError) -> bool:
+    """Whether a request failed on a kept-alive connection the daemon had just closed as idle
+    (``server.idle_timeout``), before the daemon read it: what niks3 push and Nix send again on a new connection.
+    Under load the client's own keep-alive limit does not always let such a connection go first."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and "Can not write request body" in str(exc)
+
+
 class Soak:
     def __init__(self, url: str, token: str, tmp: Path, seed: int) -> None:
         self.url, self.token, self.tmp = url, token, tmp
@@ -126,28 +135,42 @@ class Soak:
             except AssertionError as exc:
                 status = int(str(exc).split(": ", 1)[1].split()[0]) if ": " in str(exc) else -1
                 self.record("push-failed", status, started)
+            except aiohttp.ClientError as exc:
+                if not _stale_connection(exc):
+                    raise
+                self.record("push-reconnect", 0, started)
             i += 1
 
     async def reader(self, http: aiohttp.ClientSession, n: int) -> None:
         rng = random.Random(1000 + n)
         while not self.stop:
-            if self.published and rng.random() < 0.5:
-                p = self.published[rng.choice(list(self.published))]
+            started = time.perf_counter()
+            try:
+                await self._read_once(http, rng)
+            except aiohttp.ClientError as exc:
+                if not _stale_connection(exc):
+                    raise
+                self.record("read-reconnect", 0, started)
+
+    async def _read_once(self, http: aiohttp.ClientSession, rng: random.Random) -> None:
+        """One read as Nix makes it: a known narinfo and its NAR, or a miss."""
+        if self.published and rng.random() < 0.5:
+            p = self.published[rng.choice(list(self.published))]
+            started = time.perf_counter()
+            async with http.get(f"{self.url}/{p.hash}.narinfo") as r:
+                text = await r.text()
+                self.record("narinfo-hit", r.status, started)
+            if r.status == 200:
+                url = next(line[5:] for line in text.splitlines() if line.startswith("URL: "))
                 started = time.perf_counter()
-                async with http.get(f"{self.url}/{p.hash}.narinfo") as r:
-                    text = await r.text()
-                    self.record("narinfo-hit", r.status, started)
-                if r.status == 200:
-                    url = next(line[5:] for line in text.splitlines() if line.startswith("URL: "))
-                    started = time.perf_counter()
-                    async with http.get(f"{self.url}/{url}") as r:
-                        await r.read()
-                        self.record("nar", r.status, started)
-            else:
-                started = time.perf_counter()
-                async with http.get(f"{self.url}/{encode(rng.randbytes(20))}.narinfo") as r:
+                async with http.get(f"{self.url}/{url}") as r:
                     await r.read()
-                    self.record("narinfo-miss", r.status, started)
+                    self.record("nar", r.status, started)
+        else:
+            started = time.perf_counter()
+            async with http.get(f"{self.url}/{encode(rng.randbytes(20))}.narinfo") as r:
+                await r.read()
+                self.record("narinfo-miss", r.status, started)
 
     async def check(self, http: aiohttp.ClientSession) -> list[str]:
         """Every pushed closure as Nix reads it through the daemon; returns the problems."""
