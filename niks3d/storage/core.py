@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 # A quick HEAD's URL is used at once, by this daemon only.
 _QUICK_HEAD_EXPIRY = timedelta(minutes=1)
+# What a presigned request on the plain session may raise: it is then sent again through botocore.
+_QUICK_FAILURES = (aiohttp.ClientError, TimeoutError, OSError, ValueError, TypeError)
 # Bodies up to this size PUT through the plain session (aiohttp warns about larger bytes bodies).
 QUICK_PUT_LIMIT = 1 << 20
 
@@ -192,14 +194,8 @@ class BucketCore:
                     content_type=headers.get("Content-Type"),
                     content_encoding=headers.get("Content-Encoding"),
                 )
-        except aiohttp.ClientConnectorError as exc:
-            # The endpoint cannot be reached this way (a proxy botocore knows of from the environment, say):
-            # every later HEAD goes through botocore, rather than waiting for a connection every time.
-            log.warning("HEAD %s without botocore failed (%s); using botocore for every HEAD from now on", key, exc)
-            self._http = None
-            return False, None
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, TypeError) as exc:
-            log.debug("HEAD %s failed (%s): asking again through botocore", key, exc)
+        except _QUICK_FAILURES as exc:
+            self._quick_failed(f"HEAD {key}", exc)
             return False, None
 
     async def _quick_get(self, http: aiohttp.ClientSession, key: str, limit: int) -> tuple[bool, bytes | None]:
@@ -220,12 +216,8 @@ class BucketCore:
                 if len(body) > limit or (resp.content_length is not None and len(body) != resp.content_length):
                     return False, None
                 return True, body
-        except aiohttp.ClientConnectorError as exc:
-            log.warning("GET %s without botocore failed (%s); using botocore from now on", key, exc)
-            self._http = None
-            return False, None
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, TypeError) as exc:
-            log.debug("GET %s failed (%s): asking again through botocore", key, exc)
+        except _QUICK_FAILURES as exc:
+            self._quick_failed(f"GET {key}", exc)
             return False, None
 
     async def _quick_put(
@@ -247,12 +239,8 @@ class BucketCore:
                     return False
                 await resp.read()
                 return True
-        except aiohttp.ClientConnectorError as exc:
-            log.warning("PUT %s without botocore failed (%s); using botocore from now on", key, exc)
-            self._http = None
-            return False
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, TypeError) as exc:
-            log.debug("PUT %s failed (%s): sending it again through botocore", key, exc)
+        except _QUICK_FAILURES as exc:
+            self._quick_failed(f"PUT {key}", exc)
             return False
 
     async def _quick_copy(self, http: aiohttp.ClientSession, target: str, params: Mapping[str, Any]) -> bool:
@@ -273,13 +261,20 @@ class BucketCore:
                     log.debug("CopyObject to %s answered %d: sending it again through botocore", target, resp.status)
                     return False
                 return True
-        except aiohttp.ClientConnectorError as exc:
-            log.warning("CopyObject to %s without botocore failed (%s); using botocore from now on", target, exc)
+        except _QUICK_FAILURES as exc:
+            self._quick_failed(f"CopyObject to {target}", exc)
+            return False
+
+    def _quick_failed(self, what: str, exc: BaseException) -> None:
+        """After a presigned request on the plain session failed (the caller then sends it through botocore,
+        which retries and names the error). If the endpoint cannot be reached this way at all (a proxy botocore
+        knows of from the environment, say), every later request goes through botocore, rather than waiting for
+        a connection every time."""
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            log.warning("%s without botocore failed (%s); using botocore from now on", what, exc)
             self._http = None
-            return False
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, TypeError) as exc:
-            log.debug("CopyObject to %s failed (%s): sending it again through botocore", target, exc)
-            return False
+        else:
+            log.debug("%s failed (%s): sending it again through botocore", what, exc)
 
     async def _forbidden_means_missing(self, key: str, head_error: ClientError) -> bool:
         """After HEAD answered 403: whether a ranged GET says AccessDenied/NoSuchKey (the key is absent)."""
