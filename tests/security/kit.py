@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +53,21 @@ def made_up(name: str, *, nar: bytes, nar_hash: bytes | None = None, deriver: st
         listing=b'{"version":1,"root":{"type":"regular","size":1}}',
         deriver=deriver,
     )
+
+
+def put_log(daemon: Any, token: str, drv: str, text: bytes) -> tuple[int, str]:
+    """``PUT log/<drv>`` (a store path or its basename), as ``nix store copy-log --to`` sends it: status, body."""
+    request = urllib.request.Request(
+        f"{daemon.url}/log/{drv.removeprefix('/nix/store/')}",
+        data=text,
+        method="PUT",
+        headers={"Authorization": f"Bearer {daemon.tokens[token]}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def junk_of_size(size: int) -> bytes:

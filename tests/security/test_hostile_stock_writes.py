@@ -6,30 +6,14 @@ of the closure succeeds with signatures checked."""
 from __future__ import annotations
 
 import subprocess
-import urllib.error
-import urllib.request
-from typing import Any
 
 import pytest
 
 from tests.client.storekit import delete
 from tests.e2e.test_nix_copy_to import build_closure, copy_from, copy_to, netrc, nix
+from tests.security.kit import put_log
 
 pytestmark = [pytest.mark.nix, pytest.mark.postgres, pytest.mark.s3]
-
-
-def _put_log(daemon: Any, token: str, drv: str, text: bytes) -> tuple[int, str]:
-    request = urllib.request.Request(
-        f"{daemon.url}/log/{drv.removeprefix('/nix/store/')}",
-        data=text,
-        method="PUT",
-        headers={"Authorization": f"Bearer {daemon.tokens[token]}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_a_build_log_put_by_stock_nix_needs_the_drv_and_the_outputs_publisher(start_daemon, tmp_path, request):
@@ -42,11 +26,11 @@ def test_a_build_log_put_by_stock_nix_needs_the_drv_and_the_outputs_publisher(st
     assert copy_to(tmp_path, daemon, url, top).returncode == 0  # the victim publishes its outputs
 
     # With the victim's own token, and no proof: the .drv is not in the cache.
-    status, text = _put_log(daemon, "pusher", drv_path, b"EVIL LOG\n")
+    status, text = put_log(daemon, "pusher", drv_path, b"EVIL LOG\n")
     assert status == 422 and "its .drv is not in this cache" in text, (status, text)
     # Another token copies the genuine .drv to the cache (anyone may have it) and plants its log.
     assert copy_to(tmp_path, daemon, url, "--derivation", drv_path, token="intruder").returncode == 0
-    status, text = _put_log(daemon, "intruder", drv_path, b"EVIL LOG\n")
+    status, text = put_log(daemon, "intruder", drv_path, b"EVIL LOG\n")
     assert status == 422 and "another identity" in text, (status, text)
 
     done = nix(tmp_path, "store", "copy-log", "--to", url, top, netrc_file=netrc(tmp_path, daemon, "pusher"))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import subprocess
-import urllib.error
-import urllib.request
 from typing import Any
 
 import aiohttp
@@ -25,26 +23,11 @@ from niks3d.nix.hashes import format_sha256
 from niks3d.nix.storepath import StorePath
 from tests.client.storekit import delete
 from tests.e2e.test_nix_copy_to import build_closure, copy_from, copy_to, netrc, nix
-from tests.security.kit import ZSTD, assert_substitutable, made_up, real_path, victim_pushes
+from tests.security.kit import ZSTD, assert_substitutable, made_up, put_log, real_path, victim_pushes
 from tests.server.bucketview import get_object, s3_client
 from tests.server.pushkit import PushKit
 
 pytestmark = [pytest.mark.nix, pytest.mark.postgres, pytest.mark.s3]
-
-
-def _put_log(daemon: Any, token: str, drv: StorePath, text: bytes) -> tuple[int, str]:
-    """``PUT log/<drv>``, as ``nix store copy-log --to`` sends it."""
-    request = urllib.request.Request(
-        f"{daemon.url}/log/{drv.basename}",
-        data=text,
-        method="PUT",
-        headers={"Authorization": f"Bearer {daemon.tokens[token]}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def _log(daemon: Any, key: str) -> bytes:
@@ -101,7 +84,7 @@ def test_the_victims_proven_push_replaces_a_log_never_proven(start_daemon, nix_f
     owner = asyncio.run(_publish_evil(daemon, nix_fixtures, drv))
     if planted == "trusted_put":
         # A trusted token is spared the proof (s3.verify = "size"): its log goes in, unproven.
-        status, text = _put_log(daemon, "trusted", drv, b"EVIL LOG\n")
+        status, text = put_log(daemon, "trusted", drv.basename, b"EVIL LOG\n")
         assert status == 201, (status, text)
     else:
         asyncio.run(_plant_as_before_0007(daemon, key, owner))
@@ -115,7 +98,7 @@ def test_the_victims_proven_push_replaces_a_log_never_proven(start_daemon, nix_f
 
     # Once proven, the log is immutable for writers without the proof, trusted or not.
     for token in ("trusted", "intruder"):
-        status, text = _put_log(daemon, token, drv, b"EVIL LOG AGAIN\n")
+        status, text = put_log(daemon, token, drv.basename, b"EVIL LOG AGAIN\n")
         assert status in (409, 422), (token, status, text)
     assert _log(daemon, key) == genuine
     assert_substitutable(daemon, tmp_path, nix_fixtures.with_log)
@@ -133,7 +116,7 @@ def test_a_stock_copy_log_with_its_proof_replaces_a_log_never_proven(start_daemo
     key = f"log/{drv.basename}"
     url = f"{daemon.url}/?compression=zstd"
     assert copy_to(tmp_path, daemon, url, top).returncode == 0
-    status, text = _put_log(daemon, "trusted", drv, b"EVIL LOG\n")
+    status, text = put_log(daemon, "trusted", drv.basename, b"EVIL LOG\n")
     assert status == 201, (status, text)
     assert asyncio.run(_proven(daemon.dsn, key)) is False
 
@@ -141,7 +124,7 @@ def test_a_stock_copy_log_with_its_proof_replaces_a_log_never_proven(start_daemo
     done = nix(tmp_path, "store", "copy-log", "--to", url, top, netrc_file=netrc(tmp_path, daemon, "pusher"))
     assert done.returncode == 0, done.stderr
     assert asyncio.run(_proven(daemon.dsn, key)) is True
-    status, text = _put_log(daemon, "trusted", drv, b"EVIL LOG AGAIN\n")
+    status, text = put_log(daemon, "trusted", drv.basename, b"EVIL LOG AGAIN\n")
     assert status == 409 and "immutable" in text, (status, text)
     got = nix(tmp_path, "log", "--store", daemon.url, top)
     assert got.returncode == 0 and "building the top" in got.stdout and "EVIL" not in got.stdout, got
