@@ -14,7 +14,14 @@ fixed-output derivations; floating content-addressed outputs are empty until bui
 
 from __future__ import annotations
 
-__all__ = ["MAX_DERIVATION_BYTES", "Derivation", "InvalidDerivation", "parse_derivation", "text_store_path"]
+__all__ = [
+    "MAX_DERIVATION_BYTES",
+    "Derivation",
+    "InvalidDerivation",
+    "Output",
+    "parse_derivation",
+    "text_store_path",
+]
 
 import hashlib
 from dataclasses import dataclass
@@ -31,14 +38,33 @@ class InvalidDerivation(NixFormatError):
 
 
 @dataclass(frozen=True, slots=True)
+class Output:
+    path: str  # "" for a floating content-addressed output
+    hash_algo: str  # "r:sha256", "sha256", ... for content-addressed outputs, else ""
+    hash: str  # base16, for fixed outputs; else ""
+
+
+@dataclass(frozen=True, slots=True)
 class Derivation:
     outputs: dict[str, str]  # output name -> path ("" for a floating content-addressed output)
     input_drvs: tuple[str, ...]
     input_srcs: tuple[str, ...]
+    # The rest of the ATerm, in the file's order, for the hash modulo (niks3d/nix/drvhash.py).
+    output_specs: tuple[tuple[str, Output], ...] = ()
+    input_outputs: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (input drv path, its output names)
+    system: str = ""
+    builder: str = ""
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
 
     def references(self) -> list[str]:
         """The .drv file's references: its input sources and input derivations, sorted."""
         return sorted({*self.input_drvs, *self.input_srcs})
+
+    @property
+    def floating_outputs(self) -> list[str]:
+        """The names of the outputs whose path is known only once built (floating content-addressed)."""
+        return [name for name, out in self.output_specs if not out.path and out.hash_algo and not out.hash]
 
 
 class _Reader:
@@ -91,63 +117,76 @@ def parse_derivation(data: bytes) -> Derivation:
         raise InvalidDerivation(f"the derivation has {len(data)} bytes, more than {MAX_DERIVATION_BYTES}")
     r = _Reader(data)
     r.expect(b"Derive([")
-    outputs: dict[str, str] = {}
+    specs: list[tuple[str, Output]] = []
     while not r.peek(b"]"):
-        if outputs:
+        if specs:
             r.expect(b",")
         r.expect(b"(")
         name = r.string()
         r.expect(b",")
         path = r.string()
         r.expect(b",")
-        r.string()  # hash algorithm (fixed outputs)
+        algo = r.string()  # hash algorithm (content-addressed outputs)
         r.expect(b",")
-        r.string()  # hash
+        digest = r.string()  # hash (fixed outputs)
         r.expect(b")")
-        outputs[name] = path
+        specs.append((name, Output(path, algo, digest)))
+    outputs = {name: out.path for name, out in specs}
     r.expect(b"],[")
-    input_drvs: list[str] = []
+    inputs: list[tuple[str, tuple[str, ...]]] = []
     while not r.peek(b"]"):
-        if input_drvs:
+        if inputs:
             r.expect(b",")
         r.expect(b"(")
-        input_drvs.append(r.string())
+        input_drv = r.string()
         r.expect(b",")
         if r.peek(b"["):
-            r.strings()
+            inputs.append((input_drv, tuple(r.strings())))
         else:  # Nix 2.19+ dynamic-derivation form: ([outputs],[(name,[...])...]) - only its paths matter
             raise InvalidDerivation("dynamic derivation inputs are not supported")
         r.expect(b")")
+    input_drvs = [drv for drv, _ in inputs]
     r.expect(b"],")
     input_srcs = r.strings()
     r.expect(b",")
-    r.string()  # system
+    system = r.string()
     r.expect(b",")
-    r.string()  # builder
+    builder = r.string()
     r.expect(b",")
-    r.strings()  # args
+    args = r.strings()
     r.expect(b",[")
-    first = True
+    env: list[tuple[str, str]] = []
     while not r.peek(b"]"):
-        if not first:
+        if env:
             r.expect(b",")
-        first = False
         r.expect(b"(")
-        r.string()
+        key = r.string()
         r.expect(b",")
-        r.string()
+        env.append((key, r.string()))
         r.expect(b")")
     r.expect(b"])")
     if r.pos != len(data):
         raise InvalidDerivation(f"{len(data) - r.pos} bytes after the end of the derivation")
     if not outputs:
         raise InvalidDerivation("the derivation has no outputs")
+    if len(outputs) != len(specs) or len(set(input_drvs)) != len(input_drvs):
+        raise InvalidDerivation("the derivation names an output or an input derivation twice")
     for path in [*input_drvs, *input_srcs, *(p for p in outputs.values() if p)]:
         try:
             StorePath.parse(path)
         except NixFormatError as exc:
             raise InvalidDerivation(f"the derivation names an invalid store path: {exc}") from None
-    return Derivation(outputs=outputs, input_drvs=tuple(input_drvs), input_srcs=tuple(input_srcs))
+    return Derivation(
+        outputs=outputs,
+        input_drvs=tuple(input_drvs),
+        input_srcs=tuple(input_srcs),
+        output_specs=tuple(specs),
+        input_outputs=tuple(inputs),
+        system=system,
+        builder=builder,
+        args=tuple(args),
+        env=tuple(env),
+    )
 
 
 def text_store_path(name: str, contents: bytes, references: list[str]) -> StorePath:
