@@ -40,8 +40,9 @@ def session_body(
 ) -> dict[str, Any]:
     """The body of ``POST /sessions`` without its idempotency key, in a canonical order.
 
-    ``derivations`` holds the ``.drv`` file of each path whose log is pushed: the server accepts a log only
-    with the derivation that proves it built the path (docs/security.md, rule 3). ``build_traces`` holds a Nix
+    ``derivations`` holds the ``.drv`` file of each path whose log or realisations are pushed: the server accepts
+    a log only with the derivation that proves it built the path (docs/security.md, rule 3), and gives a
+    realisation its build-trace entry only if the derivation proves it is its own (rule 7). ``build_traces`` holds a Nix
     2.35 store's own build-trace entries of each path, as (drv basename, output).
     """
     paths = []
@@ -63,7 +64,7 @@ def session_body(
         traces = (build_traces or {}).get(store_path)
         if traces:
             paths[-1]["build_trace"] = [{"drv_path": f"/nix/store/{d}", "output": o} for d, o in sorted(traces)]
-        if derivations and store_path in logs and store_path in derivations:
+        if derivations and store_path in derivations:
             paths[-1]["derivation"] = base64.b64encode(derivations[store_path]).decode()
     return {"roots": sorted({r.path for r in roots}), "paths": paths}
 

@@ -163,6 +163,12 @@ async def _gather_inputs(api: ApiClient, options: PushOptions) -> _Inputs:
     traces: dict[StorePath, list[tuple[str, str]]] = {}
     if options.realisations and "build-trace" in info.capabilities:
         traces = await asyncio.to_thread(query_build_traces, options.store.db_path, list(closure))
+    if "log-proof" in info.capabilities:
+        # the server gives a realisation a build-trace entry under its deriver only if the .drv proves it its own
+        for path in sorted({*realisations, *traces} - set(derivations), key=lambda p: p.path):
+            deriver = closure[path].deriver if path in closure else None
+            if deriver is not None and (drv := read_derivation(deriver, options.store)) is not None:
+                derivations[path] = drv
     body = session_body(split.roots, closure, logs, realisations, derivations=derivations, build_traces=traces)
     if split.referenced:
         body["upstream"] = upstream_entries(split, everything)

@@ -49,14 +49,15 @@ class WantedObject:
 def build_trace_outputs(path: PathRequest) -> list[tuple[str, str, str]]:
     """The Nix 2.35 build-trace entries written for ``path``: (key, drv basename, output name), sorted by key.
 
-    One per output name of the path's realisations, under its deriver: Nix up to 2.34 records the derivation it
-    built (for a derivation with content-addressed inputs, the resolved one) as the output's deriver, and 2.35
-    looks an output up under that derivation (docs/protocol.md 4.4). And those a 2.35 store recorded itself,
-    sent as ``build_trace``. Every one names ``path`` as its output (rule 7).
+    One per output name of the path's realisations that are its deriver's (their id is its hash modulo, proven by
+    the .drv sent: uploads/drvproof.py), under its deriver: Nix up to 2.34 records the derivation it built (for a
+    derivation with content-addressed inputs, the resolved one) as the output's deriver, and 2.35 looks an output
+    up under that derivation (docs/protocol.md 4.4). And those a 2.35 store recorded itself, sent as
+    ``build_trace``. Every one names ``path`` as its output (rule 7).
     """
     entries = set(path.build_trace)
     if path.deriver is not None:
-        entries |= {(path.deriver.basename, parse_realisation_id(r.id)[1]) for r in path.realisations}
+        entries |= {(path.deriver.basename, parse_realisation_id(i)[1]) for i in path.deriver_ids}
     return sorted((build_trace_key(drv, output), drv, output) for drv, output in entries)
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 __all__ = ["ObjectPlan", "names_wanted"]
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from niks3d.nix.bucketkeys import ls_key
+from niks3d.nix.bucketkeys import log_key, ls_key
 from niks3d.uploads.objects import WantedObject, wanted_objects
 
 if TYPE_CHECKING:
@@ -53,6 +53,9 @@ class ObjectPlan:
     publication_locks: tuple[str, ...]
     # path hash -> the key of its listing, whether it asked for one or not (rule 8)
     listings: Mapping[str, str]
+    # log key -> (build-trace key, store path) of each path whose log it is by a floating content-addressed
+    # derivation's realisation: the log counts only if one of them is published for its path (rule 3)
+    log_bindings: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, paths: Sequence[PathRequest], upstream: Sequence[UpstreamPath]) -> ObjectPlan:
@@ -69,6 +72,10 @@ class ObjectPlan:
                     nars.setdefault(o.key, p)
                 elif o.kind in ("narinfo", "realisation"):
                     locks.add(o.key)
+        bindings: dict[str, set[tuple[str, str]]] = {}
+        for p in paths:
+            if p.log_binding is not None and p.deriver is not None and p.log_proven:
+                bindings.setdefault(log_key(p.deriver.basename), set()).add((p.log_binding, p.path.path))
         in_request = set(objects) | {u.path.hash for u in upstream}
         outside = {r.hash: r for p in paths for r in p.references if r.hash not in in_request}
         return cls(
@@ -79,6 +86,7 @@ class ObjectPlan:
             names=names_wanted(paths),
             publication_locks=tuple(sorted(locks)),
             listings=listings,
+            log_bindings={k: tuple(sorted(v)) for k, v in sorted(bindings.items())},
         )
 
     def client_uploads(self, path_hash: str) -> list[WantedObject]:

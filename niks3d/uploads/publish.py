@@ -40,6 +40,7 @@ from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.leases import refresh_stalled
 from niks3d.uploads.listing import derive_listings, put_listings
+from niks3d.uploads.logbinding import unbound_logs
 from niks3d.uploads.multipart import start_multipart_uploads
 from niks3d.uploads.objects import CONTENT_TYPES, WantedObject, build_trace_outputs, object_spec
 from niks3d.uploads.open import check_names
@@ -105,6 +106,9 @@ async def _check_objects(
         todo = [p for p in req.paths if p.path.hash not in published]
         needed = {o.key: o for p in todo for o in req.plan.client_uploads(p.path.hash)}
         absent = [k for k in sorted(needed) if states.get(k, ("pending",))[0] != "present"]
+        # A log whose realisation names another path is not this push's to publish (rule 3: uploads/logbinding.py).
+        unbound = await unbound_logs(conn, absent, req.plan.log_bindings)
+        absent = [k for k in absent if k not in unbound]
         if not absent:
             return todo, states  # every object is there: nothing to ask about claims or uploaders
         claims = await db.claims_of_session(conn, session.id)

@@ -25,7 +25,7 @@ __all__ = ["report_objects"]
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -42,6 +42,7 @@ from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.leases import LeaseKeeper
 from niks3d.uploads.lifecycle import abort_session
+from niks3d.uploads.logbinding import unbound_logs
 from niks3d.uploads.multipart import start_multipart_uploads
 from niks3d.uploads.objects import CONTENT_TYPES
 from niks3d.uploads.request import ObjectReport, PathRequest
@@ -142,7 +143,7 @@ async def report_objects(
         logs = [r for r in ready if parse_bucket_key(r.report.key).kind == "log"]
         others = [r for r in ready if parse_bucket_key(r.report.key).kind != "log"]
         placed = await _each(others, lambda r: _place(ctx, session, r, expected_nars.get(r.report.key), full=full))
-        placed += await _place_logs(ctx, session, logs)
+        placed += await _place_logs(ctx, session, logs, req.plan.log_bindings)
     good = [r for r in placed if isinstance(r, tuple)]
     failed.extend(r for r in placed if isinstance(r, dict))
     if gone := [r.key for r in placed if isinstance(r, _Gone)]:
@@ -234,27 +235,43 @@ async def _copy(ctx: PushContext, session: db.SessionRow, staged: _Staged) -> bo
     return True
 
 
-async def _place_logs(ctx: PushContext, session: db.SessionRow, logs: list[_Staged]) -> list[Accepted | _Gone]:
+async def _place_logs(
+    ctx: PushContext,
+    session: db.SessionRow,
+    logs: list[_Staged],
+    bindings: Mapping[str, tuple[tuple[str, str], ...]],
+) -> list[Accepted | Failure | _Gone]:
     """Copy the staged build logs into place under their rows' locks, and mark them proven (a session uploads a
     log only with its proof: objects.py). A log that became proven meanwhile is kept, never replaced; one that
     is present without its proof is overwritten in place, so the key is never missing (db/logs.py). One pool
-    connection for all of them, whatever their number (issue 18)."""
+    connection for all of them, whatever their number (issue 18).
+
+    The log of a floating content-addressed derivation counts only with its binding, the build-trace entry that
+    names its path (uploads/drvproof.py): one published for another path refuses it. The log then stays as it
+    is, and ``complete`` publishes the path without it (publish.py)."""
     if not logs:
         return []
     async with ctx.pool.acquire() as conn, conn.transaction():
         rows = await db_logs.lock_logs(conn, [r.report.key for r in logs])
-        kept = [r for r in logs if r.report.key in rows and rows[r.report.key].proven]
-        todo = [r for r in logs if r not in kept]
+        refused = await unbound_logs(conn, [r.report.key for r in logs], bindings)
+        kept = [r for r in logs if r.report.key in rows and (rows[r.report.key].proven or r.report.key in refused)]
+        todo = [r for r in logs if r not in kept and r.report.key not in refused]
         copied = await _each(todo, lambda r: _copy(ctx, session, r))
-        placed: list[Accepted | _Gone] = [
+        placed: list[Accepted | Failure | _Gone] = [
             (r.report.key, r.size, format_sha256(r.report.file_hash) if r.report.file_hash is not None else None)
             for r, ok in zip(todo, copied, strict=True)
             if ok
         ]
         await db_logs.mark_proven(conn, [p for p in placed if isinstance(p, tuple)])
     placed += [_Gone(r.report.key) for r, ok in zip(todo, copied, strict=True) if not ok]
-    # A proven log was there first: this session's copy is not needed, and the kept log is what it publishes.
+    # A proven log was there first (or this one is refused): this session's copy is not needed, and the kept log
+    # is what it publishes.
     placed += [(r.report.key, rows[r.report.key].size or 0, rows[r.report.key].file_hash) for r in kept]
+    placed += [
+        {"key": r.report.key, "reason": refused[r.report.key]}
+        for r in logs
+        if r.report.key in refused and r not in kept
+    ]
     return placed
 
 

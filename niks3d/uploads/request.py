@@ -30,13 +30,14 @@ from typing import Any
 
 from niks3d.errors import InvalidRequest
 from niks3d.nix.bucketkeys import parse_bucket_key
-from niks3d.nix.derivation import MAX_DERIVATION_BYTES, parse_derivation, text_store_path
+from niks3d.nix.derivation import MAX_DERIVATION_BYTES
 from niks3d.nix.errors import InvalidStorePath, NixFormatError
 from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.realisation import parse_realisation_id
 from niks3d.nix.signing import parse_signature
 from niks3d.nix.storepath import StorePath, validate_name
 from niks3d.storage.multipart import MAX_PART_NUMBER
+from niks3d.uploads.drvproof import prove_derivation
 from niks3d.uploads.plan import ObjectPlan
 
 MAX_PATHS_PER_SESSION = 100_000
@@ -128,6 +129,10 @@ class PathRequest:
     build_trace: tuple[tuple[str, str], ...] = ()
     # Why the build log is refused, or None when the derivation proves it (docs/security.md, rule 3).
     log_refused: str | None = None
+    # For the log of a floating content-addressed deriver: the build-trace key that must name this path (drvproof.py).
+    log_binding: str | None = None
+    # The ids of the realisations that are the deriver's, proven by the .drv: they get a build-trace entry (rule 7).
+    deriver_ids: tuple[str, ...] = ()
 
     @property
     def log_proven(self) -> bool:
@@ -358,6 +363,7 @@ def _parse_path(value: object, where: str) -> PathRequest:
     derivation = None
     if obj.get("derivation") is not None:
         derivation = _base64(obj["derivation"], f"{where}.derivation", MAX_DERIVATION_BYTES)
+    proof = prove_derivation(path, deriver, derivation, tuple(r.id for r in realisations), build_trace, log=log)
     return PathRequest(
         path=path,
         nar_hash=_hash(obj["nar_hash"], f"{where}.nar_hash"),
@@ -370,7 +376,9 @@ def _parse_path(value: object, where: str) -> PathRequest:
         realisations=realisations,
         derivation=derivation,
         build_trace=build_trace,
-        log_refused=_log_refusal(path, deriver, derivation) if log else None,
+        log_refused=proof.log_refused,
+        log_binding=proof.log_binding,
+        deriver_ids=proof.deriver_ids,
     )
 
 
@@ -381,24 +389,6 @@ def _base64(value: object, where: str, limit: int) -> bytes:
         return base64.b64decode(value, validate=True)
     except binascii.Error:
         raise _bad(where, "is not valid base64") from None
-
-
-def _log_refusal(path: StorePath, deriver: StorePath | None, derivation: bytes | None) -> str | None:
-    """None when ``derivation`` is the file of ``deriver`` and names ``path`` as an output; else why not."""
-    if deriver is None:
-        return "a build log needs the path's deriver"
-    if derivation is None:
-        return f"no proof: the log of {deriver.path} is accepted only with that .drv file (send 'derivation')"
-    try:
-        parsed = parse_derivation(derivation)
-    except NixFormatError as exc:
-        return f"the derivation sent is not a .drv file: {exc}"
-    actual = text_store_path(deriver.name, derivation, parsed.references())
-    if actual != deriver:
-        return f"the derivation sent is not {deriver.path}: its contents hash to {actual.path}"
-    if path.path not in parsed.outputs.values():
-        return f"{deriver.path} does not build {path.path} (not one of its outputs)"
-    return None
 
 
 def _references(value: object, where: str) -> tuple[StorePath, ...]:

@@ -6,6 +6,7 @@ the victim's own ("pusher"). A modern Nix then builds the victim's content-addre
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 from typing import Any
@@ -42,12 +43,17 @@ def _trace_id(key: str) -> str:
     return key.removeprefix("build-trace-v2/").removesuffix(".doi").replace("/", "^")
 
 
-async def _repoint(daemon: Any, token: str, ids: list[str], name: str, deriver: str) -> dict[str, Any]:
+async def _repoint(daemon: Any, token: str, ids: list[str], name: str, deriver: str, drv: bytes) -> dict[str, Any]:
     """Publish a made-up path (a valid NAR of its own) that claims every one of ``ids`` as its realisation, and
-    the victim's ``deriver`` as its own (so its build-trace entry would be the victim's)."""
+    the victim's ``deriver`` as its own, with its genuine .drv (so its build-trace entry would be the victim's)."""
     fake = made_up(name, nar=_file_nar(secrets.token_bytes(8) + b" is not what the victim built"))
     realisations = [{"id": i, "out_path": fake.path} for i in ids]
-    meta = {**fake.meta(), "deriver": deriver, "realisations": realisations}
+    meta = {
+        **fake.meta(),
+        "deriver": deriver,
+        "realisations": realisations,
+        "derivation": base64.b64encode(drv).decode(),
+    }
     async with aiohttp.ClientSession() as http:
         kit = PushKit(http, daemon.url, daemon.tokens[token])
         session = await kit.call("POST", "/api/v1/sessions", {"roots": [fake.path], "paths": [meta]}, expect=201)
@@ -78,7 +84,8 @@ def test_a_published_realisation_is_never_repointed(start_daemon, modern_nix, tm
     assert len(before) == len(ids) + 2 and top_trace in before, sorted(before)
 
     for attacker in ATTACKERS:
-        answer = asyncio.run(_repoint(daemon, attacker, ids, f"modern-catop-{attacker}", top))
+        drv = modern_nix.host_path(top).read_bytes()
+        answer = asyncio.run(_repoint(daemon, attacker, ids, f"modern-catop-{attacker}", top, drv))
         assert len(answer["published"]) == 1, answer  # the made-up path itself is new: it is published
         assert _realisations(daemon) == before, f"{attacker} re-pointed a published realisation"
         refused = answer.get("realisations_refused", [])

@@ -1,0 +1,115 @@
+"""Build logs of floating content-addressed derivations (docs/security.md, rules 3 and 7).
+
+Such a ``.drv`` names no output path, so its log is proven only by a realisation that niks3d publishes binding one
+of its outputs to the pushed path: the build-trace entry ``build-trace-v2/<drv>/<output>.doi``, written when the
+push sends a realisation whose id is the derivation's hash modulo (computed by niks3d from the ``.drv``). A modern
+Nix (Debian 13's 2.26, or sid's with ``NIKS3_MODERN_NIX_SUITE=sid``) builds a CA closure whose top prints a log;
+an intruder then names the victim's ``.drv`` (its genuine file) for made-up paths of its own, before and after
+the victim pushes, with a realisation for another id and with the victim's own ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+import zstandard
+
+from niks3d.nix.storepath import StorePath
+from testkit.modernnix import ModernNix
+from testkit.nixfixtures import CA_MK
+from tests.e2e.test_modern_nix import _build, _keys, _push, _reader, _substitute, _write
+from tests.security.kit import made_up
+from tests.security.test_hostile_realisations import _file_nar
+from tests.server.bucketview import bucket_keys, get_object
+from tests.server.pushkit import PushKit
+
+pytestmark = [pytest.mark.modern_nix, pytest.mark.postgres, pytest.mark.s3]
+
+LOG_EXPR = (
+    "{ salt }:\nlet\n"
+    + CA_MK
+    + """\
+  dep = mk "ca-logdep" "echo ca dependency $salt > $out";
+in mk "ca-logtop" "echo genuine ca log line; echo ${dep} $salt > $out"
+"""
+)
+
+
+def _log(daemon: Any, key: str) -> bytes | None:
+    if key not in bucket_keys(daemon.s3):
+        return None
+    body, _ = get_object(daemon.s3, key)
+    return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+
+
+async def _proven(dsn: str, key: str) -> bool | None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        value: bool | None = await conn.fetchval("SELECT proven FROM objects WHERE key = $1", key)
+        return value
+    finally:
+        await conn.close()
+
+
+async def _intruder_pushes(daemon: Any, name: str, drv: str, drv_file: bytes, ids: list[str]) -> dict[str, Any]:
+    """A made-up path of the intruder's, naming the victim's .drv (with its genuine file) as its deriver, with a log
+    "EVIL LOG" and realisations ``ids`` naming the made-up path; returns the open's entry and complete's answer."""
+    fake = made_up(name, nar=_file_nar(secrets.token_bytes(8) + b" is not what the victim built"), deriver=drv)
+    fake.log, fake.derivation = b"EVIL LOG\n", drv_file
+    meta = {**fake.meta(), "realisations": [{"id": i, "out_path": fake.path} for i in ids]}
+    async with aiohttp.ClientSession() as http:
+        kit = PushKit(http, daemon.url, daemon.tokens["intruder"])
+        session = await kit.call("POST", "/api/v1/sessions", {"roots": [fake.path], "paths": [meta]}, expect=201)
+        reports = await kit.upload(session, [fake])
+        answer = await kit.complete(session["session_id"], reports)
+    return {"entry": session["paths"][0], "answer": answer}
+
+
+def _trace(daemon: Any, drv: str) -> dict[str, Any] | None:
+    key = f"build-trace-v2/{drv.removeprefix('/nix/store/')}/out.doi"
+    return json.loads(get_object(daemon.s3, key)[0]) if key in bucket_keys(daemon.s3) else None
+
+
+def test_the_log_of_a_content_addressed_derivation_goes_with_its_realisation(
+    start_daemon, modern_nix: ModernNix, tmp_path: Path
+) -> None:
+    daemon = start_daemon()
+    salt = secrets.token_hex(6)
+    expr = _write(tmp_path, "calog.nix", LOG_EXPR)
+    out = _build(modern_nix, expr, salt)
+    drv = modern_nix.run(["nix-store", "--query", "--deriver", out]).stdout.decode().strip()
+    drv_file = modern_nix.host_path(drv).read_bytes()
+    assert b'("out","","r:sha256","")' in drv_file  # floating: the .drv names no output path
+    key = f"log/{StorePath.parse(drv).basename}"
+
+    # Before the victim: a realisation for another id (one of the intruder's making) proves nothing.
+    other = f"sha256:{secrets.token_hex(32)}!out"
+    tried = asyncio.run(_intruder_pushes(daemon, "ca-logtop-early", drv, drv_file, [other]))
+    assert tried["entry"].get("log_refused"), tried
+    assert _log(daemon, key) is None and _trace(daemon, drv) is None
+
+    _push(modern_nix, daemon, tmp_path, out)
+    genuine = _log(daemon, key)
+    assert genuine is not None and b"genuine ca log line" in genuine, genuine
+    assert asyncio.run(_proven(daemon.dsn, key)) is True
+    trace = _trace(daemon, drv)
+    assert trace is not None and trace["outPath"] == out.removeprefix("/nix/store/"), trace
+
+    # After the victim: the victim's own ids, for a made-up path naming its .drv. The realisations stay the
+    # victim's (rule 7), and so does the log.
+    ids = sorted(json.loads(get_object(daemon.s3, k)[0])["id"] for k in bucket_keys(daemon.s3) if "!" in k)
+    late = asyncio.run(_intruder_pushes(daemon, "ca-logtop-late", drv, drv_file, ids))
+    refused = {r["id"] for r in late["answer"].get("realisations_refused", [])}
+    assert f"{drv.removeprefix('/nix/store/')}^out" in refused, late
+    assert _log(daemon, key) == genuine and _trace(daemon, drv) == trace
+
+    reader = _reader(tmp_path, modern_nix)
+    assert _substitute(reader, expr, salt, f"{daemon.s3.endpoint_url}/{daemon.s3.bucket}", _keys(daemon)) == out
+    assert "genuine ca log line" in reader.nix("log", "--store", f"{daemon.s3.endpoint_url}/{daemon.s3.bucket}", drv)
