@@ -35,6 +35,7 @@ import zstandard
 from bench import synthclosure
 from bench.push import NIKS3, NIX, Run, timed
 from bench.pushstack import NIX_BUCKET, Counts, Stack, stack
+from niks3d.nix.signing import SecretKey
 from testkit import modernnix
 
 
@@ -119,15 +120,35 @@ def _copy_http(st: Stack, label: str, root: str, paths: int, workdir: Path, mode
 
 
 def _copy_s3(st: Stack, label: str, root: str, paths: int, modern: Modern) -> Line | None:
-    """``nix copy --to s3://`` of the modern Nix. Debian's Nix is built without AWS support and sends its S3
-    requests unsigned (SeaweedFS answered AccessDenied to every one): the stack lets anonymous requests write
-    this one bucket, so the copy is measured without signing (a little cheaper than a signed one)."""
-    url = f"s3://{NIX_BUCKET}?endpoint={st.client_s3}&scheme=http&region={st.region}&compression=zstd"
+    """``nix copy --to s3://`` of the modern Nix, with what niks3d publishes: zstd at niks3 push's level (3),
+    a ``.ls`` listing per path, narinfos signed (a key of its own); Nix's defaults otherwise (no parallel
+    compression, no multipart, as many paths at once as cores: its copy's thread pool).
+
+    It is given SeaweedFS's admin keys (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), so a Nix built with
+    S3 signing (Nix's ``s3-aws-auth`` feature) signs its requests. Debian's Nix 2.33+ is built without it (it
+    needs aws-crt-cpp, which Debian does not package) and sends every request unsigned, which SeaweedFS refuses
+    with AccessDenied; so the stack lets anonymous requests write this one bucket, and the line says how many
+    requests were signed. Signing costs one HMAC chain per request (libcurl sends the body as UNSIGNED-PAYLOAD),
+    so an unsigned copy is a fair wall-time figure.
+    """
+    key = st.workdir / "nixcopy.key"  # under the workdir, which the chroot sees at the same path
+    if not key.exists():
+        key.write_text(SecretKey.generate("nixcopy-1").to_text())
+        key.chmod(0o600)
+    url = (
+        f"s3://{NIX_BUCKET}?endpoint={st.client_s3}&scheme=http&region={st.region}"
+        f"&compression=zstd&compression-level=3&write-nar-listing=true&secret-key={key}"
+    )
+    access, secret = st.s3_keys
+    env = {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
     try:
-        return _measure(st, label, modern.argv(["nix", "copy", "--to", url, root]), paths)
+        line = _measure(st, label, modern.argv(["nix", "copy", "--to", url, root], env), paths)
     except SystemExit as exc:
         print(f"{label:44} FAILED: {str(exc)[-1500:]}", flush=True)
         return None
+    signed = line.counts.requests["client_s3_signed"]
+    print(f"{'':44} {signed} of {line.counts.requests['client_s3']} S3 requests signed (SigV4 headers)", flush=True)
+    return line
 
 
 def _ratio(what: str, ours: float, theirs: float, target: float) -> None:
@@ -213,6 +234,13 @@ def _writers(
     if s3 is not None:
         _ratio("wall, niks3 push (verified) / nix copy --to s3://", full.run.seconds, s3.run.seconds, 1.2)
         _ratio("wall, niks3 push (trusted) / nix copy --to s3://", trusted.run.seconds, s3.run.seconds, 1.2)
+        for ours in (full, trusted):
+            mine, theirs = ours.run.cpu + ours.server_cpu, s3.run.cpu + s3.server_cpu
+            print(
+                f"  CPU of every process (client and servers), {ours.label} / nix copy --to s3://: "
+                f"{mine:.2f} / {theirs:.2f} = {mine / max(theirs, 1e-9):.2f}x (no target)",
+                flush=True,
+            )
     print(f"  cached re-push of {n} paths: {again.run.seconds:.2f} s", flush=True)
 
 

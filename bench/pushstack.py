@@ -7,8 +7,10 @@
 * nginx, one process, four ports: a WebDAV directory (``nix copy --to http://``, the reference writer), and three
   counting proxies: the client's API calls to niks3d, the client's S3 requests (presigned PUTs, ``nix copy --to
   s3://``; niks3d's ``s3.public_endpoint_url``), and niks3d's own S3 requests (its ``s3.endpoint_url``). Its access
-  log (port, method, status, request bytes) gives requests made and bytes sent by every writer and by niks3d.
-  The proxies cost nginx CPU, counted as nginx's; they do not buffer bodies.
+  log (port, method, status, request bytes, whether an ``Authorization`` header came) gives requests made and bytes
+  sent by every writer and by niks3d, and how many were signed in headers (SigV4 ``nix copy --to s3://``;
+  presigned URLs carry their signature in the query instead). The proxies cost nginx CPU, counted as nginx's;
+  they do not buffer bodies.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log;
 events {{ worker_connections 1024; }}
 http {{
-    log_format counts '$server_port $request_method $status $request_length $body_bytes_sent';
+    map $http_authorization $signed {{ "" 0; default 1; }}
+    log_format counts '$server_port $request_method $status $request_length $body_bytes_sent $signed';
     access_log {dir}/access.log counts;
     client_body_temp_path {dir}/body;
     client_max_body_size 0;
@@ -77,7 +80,8 @@ http {{
 
 @dataclass
 class Counts:
-    """A snapshot of everything counted: CPU seconds by process, statements, and requests/bytes by nginx port."""
+    """A snapshot of everything counted: CPU seconds by process, statements, and requests/bytes by nginx port
+    (``requests["<port>_signed"]``: those with an Authorization header)."""
 
     cpu: dict[str, float]
     statements: int
@@ -120,9 +124,10 @@ class Stack:
         log = self.workdir / "nginx" / "access.log"
         with contextlib.suppress(FileNotFoundError), log.open() as lines:
             for line in lines:
-                port, _method, _status, length, _sent = line.split()
+                port, _method, _status, length, _sent, signed = line.split()
                 what = self.ports.get(port, port)
                 snapshot.requests[what] += 1
+                snapshot.requests[f"{what}_signed"] += int(signed)
                 snapshot.request_bytes[what] += int(length)
         return snapshot
 
