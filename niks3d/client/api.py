@@ -239,6 +239,8 @@ class ApiClient:
         resp = await self._call("POST", "/sessions", body, scope="push", ok=(200, 201), limits=_COMPLETE_TIMEOUT)
         answer = self._parse(SessionAnswer, resp, "POST /sessions")
         # A large session's answer comes in pages (docs/api.md): the first with the session, the rest from here.
+        if answer.state == "completed":  # everything is cached: the other pages say nothing more
+            return answer, resp.status == 201
         paths = list(answer.paths)
         start = answer.next
         while start is not None:

@@ -91,6 +91,8 @@ class SessionAnswer(_Model):
     expires_at: str | None = None
     paths: list[SessionPath] = Field(default_factory=list)
     next: int | None = None  # where the next page of ``paths`` starts (GET .../paths?start=N); None on the last
+    # "completed" when every path was cached: the server completed the session as it opened it (no complete)
+    state: str | None = None
 
 
 class MissingObject(_Model):

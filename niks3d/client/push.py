@@ -222,6 +222,18 @@ class _Session:
     async def run(self) -> tuple[SessionPlan, CompleteAnswer]:
         answer, created = await self.api.create_session(self.inputs.body)
         self.session_id = answer.session_id
+        if answer.state == "completed":
+            # Every path was cached: the server completed the session when it opened it (docs/api.md).
+            cached = sorted(self.inputs.closure, key=lambda p: p.path)
+            logger.info("session %s: all %d paths are cached", self.session_id, len(cached))
+            self.progress.plan(0, 0)
+            done = CompleteAnswer(
+                session_id=answer.session_id,
+                state="completed",
+                cached=[p.path for p in cached],
+                roots=list(self.inputs.body["roots"]),
+            )
+            return SessionPlan(work=[], cached=cached, present=[]), done
         plan = plan_work(answer, self.inputs.closure, self.inputs.logs)
         logger.info(
             "%s session %s: %d paths, %d cached, %d to upload (%s of NAR)",

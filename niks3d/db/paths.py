@@ -11,6 +11,7 @@ __all__ = [
     "get_pin",
     "insert_published",
     "list_pins",
+    "lock_published",
     "narinfo_by_hash",
     "path_name",
     "published_by",
@@ -75,6 +76,20 @@ async def published_hashes(conn: Connection, hashes: Sequence[str]) -> set[str]:
     found: set[str] = set()
     for batch in batches(list(hashes)):  # db/batch.py: a push of 100,000 paths asks for all of them
         rows = await conn.fetch("SELECT hash FROM store_paths WHERE hash = ANY($1::text[])", list(batch))
+        found.update(r["hash"] for r in rows)
+    return found
+
+
+async def lock_published(conn: Connection, hashes: Sequence[str]) -> set[str]:
+    """The hashes among ``hashes`` that are published, their rows locked ``FOR KEY SHARE`` in hash order until the
+    end of the transaction: GC's sweep locks a row ``FOR UPDATE`` before it deletes it (db/gc/sweep.py), so it waits
+    for this transaction and then sees what it recorded (a root), or this one waits for the sweep and does not see
+    the paths it deleted."""
+    found: set[str] = set()
+    for batch in batches(sorted(hashes)):  # in hash order, as the sweep's locks
+        rows = await conn.fetch(
+            "SELECT hash FROM store_paths WHERE hash = ANY($1::text[]) ORDER BY hash FOR KEY SHARE", list(batch)
+        )
         found.update(r["hash"] for r in rows)
     return found
 

@@ -66,7 +66,9 @@ async def page(request: web.Request) -> web.Response:
     """``GET /sessions/{id}/paths?start=N``: the page of the session's answer that starts at path N."""
     identity = require(request, "push")
     start = _start_of(request)
-    session = _still_open(await _owned(request, identity))
+    session = await _owned(request, identity)
+    if session.state != "completed":  # a session completed when it opened (all cached) still has its pages
+        _still_open(session)
     return web.json_response(await uploads.build_response(request.app[push_key], session.id, start))
 
 

@@ -4,6 +4,9 @@ A session claims, in one transaction, every key it needs: the narinfo of every p
 already-published references alive while the push runs) and, for paths not yet published, their NAR, listing,
 log and realisations. Of the objects not yet in the bucket it becomes the uploader unless another live session
 already is; only the uploader gets URLs, so a shared object is uploaded once.
+
+A session all of whose paths are published claims nothing: the open completes it in the same transaction,
+holding its paths' rows against GC's sweep meanwhile (docs/api.md).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from niks3d.db import paths as db_paths
+from niks3d.db import sessions as db_sessions
 from niks3d.db import uploads as db
 from niks3d.db.retry import retry_transaction
 from niks3d.errors import InvalidRequest, MissingPrerequisite, NotFound, StateConflict
@@ -66,6 +70,17 @@ async def check_names(conn: asyncpg.Connection, req: SessionRequest) -> set[str]
     return {h for h in names if h in req.plan.objects}
 
 
+def cached_result(session_id: uuid.UUID, req: SessionRequest) -> dict[str, Any]:
+    """The answer of ``complete`` for a session all of whose paths were published when it opened."""
+    return {
+        "session_id": str(session_id),
+        "state": "completed",
+        "published": [],
+        "cached": [p.path.path for p in req.paths],
+        "roots": [r.path for r in req.roots],
+    }
+
+
 def _claimed(plan: ObjectPlan, published: set[str]) -> dict[str, WantedObject]:
     """key -> object of every key the session claims, given the paths of the request that are published."""
     wanted: dict[str, WantedObject] = {}
@@ -109,7 +124,7 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
     await _check_references(ctx, req)
     gc = ctx.settings.gc
 
-    async def attempt() -> tuple[uuid.UUID, bool]:
+    async def attempt() -> tuple[uuid.UUID, bool, bool]:
         # Multipart uploads of these keys whose lease ran out but that have made progress keep their uploader.
         await refresh_stalled(ctx, list(plan.uploads), exclude=uuid.UUID(int=0))
         async with ctx.pool.acquire() as conn, conn.transaction():
@@ -125,7 +140,7 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
                     # roots' last-push time must move forward).
                     if existing.state == "open" and not existing.is_expired(datetime.now(UTC)):
                         await db.touch_session(conn, existing.id, gc.session_expiry)
-                        return existing.id, False
+                        return existing.id, False, False
                     await db.clear_idempotency_key(conn, existing.id)
             session_id = await db.insert_session(
                 conn,
@@ -137,6 +152,17 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
             )
             published = await check_names(conn, req)
             wanted = await asyncio.to_thread(_claimed, plan, published)
+            if all(o.kind == "narinfo" for o in wanted.values()):
+                # Nothing to upload: every path is published. Complete the session now, in this transaction,
+                # instead of claiming every narinfo until the client's complete (docs/api.md).
+                everything = [*plan.objects, *(h for h, _ in plan.outside)]
+                if await db_paths.lock_published(conn, everything) == set(everything):
+                    await db_paths.touch_roots(conn, [r.hash for r in req.roots], session_id)
+                    await db_sessions.complete_session(conn, session_id, cached_result(session_id, req))
+                    return session_id, True, True
+                # GC deleted some of them meanwhile: those are to be uploaded again
+                published = await db_paths.published_hashes(conn, list(plan.objects))
+                wanted = await asyncio.to_thread(_claimed, plan, published)
             outside = [h for h, _ in plan.outside]
             keys = list(wanted)
             # A session claims a log only with its proof (objects.py): an unproven one is to be replaced (rule 3).
@@ -155,21 +181,23 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
             await db.insert_claims(conn, session_id, [(k, False) for k in keys])
             aborted = await db.take_over(conn, session_id, stale, gc.claim_lease, gc.claim_max_lease)
         await tidy_released(ctx.bucket, aborted, delete_staged=False)
-        return session_id, True
+        return session_id, True, False
 
-    session_id, created = await retry_transaction(attempt)
+    session_id, created, completed = await retry_transaction(attempt)
     ctx.requests.put(session_id, req)  # parsed once: reports, pages and complete find it here
-    await start_multipart_uploads(ctx, session_id)
+    if not completed:
+        await start_multipart_uploads(ctx, session_id)
     answer = await build_response(ctx, session_id)
     if created:
         log_event(
             logger,
             logging.INFO,
             "session.opened",
-            "opened upload session %s for %d paths (%d roots)",
+            "opened upload session %s for %d paths (%d roots)%s",
             session_id,
             len(req.paths),
             len(req.roots),
+            ": all cached, completed" if completed else "",
             session=str(session_id),
             paths=len(req.paths),
         )
@@ -225,6 +253,8 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID, start: int = 0
         "expires_at": session.expires_at.isoformat(),
         "paths": paths,
     }
+    if session.state == "completed":
+        answer["state"] = "completed"  # every path was cached when it opened: no complete is needed
     if start + PAGE_PATHS < len(req.paths):
         answer["next"] = start + PAGE_PATHS
     return answer
