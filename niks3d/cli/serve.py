@@ -27,6 +27,7 @@ from niks3d import eventloop
 from niks3d.config import Config, load_config
 from niks3d.db.pool import ping
 from niks3d.errors import ConfigError
+from niks3d.heap import settle
 from niks3d.logsetup import log_event, setup_logging
 from niks3d.server.app import create_app
 from niks3d.server.keys import pool_key
@@ -119,6 +120,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, migrate: 
             watchdog = asyncio.create_task(run_watchdog(notifier, interval, lambda: ping(pool, interval / 2)))
         notifier.ready()
         notifier.status(f"serving on {', '.join(names)}")
+        settle()  # what start-up made (modules, the application) leaves the garbage collector's walks (niks3d/heap.py)
         log_event(logger, logging.INFO, "server.ready", "niks3d ready", listen=", ".join(names))
         if ready is not None:
             ready.set()

@@ -18,6 +18,7 @@ import uuid
 from aiohttp import web
 
 from niks3d.errors import ApiError, InvalidRequest, NotFound, Unsupported
+from niks3d.heap import built
 from niks3d.server.keys import config_key
 
 # The most digits a JSON integer may have: 2**63 has 19.
@@ -29,6 +30,7 @@ class _BadNumber(ValueError):
 
 
 def _parse_int(text: str) -> int:
+    built()  # what the scanner built so far leaves the garbage collector's walks, every so many (niks3d/heap.py)
     if len(text.lstrip("-")) > MAX_INT_DIGITS:
         raise _BadNumber(f"an integer of {len(text.lstrip('-'))} digits is out of range (at most {MAX_INT_DIGITS})")
     return int(text)

@@ -28,6 +28,7 @@ from niks3d.eventloop import Pauser
 from niks3d.logsetup import log_event
 from niks3d.nix.bucketkeys import narinfo_key
 from niks3d.nix.storepath import StorePath
+from niks3d.sortpieces import sorted_in_pieces
 from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.leases import refresh_stalled
@@ -91,7 +92,7 @@ def _claimed(plan: ObjectPlan, published: set[str]) -> dict[str, WantedObject]:
     for h, _ in plan.outside:
         key = narinfo_key(h)
         wanted[key] = WantedObject(key, "narinfo", 0)
-    return dict(sorted(wanted.items()))
+    return dict(sorted_in_pieces(wanted.items()))  # in a worker thread: in pieces (niks3d/sortpieces.py)
 
 
 async def _check_references(ctx: PushContext, req: SessionRequest) -> None:

@@ -16,7 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from niks3d.heap import built
 from niks3d.nix.bucketkeys import log_key, ls_key
+from niks3d.sortpieces import sorted_in_pieces
 from niks3d.uploads.objects import WantedObject, wanted_objects
 
 if TYPE_CHECKING:
@@ -59,7 +61,10 @@ class ObjectPlan:
 
     @classmethod
     def of(cls, paths: Sequence[PathRequest], upstream: Sequence[UpstreamPath]) -> ObjectPlan:
-        objects = {p.path.hash: tuple(wanted_objects(p, published=False)) for p in paths}
+        objects: dict[str, tuple[WantedObject, ...]] = {}
+        for p in paths:
+            built()  # out of the garbage collector's walks, every so many (niks3d/heap.py)
+            objects[p.path.hash] = tuple(wanted_objects(p, published=False))
         uploads: dict[str, WantedObject] = {}
         nars: dict[str, PathRequest] = {}
         listings = {p.path.hash: ls_key(p.path.hash) for p in paths}
@@ -80,11 +85,11 @@ class ObjectPlan:
         outside = {r.hash: r for p in paths for r in p.references if r.hash not in in_request}
         return cls(
             objects=objects,
-            uploads=dict(sorted(uploads.items())),
+            uploads=dict(sorted_in_pieces(uploads.items())),
             nars=nars,
-            outside=tuple(sorted(outside.items())),
+            outside=tuple(sorted_in_pieces(outside.items())),
             names=names_wanted(paths),
-            publication_locks=tuple(sorted(locks)),
+            publication_locks=tuple(sorted_in_pieces(locks)),
             listings=listings,
             log_bindings={k: tuple(sorted(v)) for k, v in sorted(bindings.items())},
         )

@@ -24,11 +24,12 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from niks3d.errors import InvalidRequest
+from niks3d.heap import built, settle
 from niks3d.nix.bucketkeys import parse_bucket_key
 from niks3d.nix.derivation import MAX_DERIVATION_BYTES
 from niks3d.nix.errors import InvalidStorePath, NixFormatError
@@ -36,6 +37,7 @@ from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.realisation import parse_realisation_id
 from niks3d.nix.signing import parse_signature
 from niks3d.nix.storepath import StorePath, validate_name
+from niks3d.sortpieces import sorted_in_pieces
 from niks3d.storage.multipart import MAX_PART_NUMBER
 from niks3d.uploads.drvproof import prove_derivation
 from niks3d.uploads.plan import ObjectPlan
@@ -213,9 +215,17 @@ class SessionRequest:
         return self.encoded()[0]
 
     def encoded(self) -> tuple[str, str]:
-        """(:meth:`fingerprint`, the request as the JSON text stored with its session), from one ``to_json``.
-        For a large push this is a second or more of CPU: callers run it in a worker thread (issue 20)."""
-        body = self.to_json()
+        """(:meth:`fingerprint`, the request as the JSON text stored with its session): the text of
+        :meth:`to_json`, each path's dict made only while it is written (100,000 of them at once would be walked by
+        every garbage collection meanwhile: niks3d/heap.py). For a large push this is a second or more of CPU:
+        callers run it in a worker thread (issue 20)."""
+        body: dict[str, Any] = {
+            "idempotency_key": self.idempotency_key,
+            "roots": [r.path for r in self.roots],
+            "paths": _Each(self.paths),
+        }
+        if self.upstream:  # as in to_json
+            body["upstream"] = _Each(self.upstream)
         digest = hashlib.sha256(_dumps_in_pieces(body, sort_keys=True).encode()).hexdigest()
         return digest, _dumps_in_pieces(body, sort_keys=False)
 
@@ -230,7 +240,19 @@ class SessionRequest:
         data = json.loads(text, parse_int=_json_int)
         if not isinstance(data, dict):
             raise InvalidRequest("the stored request is not a JSON object")
-        return cls.from_json(data)
+        request = cls.from_json(data)
+        settle()
+        return request
+
+
+@dataclass(frozen=True, slots=True)
+class _Each:
+    """A JSON array of the ``to_json()`` of each item, made one by one as :func:`_dumps_in_pieces` writes it."""
+
+    items: tuple[PathRequest, ...] | tuple[UpstreamPath, ...]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (item.to_json() for item in self.items)
 
 
 def _dumps_in_pieces(body: Mapping[str, Any], *, sort_keys: bool) -> str:
@@ -247,14 +269,16 @@ def _dumps_in_pieces(body: Mapping[str, Any], *, sort_keys: bool) -> str:
     items = sorted(body.items()) if sort_keys else list(body.items())
     fields = []
     for name, value in items:
-        text = "[" + ",".join(one(v) for v in value) + "]" if isinstance(value, list) else one(value)
+        text = "[" + ",".join(one(v) for v in value) + "]" if isinstance(value, list | _Each) else one(value)
         fields.append(f"{one(name)}:{text}")
     return "{" + ",".join(fields) + "}"
 
 
 def _json_int(text: str) -> int:
     # A Python function rather than ``int``: each call is a point where another thread (the event loop's) can take
-    # the GIL, so that a worker thread's json.loads of tens of MiB does not hold it for the whole document.
+    # the GIL, so that a worker thread's json.loads of tens of MiB does not hold it for the whole document; and
+    # where what the scanner built so far leaves the garbage collector's walks (niks3d/heap.py).
+    built()
     return int(text)
 
 
@@ -271,6 +295,7 @@ class PreparedSession:
         """Validate ``body`` and encode it: CPU work only, meant for a worker thread (server/sessions.py)."""
         request = parse_session_request(body)
         digest, stored = request.encoded()
+        settle()
         return cls(request, digest, stored)
 
 
@@ -425,6 +450,7 @@ def _parse_upstreams(value: object, paths: Mapping[str, PathRequest]) -> tuple[U
     referenced = {r.hash: r for p in paths.values() for r in p.references}
     upstream: dict[str, UpstreamPath] = {}
     for i, raw in enumerate(_list(value, "upstream", MAX_PATHS_PER_SESSION)):
+        built()
         u = _parse_upstream(raw, f"upstream[{i}]")
         if u.path.hash in paths:
             raise _bad(f"upstream[{i}].path", f"{u.path.path} is one of the paths of this push; it cannot be upstream")
@@ -433,7 +459,7 @@ def _parse_upstreams(value: object, paths: Mapping[str, PathRequest]) -> tuple[U
         if referenced.get(u.path.hash) != u.path:
             raise _bad(f"upstream[{i}].path", f"{u.path.path} is not a reference of any path of this push")
         upstream[u.path.hash] = u
-    return tuple(upstream[k] for k in sorted(upstream))
+    return tuple(upstream[k] for k in sorted_in_pieces(upstream))
 
 
 def parse_session_request(body: object) -> SessionRequest:
@@ -447,6 +473,7 @@ def parse_session_request(body: object) -> SessionRequest:
         raise _bad("paths", "must not be empty")
     paths: dict[str, PathRequest] = {}
     for i, raw in enumerate(paths_raw):
+        built()  # out of the garbage collector's walks, every so many (niks3d/heap.py)
         p = _parse_path(raw, f"paths[{i}]")
         if p.path.hash in paths:
             raise _bad(f"paths[{i}].path", f"{p.path.path} is listed twice (or its hash part is)")
@@ -461,8 +488,8 @@ def parse_session_request(body: object) -> SessionRequest:
         roots[root.hash] = root
     return SessionRequest(
         idempotency_key=key,
-        roots=tuple(roots[k] for k in sorted(roots)),
-        paths=tuple(paths[k] for k in sorted(paths)),
+        roots=tuple(roots[k] for k in sorted_in_pieces(roots)),
+        paths=tuple(paths[k] for k in sorted_in_pieces(paths)),  # 100,000 of them: niks3d/sortpieces.py
         upstream=_parse_upstreams(obj.get("upstream", []), paths),
     )
 
