@@ -45,6 +45,7 @@ class Line:
     run: Run
     counts: Counts
     paths: int
+    ends: dict[str, tuple[float, float]]  # by nginx port: first and last request's end, seconds after the start
 
     @property
     def server_cpu(self) -> float:
@@ -53,9 +54,10 @@ class Line:
 
 def _measure(st: Stack, label: str, argv: list[str], paths: int, env: dict[str, str] | None = None) -> Line:
     before = st.counts()
+    start = time.time()
     run = timed(argv, env=env)
     st.settle()
-    line = Line(label, run, st.counts() - before, paths)
+    line = Line(label, run, st.counts() - before, paths, st.ends(start))
     line.counts.statements -= 1  # the snapshot's own query
     _print(line)
     return line
@@ -70,6 +72,11 @@ def _print(line: Line) -> None:
         f"{line.label:44} {line.run.seconds:7.2f} s  client CPU {line.run.cpu:6.2f} s  RSS {line.run.rss:4} MiB"
         f"  sent {client_bytes / 2**20:7.1f} MiB in {client_reqs:6} requests  (servers: {cpu or 'nothing'})"
     )
+    # where the wall time went: when the first and the last API call and client S3 request ended
+    spans = [f"{what} {line.ends[what][0]:.2f}-{line.ends[what][1]:.2f} s" for what in ("api", "client_s3")
+             if what in line.ends]  # fmt: skip
+    if spans:
+        text += f"\n{'':44} requests ended, after the start: {', '.join(spans)} (wall {line.run.seconds:.2f} s)"
     if c.requests["api"]:
         per = max(line.paths, 1)
         text += (

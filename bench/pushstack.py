@@ -6,11 +6,11 @@
   ``trusted`` (size checks only: the per-path cost without the per-byte verification, docs/security.md);
 * nginx, one process, four ports: a WebDAV directory (``nix copy --to http://``, the reference writer), and three
   counting proxies: the client's API calls to niks3d, the client's S3 requests (presigned PUTs, ``nix copy --to
-  s3://``; niks3d's ``s3.public_endpoint_url``), and niks3d's own S3 requests (its ``s3.endpoint_url``). Its access
-  log (port, method, status, request bytes, whether an ``Authorization`` header came) gives requests made and bytes
-  sent by every writer and by niks3d, and how many were signed in headers (SigV4 ``nix copy --to s3://``;
-  presigned URLs carry their signature in the query instead). The proxies cost nginx CPU, counted as nginx's;
-  they do not buffer bodies.
+  s3://``; niks3d's ``s3.public_endpoint_url``), and niks3d's own S3 requests (its ``s3.endpoint_url``). Its
+  access log (port, method, status, request bytes, whether an ``Authorization`` header came, when it ended) gives
+  requests made and bytes sent by every writer and by niks3d, how many were signed in headers (SigV4 ``nix copy
+  --to s3://``; presigned URLs carry their signature in the query instead), and when each kind ended. The
+  proxies cost nginx CPU, counted as nginx's; they do not buffer bodies.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ error_log {dir}/error.log;
 events {{ worker_connections 1024; }}
 http {{
     map $http_authorization $signed {{ "" 0; default 1; }}
-    log_format counts '$server_port $request_method $status $request_length $body_bytes_sent $signed';
+    log_format counts '$server_port $request_method $status $request_length $body_bytes_sent $signed $msec';
     access_log {dir}/access.log counts;
     client_body_temp_path {dir}/body;
     client_max_body_size 0;
@@ -124,12 +124,26 @@ class Stack:
         log = self.workdir / "nginx" / "access.log"
         with contextlib.suppress(FileNotFoundError), log.open() as lines:
             for line in lines:
-                port, _method, _status, length, _sent, signed = line.split()
+                port, _method, _status, length, _sent, signed, _end = line.split()
                 what = self.ports.get(port, port)
                 snapshot.requests[what] += 1
                 snapshot.requests[f"{what}_signed"] += int(signed)
                 snapshot.request_bytes[what] += int(length)
         return snapshot
+
+    def ends(self, since: float) -> dict[str, tuple[float, float]]:
+        """By nginx port (what it counts): when the first and the last request that ended after ``since`` (a
+        ``time.time()``) ended, in seconds after ``since``."""
+        spans: dict[str, tuple[float, float]] = {}
+        with contextlib.suppress(FileNotFoundError), (self.workdir / "nginx" / "access.log").open() as lines:
+            for line in lines:
+                fields = line.split()
+                end = float(fields[-1]) - since
+                if end >= 0:
+                    what = self.ports.get(fields[0], fields[0])
+                    first, last = spans.get(what, (end, end))
+                    spans[what] = (min(first, end), max(last, end))
+        return spans
 
     def settle(self) -> None:
         """Wait until nginx has written its log lines and niks3d's background work (verification) is done."""
