@@ -34,6 +34,7 @@ from niks3d.client.progress import Mode, Progress, TerminalLogHandler
 from niks3d.client.push import PushOptions, push, summary_line
 from niks3d.client.retry import RetryPolicy
 from niks3d.client.store import LocalStore, resolve_store_path
+from niks3d.client.transport import client_session
 from niks3d.client.uploadcmd import UPLOAD_COMMANDS, add_upload_commands, run_upload_command
 from niks3d.errors import Niks3Error
 from niks3d.logsetup import routed
@@ -193,8 +194,7 @@ def _push_roots(args: argparse.Namespace, store: LocalStore, stdin: TextIO) -> t
 
 async def _with_api(args: argparse.Namespace, run: _Command, *, token_required: bool = True) -> int:
     config = config_from_args(args, token_required=token_required)
-    connector = aiohttp.TCPConnector(limit=64)
-    async with aiohttp.ClientSession(connector=connector, trust_env=True) as http:
+    async with client_session() as http:
         return await run(http, ApiClient(http, config, RetryPolicy(attempts=max(1, args.tries))))
 
 

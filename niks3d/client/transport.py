@@ -8,7 +8,7 @@ every try by a factory, so a streamed upload can be repeated.
 
 from __future__ import annotations
 
-__all__ = ["Body", "BodyFactory", "Response", "memory_body", "send"]
+__all__ = ["Body", "BodyFactory", "Response", "client_session", "memory_body", "send"]
 
 import asyncio
 import logging
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from niks3d.client.proxies import proxy_for
 from niks3d.client.retry import RetryPolicy, is_retryable_status, parse_retry_after
 from niks3d.errors import ClientError
 
@@ -57,6 +58,14 @@ async def memory_body(data: bytes | bytearray | memoryview) -> AsyncIterator[mem
         yield view[start : start + _SLICE]
 
 
+def client_session() -> aiohttp.ClientSession:
+    """The HTTP client of a ``niks3`` command: up to 64 connections, proxies chosen by :func:`send`.
+
+    Not aiohttp's ``trust_env``: see :mod:`niks3d.client.proxies`.
+    """
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
@@ -89,12 +98,12 @@ async def send(
     such a disconnect is tried once more, not ``policy.attempts`` times, and the error ends with the hint.
     """
     attempt = 0
+    proxy = proxy_for(url)
+    options = proxy.request_options(url, headers) if proxy else {"headers": headers}
     while True:
         try:
             data = body() if body is not None else None
-            async with http.request(
-                method, url, headers=headers, data=data, timeout=limits, ssl=ssl_context or True
-            ) as resp:
+            async with http.request(method, url, data=data, timeout=limits, ssl=ssl_context or True, **options) as resp:
                 answer = Response(resp.status, resp.headers, await resp.read())
         except aiohttp.ClientSSLError as exc:
             raise ClientError(f"{what} failed: the TLS handshake failed: {_describe(exc)}") from exc

@@ -36,6 +36,7 @@ from niks3d.client.queue import Queue, QueueError, default_queue_path
 from niks3d.client.retry import RetryPolicy
 from niks3d.client.store import LocalStore, resolve_store_path
 from niks3d.client.storescan import parse_since
+from niks3d.client.transport import client_session
 from niks3d.errors import ClientError
 from niks3d.logsetup import routed, setup_logging, stderr_is_journal
 from niks3d.systemd import Notifier
@@ -183,8 +184,7 @@ def _journal_logging(args: argparse.Namespace) -> Iterator[None]:
 
 async def _with_api(args: argparse.Namespace, run: Any) -> int:
     config = config_from_args(args)
-    connector = aiohttp.TCPConnector(limit=64)
-    async with aiohttp.ClientSession(connector=connector, trust_env=True) as http:
+    async with client_session() as http:
         code: int = await run(http, ApiClient(http, config, RetryPolicy(attempts=max(1, args.tries))))
         return code
 
