@@ -15,7 +15,9 @@ from __future__ import annotations
 
 __all__ = ["Proxy", "proxy_for"]
 
+import functools
 import logging
+import os
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,14 +52,26 @@ class Proxy:
         return options
 
 
+# What can choose a proxy for an http:// or https:// request (curl's names, in either case; urllib ignores
+# HTTP_PROXY under CGI, where REQUEST_METHOD is set). The answer is cached for the values they have.
+_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY", "REQUEST_METHOD")
+
+
 def proxy_for(url: str | URL) -> Proxy | None:
     """The proxy for ``url`` from the environment as it is now, or None to connect directly."""
-    target = url if isinstance(url, URL) else URL(url)
-    proxies = urllib.request.getproxies_environment()
-    if not proxies or target.host is None:
+    settings = tuple(os.environ.get(name) for name in _VARIABLES)
+    if not any(settings[:4]):
         return None
-    raw = proxies.get(target.scheme)
-    if raw is None or urllib.request.proxy_bypass(target.host):
+    scheme, _, rest = str(url).partition("://")
+    return _proxy(settings, scheme.lower(), rest.split("/", 1)[0])
+
+
+@functools.lru_cache(maxsize=256)
+def _proxy(settings: tuple[str | None, ...], scheme: str, authority: str) -> Proxy | None:
+    del settings  # the cache key: os.environ has these values now
+    host = URL(f"{scheme}://{authority}/").host
+    raw = urllib.request.getproxies_environment().get(scheme)
+    if raw is None or host is None or urllib.request.proxy_bypass(host):
         return None
     proxy = URL(raw)
     if proxy.scheme != "http":
