@@ -14,6 +14,7 @@ import pytest
 import zstandard
 
 from niks3d.client.buildlogs import compress_log, find_build_log
+from niks3d.client.closure import PathInfo, closure_from_db, parse_path_info_json, path_info_argv
 from niks3d.client.realisations import query_build_traces, query_realisations
 from niks3d.client.store import LocalStore, resolve_store_path
 from niks3d.errors import ClientError
@@ -164,3 +165,36 @@ def test_realisations_are_read_from_the_store_database_as_nix_reports_them(ca_st
         assert mine["dependent_realisations"] == {
             k: "/nix/store/" + v for k, v in real["dependentRealisations"].items()
         }
+
+
+def _path_info(store: LocalStore, paths: list[StorePath]) -> dict[StorePath, PathInfo]:
+    argv = path_info_argv(paths, store)
+    return parse_path_info_json(subprocess.run(argv, capture_output=True, check=True).stdout)
+
+
+@pytest.mark.nix
+def test_the_closure_from_the_store_database_is_what_nix_path_info_reports(nix_fixtures):
+    store = LocalStore.system()
+    roots = [StorePath.parse(p) for p in (nix_fixtures.prototest, nix_fixtures.ca_path, nix_fixtures.with_log)]
+    ours = closure_from_db(store.db_path, roots)
+    assert ours is not None and len(ours) > len(roots)
+    assert ours == _path_info(store, roots)
+    assert any(info.ca for info in ours.values()) and any(info.deriver for info in ours.values())
+
+
+@pytest.mark.nix
+def test_the_closure_of_a_chroot_store_from_its_database(ca_store):
+    root, out_path, _ = ca_store
+    store = LocalStore.chroot(root / "root")
+    roots = [StorePath.parse(out_path)]
+    ours = closure_from_db(store.db_path, roots)
+    assert ours is not None and ours == _path_info(store, roots)
+
+
+def test_without_a_readable_store_database_nix_path_info_is_asked(tmp_path, nix_fixtures):
+    root = StorePath.parse(nix_fixtures.prototest)
+    assert closure_from_db(tmp_path / "none.sqlite", [root]) is None
+    sqlite3.connect(tmp_path / "other.sqlite").execute("CREATE TABLE t (x)").connection.commit()
+    assert closure_from_db(tmp_path / "other.sqlite", [root]) is None  # another schema
+    missing = StorePath.parse("/nix/store/" + "a" * 32 + "-not-there")
+    assert closure_from_db(LocalStore.system().db_path, [missing]) is None  # not valid: nix says so
