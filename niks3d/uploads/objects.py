@@ -42,8 +42,9 @@ class WantedObject:
 
     @property
     def client_uploads(self) -> bool:
-        """NARs, listings and logs come from the client; narinfos and realisations are written by the server."""
-        return self.kind in ("nar", "ls", "log")
+        """NARs and logs come from the client; narinfos, realisations and listings are written by the server (a
+        listing is derived from the path's NAR: docs/security.md, rule 8, so the push API asks for none)."""
+        return self.kind in ("nar", "log")
 
 
 def build_trace_outputs(path: PathRequest) -> list[tuple[str, str, str]]:

@@ -12,7 +12,9 @@ aborted (422 ``objects_invalid``): a writer that lied about one object is truste
 What a report costs does not grow with the number of objects on the database side: the objects are checked in
 S3 (complete the multipart upload, HEAD the staged object) with bounded concurrency, then every lease of the
 session is renewed in one statement (staged objects found are progress), then they are copied and checked, then
-recorded in one transaction (a listing is only parsed, never copied into place: uploads/listing.py). No check of
+recorded in one transaction. The push API asks for no listing (niks3d writes each one from its NAR:
+uploads/listing.py); a listing reported by a session that an older niks3d opened is only parsed, never copied
+into place. No check of
 one object takes a pool connection of its own: a report of thousands of objects took one each, and with the
 pool's ``acquire_timeout`` running out for any one of them on a loaded machine, every report failed with 503 and
 was sent again with more objects (issue 18). When one check fails, the others are cancelled rather than left
@@ -50,6 +52,7 @@ from niks3d.uploads.verify import verify_nar_object
 
 logger = logging.getLogger(__name__)
 _CONCURRENCY = 32
+_NOT_UPLOADED = "niks3d writes the listing itself, from the path's NAR (docs/security.md, rule 8): it is not uploaded"
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -115,6 +118,10 @@ async def report_objects(
         if state == "present":
             accepted.append(key)
             superseded.append(claim)  # another session's upload may have been verified first: drop this one's copy
+        elif parse_bucket_key(key).kind == "ls" and not claim.uploader:
+            # The push API asks for no listing: niks3d derives it from the NAR at publication (rule 8). Only a
+            # session opened by an older niks3d, which asked for the upload, still has one to check.
+            missing.append({"key": key, "reason": _NOT_UPLOADED})
         elif not claim.uploader:
             missing.append({"key": key, "reason": "another session is uploading this object"})
         else:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import bz2
 import gzip
-import io
 import json
 import lzma
 import secrets
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from niks3d.nix.listing import parse_listing, render_listing
 from niks3d.nix.storepath import StorePath
 from tests.e2e.test_nix_copy_to import copy_to, netrc, nix
 from tests.security.kit import ATTACKERS, assert_substitutable, file_report, real_path, victim_pushes
-from tests.server.bucketview import bucket_keys, get_object
+from tests.server.bucketview import bucket_keys, get_object, s3_client
 from tests.server.pushkit import FakePath, PushKit, make_closure
 
 pytestmark = [pytest.mark.nix, pytest.mark.postgres, pytest.mark.s3]
@@ -73,11 +73,6 @@ def put_ls(daemon: Any, token: str, path: str, body: bytes, headers: dict[str, s
         return exc.code, exc.read().decode()
 
 
-async def _put(http: aiohttp.ClientSession, spec: dict[str, Any], body: bytes) -> None:
-    async with http.put(spec["url"], data=io.BytesIO(body), headers=spec["headers"]) as r:
-        assert r.status == 200, await r.text()
-
-
 def _ls_specs(session: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["path"]: o for e in session["paths"] for o in e.get("objects", []) if o["kind"] == "ls"}
 
@@ -94,9 +89,10 @@ async def _rows(daemon: Any, query: str) -> list[asyncpg.Record]:
 def test_a_listing_planted_through_the_push_api_never_describes_the_victims_path(
     start_daemon, nix_fixtures, tmp_path, capsys, attacker
 ):
-    """The attacker opens a session for the victim's (unpublished) closure, uploads and reports only lying
-    listings, and aborts: the listings were accepted as present, so the victim's push is told not to upload its
-    own. Today the victim's narinfo then comes with the lie; with rule 8 niks3d publishes the NARs' listings."""
+    """The attacker opens a session for the victim's (unpublished) closure, tries to upload and report lying
+    listings, and aborts. Before rule 8 the listings were accepted as present, so the victim's push was told not
+    to upload its own and its narinfo came with the lie; now the push API asks for no listing (there is no URL to
+    put one through), a reported one is not accepted, and niks3d publishes the NARs' listings."""
     daemon = start_daemon()
     victims = [real_path(nix_fixtures.protodep), real_path(nix_fixtures.prototest)]
 
@@ -107,13 +103,12 @@ def test_a_listing_planted_through_the_push_api_never_describes_the_victims_path
         async with aiohttp.ClientSession() as http:
             kit = PushKit(http, daemon.url, daemon.tokens[attacker])
             session = await kit.open(fakes, fakes[-1:])
-            specs = _ls_specs(session)
-            assert set(specs) == {v.path for v in victims}
-            for spec in specs.values():
-                await _put(http, spec, LIE)
-            reports = {s["key"]: file_report(LIE, nar=False) for s in specs.values()}
+            assert _ls_specs(session) == {}, session
+            reports = {_ls_key(v.path): file_report(LIE, nar=False) for v in victims}
             answer = await kit.call("POST", f"/api/v1/sessions/{session['session_id']}/objects", {"objects": reports})
-            assert sorted(answer["accepted"]) == sorted(reports), answer
+            assert answer["accepted"] == [], answer
+            assert {m["key"] for m in answer["missing"]} == set(reports), answer
+            assert all("it is not uploaded" in m["reason"] for m in answer["missing"]), answer
             await kit.call("DELETE", f"/api/v1/sessions/{session['session_id']}")
 
     asyncio.run(attack())
@@ -202,14 +197,28 @@ def test_a_malformed_or_oversized_listing_is_refused_and_nothing_is_written(star
     (fake,) = make_closure(tmp_path, seed=82, n=1)
 
     async def push(listing: bytes) -> Any:
+        """A session as an older niks3d opened it, which asked for the listing's upload: its claim is the
+        uploader's, and the listing is staged under the session's key."""
         async with aiohttp.ClientSession() as http:
             kit = PushKit(http, daemon.url, daemon.tokens["pusher"])
             session = await kit.open([fake], [fake])
-            spec = _ls_specs(session)[fake.path]
-            await _put(http, spec, listing)
-            answer = await kit.complete(
-                session["session_id"], {spec["key"]: file_report(listing, nar=False)}, expect=422
+            assert _ls_specs(session) == {}, session
+            key = _ls_key(fake.path)
+            conn = await asyncpg.connect(daemon.dsn)
+            try:
+                await conn.execute(
+                    "UPDATE session_claims SET uploader = true WHERE session_id = $1 AND key = $2",
+                    uuid.UUID(session["session_id"]),
+                    key,
+                )
+            finally:
+                await conn.close()
+            s3_client(daemon.s3).put_object(
+                Bucket=daemon.s3.bucket, Key=f"staging/{session['session_id']}/{key}", Body=listing
             )
+            reports = {key: file_report(listing, nar=False)}
+            answer = await kit.call("POST", f"/api/v1/sessions/{session['session_id']}/objects", {"objects": reports})
+            assert answer["accepted"] == [], answer
             await kit.call("DELETE", f"/api/v1/sessions/{session['session_id']}")
             return answer
 

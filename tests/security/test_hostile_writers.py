@@ -16,6 +16,8 @@ import asyncpg
 import pytest
 import zstandard
 
+from niks3d.nix.listing import render_listing
+from niks3d.nix.nar_read import NarValidator
 from niks3d.nix.storepath import StorePath
 from tests.e2e.test_push import _sessions
 from tests.security.kit import (
@@ -59,9 +61,7 @@ def test_junk_claiming_another_paths_nar_hash_never_reaches_the_victim(
             objects = _objects(session)
             junk = junk_of_size(len(ZSTD.compress(victim.nar)))
             assert await _put(http, objects["nar"], junk) == 200
-            assert await _put(http, objects["ls"], fake.listing) == 200
             reports = {objects["nar"]["key"]: file_report(junk, nar=True)}
-            reports[objects["ls"]["key"]] = file_report(fake.listing, nar=False)
             answer = await kit.complete(session["session_id"], reports, expect=(200, 422))
             return 200 if answer.get("state") == "completed" else 422
 
@@ -77,26 +77,26 @@ def test_no_presigned_url_changes_a_published_object(start_daemon, nix_fixtures,
     victim = real_path(nix_fixtures.protodep)
     compressed = ZSTD.compress(victim.nar)
 
-    async def attack() -> list[str]:
+    async def attack() -> tuple[str, str, bytes]:
         fake = made_up("honest-looking", nar=victim.nar)
         async with aiohttp.ClientSession() as http:
             kit = PushKit(http, daemon.url, daemon.tokens[attacker])
             session = await kit.open([fake], [fake])
             objects = _objects(session)
+            assert "ls" not in objects  # niks3d writes the listing (rule 8): no URL for it
             assert await _put(http, objects["nar"], compressed) == 200
-            assert await _put(http, objects["ls"], fake.listing) == 200
-            reports = {
-                objects["nar"]["key"]: file_report(compressed, nar=True),
-                objects["ls"]["key"]: file_report(fake.listing, nar=False),
-            }
+            reports = {objects["nar"]["key"]: file_report(compressed, nar=True)}
             await kit.complete(session["session_id"], reports)
             await _put(http, objects["nar"], junk_of_size(len(compressed)))
-            await _put(http, objects["ls"], b"{" * len(fake.listing))
-            return [objects["nar"]["key"], objects["ls"]["key"]]
+            validator = NarValidator(listing=True)
+            validator.feed(victim.nar)
+            parsed = validator.finish().listing
+            assert parsed is not None
+            return objects["nar"]["key"], f"{fake.hash}.ls", render_listing(parsed)
 
-    nar_key, ls_key = asyncio.run(attack())
+    nar_key, ls_key, listing = asyncio.run(attack())
     assert get_object(daemon.s3, nar_key)[0] == compressed, "a published NAR was overwritten"
-    assert get_object(daemon.s3, ls_key)[0] != b"{" * 40
+    assert get_object(daemon.s3, ls_key)[0] == listing
     victim_pushes(daemon, tmp_path, capsys, victim.path)  # its NAR is already there: dedup
     assert_substitutable(daemon, tmp_path, victim.path)
     # What the late PUTs wrote sits under the closed session's staging keys, which GC deletes.

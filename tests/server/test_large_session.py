@@ -89,7 +89,7 @@ async def test_a_large_session_opens_while_other_requests_are_answered_and_is_re
         assert sorted(e["path"] for e in entries) == sorted(p["path"] for p in body["paths"])
         assert all(e["status"] == "upload" for e in entries)
         kinds = [o["kind"] for e in entries for o in e["objects"]]
-        assert kinds.count("nar") == N_PATHS and kinds.count("ls") == -(-N_PATHS // 2)
+        assert kinds.count("nar") == N_PATHS and "ls" not in kinds  # niks3d writes listings (rule 8)
         assert all(o["action"] == "put" for e in entries for o in e["objects"])
 
         # The client reads every page: an idempotent repeat of the push finds the same session, all of it.
