@@ -27,7 +27,6 @@ async def test_full_verification_refuses_a_nar_that_does_not_match_its_metadata(
     async with aiohttp.ClientSession() as http:
         kit = PushKit(http, daemon.url, daemon.tokens["pusher"])
         session = await kit.open([good, liar], [good, liar])
-        specs = {o["key"]: o for e in session["paths"] for o in e["objects"]}
         reports: dict[str, Any] = {}
         for p, body in ((good, good.compressed), (liar, ZSTD.compress(impostor.nar))):
             nar_spec = next(
@@ -38,9 +37,6 @@ async def test_full_verification_refuses_a_nar_that_does_not_match_its_metadata(
                 "file_size": len(body),
                 "file_hash": format_sha256(hashlib.sha256(body).digest()),
             }
-            ls_key = f"{p.hash}.ls"
-            await kit.put(specs[ls_key], p.listing)
-            reports[ls_key] = {"file_size": len(p.listing)}
         sid = session["session_id"]
         answer = await kit.call("POST", f"/api/v1/sessions/{sid}/objects", {"objects": reports}, expect=422)
         assert answer["error"] == "objects_invalid" and "so it was aborted" in answer["message"]
@@ -96,13 +92,11 @@ async def test_only_a_trusted_token_is_spared_verification(start_daemon: Any, tm
                 outcomes[token] = "cached"
                 continue
             await kit.put(specs["nar"], junk)
-            await kit.put(specs["ls"], path.listing)
             reports = {
                 specs["nar"]["key"]: {
                     "file_size": len(junk),
                     "file_hash": format_sha256(hashlib.sha256(junk).digest()),
                 },
-                specs["ls"]["key"]: {"file_size": len(path.listing)},
             }
             body = await kit.complete(session["session_id"], reports, expect=(200, 422))
             outcomes[token] = body.get("state") or body["error"]
