@@ -163,10 +163,18 @@ def plan_work(
         info = closure.get(path)
         if info is None:
             raise ClientError(f"the server's answer names {path}, which is not part of this push")
+        work = PathWork(info)
         if entry.status == "cached":
             plan.cached.append(path)
+            # the server may ask for the proven log of a cached path whose log in the cache is not (rule 3)
+            for spec in entry.objects:
+                if spec.kind == "log" and spec.action != "none" and spec.key not in scheduled:
+                    plan.key_paths.setdefault(spec.key, path)
+                    scheduled.add(spec.key)
+                    _assign(work, spec, logs)
+            if not work.empty:
+                plan.work.append(work)
             continue
-        work = PathWork(info)
         for spec in entry.objects:
             plan.key_paths.setdefault(spec.key, path)
             if spec.action == "none":

@@ -17,11 +17,12 @@ __all__ = [
     "published_by",
     "published_hashes",
     "published_names",
+    "published_names_and_logs",
     "touch_roots",
     "upsert_pin",
 ]
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -101,6 +102,32 @@ async def published_names(conn: Connection, hashes: Sequence[str]) -> dict[str, 
         rows = await conn.fetch("SELECT hash, name FROM store_paths WHERE hash = ANY($1::text[])", list(batch))
         names.update((r["hash"], r["name"]) for r in rows)
     return names
+
+
+async def published_names_and_logs(
+    conn: Connection, hashes: Sequence[str], logs: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, str | None]]:
+    """:func:`published_names`, in the same statement as whether the log of each published path of ``logs`` (hash
+    part -> log key) is present without its proof: then hash part -> the identity that published the path (None:
+    unknown). Without ``logs``, the plain statement of :func:`published_names`."""
+    if not logs:
+        return await published_names(conn, hashes), {}
+    names: dict[str, str] = {}
+    unproven: dict[str, str | None] = {}
+    for batch in batches(list(hashes)):
+        mine = [h for h in batch if h in logs]
+        rows = await conn.fetch(
+            """SELECT s.hash, s.name, s.published_by, o.key IS NOT NULL AS unproven FROM store_paths s
+               LEFT JOIN unnest($2::text[], $3::text[]) AS l(hash, key) ON l.hash = s.hash
+               LEFT JOIN objects o ON o.key = l.key AND o.kind = 'log' AND o.state = 'present' AND NOT o.proven
+               WHERE s.hash = ANY($1::text[])""",
+            list(batch),
+            mine,
+            [logs[h] for h in mine],
+        )
+        names.update((r["hash"], r["name"]) for r in rows)
+        unproven.update((r["hash"], r["published_by"]) for r in rows if r["unproven"])
+    return names, unproven
 
 
 async def realisation_holders(conn: Connection, keys: Sequence[str]) -> dict[str, str]:

@@ -57,8 +57,20 @@ async def check_names(conn: asyncpg.Connection, req: SessionRequest) -> set[str]
     when ``<hash>-tricky`` is: answering "cached" would record a root for a path nobody can substitute
     (docs/security.md, rule 5).
     """
+    published, _ = await check_names_and_logs(conn, req, None)
+    return published
+
+
+async def check_names_and_logs(
+    conn: asyncpg.Connection, req: SessionRequest, identity: str | None
+) -> tuple[set[str], set[str]]:
+    """:func:`check_names`, and the published paths of the request whose log this push of ``identity`` replaces
+    (the same statement answers all three): their log is in the cache without its proof, the push sends it with
+    its proof, and ``identity`` published the path (or nobody knows who did: it was published before schema
+    version 6). A path whose log is proven, or absent, costs nothing more (docs/security.md, rule 3)."""
     wanted = req.plan.names
-    names = await db_paths.published_names(conn, list(wanted))
+    logs = req.plan.proven_logs if identity is not None else {}
+    names, unproven = await db_paths.published_names_and_logs(conn, list(wanted), logs)
     clashes = sorted((wanted[h].path, StorePath(h, name).path) for h, name in names.items() if name != wanted[h].name)
     if clashes:
         asked, held = clashes[0]
@@ -68,7 +80,8 @@ async def check_names(conn: asyncpg.Connection, req: SessionRequest) -> set[str]
             code="path_conflict",
             conflicts=[{"path": a, "cached": c} for a, c in clashes],
         )
-    return {h for h in names if h in req.plan.objects}
+    published = {h for h in names if h in req.plan.objects}
+    return published, {h for h, by in unproven.items() if h in published and by in (identity, None)}
 
 
 def cached_result(session_id: uuid.UUID, req: SessionRequest) -> dict[str, Any]:
@@ -82,12 +95,17 @@ def cached_result(session_id: uuid.UUID, req: SessionRequest) -> dict[str, Any]:
     }
 
 
-def _claimed(plan: ObjectPlan, published: set[str]) -> dict[str, WantedObject]:
-    """key -> object of every key the session claims, given the paths of the request that are published."""
+def _claimed(plan: ObjectPlan, published: set[str], relog: set[str]) -> dict[str, WantedObject]:
+    """key -> object of every key the session claims, given the paths of the request that are published (and
+    those of them whose unproven log it replaces)."""
     wanted: dict[str, WantedObject] = {}
     for h, objs in plan.objects.items():
-        for o in objs[:1] if h in published else objs:  # a published path: only its narinfo (objects[0])
-            wanted[o.key] = o
+        if h not in published:
+            wanted.update((o.key, o) for o in objs)
+            continue
+        wanted[objs[0].key] = objs[0]  # a published path: only its narinfo (objects[0]), and its log to replace
+        if h in relog:
+            wanted.update((o.key, o) for o in objs if o.kind == "log")
     # The narinfos of references outside the push are claimed too: GC keeps them while the session runs.
     for h, _ in plan.outside:
         key = narinfo_key(h)
@@ -151,8 +169,8 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
                 request_digest=prepared.digest,
                 expiry=gc.session_expiry,
             )
-            published = await check_names(conn, req)
-            wanted = await asyncio.to_thread(_claimed, plan, published)
+            published, relog = await check_names_and_logs(conn, req, token_name)
+            wanted = await asyncio.to_thread(_claimed, plan, published, relog)
             if all(o.kind == "narinfo" for o in wanted.values()):
                 # Nothing to upload: every path is published. Complete the session now, in this transaction,
                 # instead of claiming every narinfo until the client's complete (docs/api.md).
@@ -163,7 +181,7 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
                     return session_id, True, True
                 # GC deleted some of them meanwhile: those are to be uploaded again
                 published = await db_paths.published_hashes(conn, list(plan.objects))
-                wanted = await asyncio.to_thread(_claimed, plan, published)
+                wanted = await asyncio.to_thread(_claimed, plan, published, relog & published)
             outside = [h for h, _ in plan.outside]
             keys = list(wanted)
             # A session claims a log only with its proof (objects.py): an unproven one is to be replaced (rule 3).
@@ -227,7 +245,22 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID, start: int = 0
     for p in page:
         await pause()  # presigning a page takes a fraction of a second: let other requests in between (issue 20)
         if p.path.hash in published:
-            paths.append({"path": p.path.path, "status": "cached"})
+            cached: dict[str, Any] = {"path": p.path.path, "status": "cached"}
+            # a log this session replaces (rule 3): claimed at the open only for that
+            relog = [o for o in uploaded[p.path.hash] if o.kind == "log" and (c := claims.get(o.key)) and c.uploader]
+            if relog and states.get(relog[0].key, ("present",))[0] == "pending":
+                cached["objects"] = [
+                    await object_spec(
+                        ctx.bucket,
+                        ctx.settings.s3,
+                        relog[0],
+                        session_id=session.id,
+                        state="pending",
+                        uploader=True,
+                        upload_id=None,
+                    )
+                ]
+            paths.append(cached)
             continue
         objects = []
         for obj in uploaded[p.path.hash]:

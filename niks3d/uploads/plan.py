@@ -58,6 +58,9 @@ class ObjectPlan:
     # log key -> (build-trace key, store path) of each path whose log it is by a floating content-addressed
     # derivation's realisation: the log counts only if one of them is published for its path (rule 3)
     log_bindings: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    # path hash -> its log key, of the paths whose log comes with its proof: if such a path is published and its log
+    # there is not proven, the push may replace it (rule 3)
+    proven_logs: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, paths: Sequence[PathRequest], upstream: Sequence[UpstreamPath]) -> ObjectPlan:
@@ -78,9 +81,12 @@ class ObjectPlan:
                 elif o.kind in ("narinfo", "realisation"):
                     locks.add(o.key)
         bindings: dict[str, set[tuple[str, str]]] = {}
+        proven_logs: dict[str, str] = {}
         for p in paths:
-            if p.log_binding is not None and p.deriver is not None and p.log_proven:
-                bindings.setdefault(log_key(p.deriver.basename), set()).add((p.log_binding, p.path.path))
+            if p.deriver is not None and p.log_proven:
+                proven_logs[p.path.hash] = log_key(p.deriver.basename)
+                if p.log_binding is not None:
+                    bindings.setdefault(proven_logs[p.path.hash], set()).add((p.log_binding, p.path.path))
         in_request = set(objects) | {u.path.hash for u in upstream}
         outside = {r.hash: r for p in paths for r in p.references if r.hash not in in_request}
         return cls(
@@ -92,6 +98,7 @@ class ObjectPlan:
             publication_locks=tuple(sorted_in_pieces(locks)),
             listings=listings,
             log_bindings={k: tuple(sorted(v)) for k, v in sorted(bindings.items())},
+            proven_logs=proven_logs,
         )
 
     def client_uploads(self, path_hash: str) -> list[WantedObject]:

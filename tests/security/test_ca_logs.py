@@ -24,9 +24,10 @@ import zstandard
 from niks3d.nix.storepath import StorePath
 from testkit.modernnix import ModernNix
 from testkit.nixfixtures import CA_MK
-from tests.e2e.test_modern_nix import _build, _keys, _push, _reader, _substitute, _write
+from tests.e2e.test_modern_nix import _build, _keys, _reader, _substitute, _write
 from tests.security.kit import made_up
 from tests.security.test_hostile_realisations import _file_nar
+from tests.security.test_proven_logs import _unprove
 from tests.server.bucketview import bucket_keys, get_object
 from tests.server.pushkit import PushKit
 
@@ -60,9 +61,10 @@ async def _proven(dsn: str, key: str) -> bool | None:
 
 async def _intruder_pushes(daemon: Any, name: str, drv: str, drv_file: bytes, ids: list[str]) -> dict[str, Any]:
     """A made-up path of the intruder's, naming the victim's .drv (with its genuine file) as its deriver, with a log
-    "EVIL LOG" and realisations ``ids`` naming the made-up path; returns the open's entry and complete's answer."""
+    "INTRUDER LOG" and realisations ``ids`` naming the made-up path; returns the open's entry and complete's
+    answer."""
     fake = made_up(name, nar=_file_nar(secrets.token_bytes(8) + b" is not what the victim built"), deriver=drv)
-    fake.log, fake.derivation = b"EVIL LOG\n", drv_file
+    fake.log, fake.derivation = b"INTRUDER LOG\n", drv_file
     meta = {**fake.meta(), "realisations": [{"id": i, "out_path": fake.path} for i in ids]}
     async with aiohttp.ClientSession() as http:
         kit = PushKit(http, daemon.url, daemon.tokens["intruder"])
@@ -70,6 +72,15 @@ async def _intruder_pushes(daemon: Any, name: str, drv: str, drv_file: bytes, id
         reports = await kit.upload(session, [fake])
         answer = await kit.complete(session["session_id"], reports)
     return {"entry": session["paths"][0], "answer": answer}
+
+
+def _push_as(nix: ModernNix, daemon: Any, tmp_path: Path, token: str, *paths: str) -> dict[str, Any]:
+    file = tmp_path / f"{token}-token"
+    file.write_text(daemon.tokens[token] + "\n")
+    file.chmod(0o600)
+    out = nix.niks3("push", "--json", "--no-progress", "--server", daemon.url, "--token-file", str(file), *paths)
+    doc: dict[str, Any] = json.loads(out)
+    return doc
 
 
 def _trace(daemon: Any, drv: str) -> dict[str, Any] | None:
@@ -95,7 +106,7 @@ def test_the_log_of_a_content_addressed_derivation_goes_with_its_realisation(
     assert tried["entry"].get("log_refused"), tried
     assert _log(daemon, key) is None and _trace(daemon, drv) is None
 
-    _push(modern_nix, daemon, tmp_path, out)
+    _push_as(modern_nix, daemon, tmp_path, "pusher", out)
     genuine = _log(daemon, key)
     assert genuine is not None and b"genuine ca log line" in genuine, genuine
     assert asyncio.run(_proven(daemon.dsn, key)) is True
@@ -109,6 +120,19 @@ def test_the_log_of_a_content_addressed_derivation_goes_with_its_realisation(
     refused = {r["id"] for r in late["answer"].get("realisations_refused", [])}
     assert f"{drv.removeprefix('/nix/store/')}^out" in refused, late
     assert _log(daemon, key) == genuine and _trace(daemon, drv) == trace
+
+    # The log turns into one never proven (as from before schema version 7) while the path is cached. The
+    # intruder's made-up path with the victim's ids is refused it where its log would be put in place (the
+    # realisation names the victim's output), and the intruder's re-push of the victim's path is asked for
+    # nothing; the victim's re-push replaces it.
+    asyncio.run(_unprove(daemon, key))
+    again = asyncio.run(_intruder_pushes(daemon, "ca-logtop-later", drv, drv_file, ids))
+    assert len(again["answer"]["published"]) == 1, again
+    assert _log(daemon, key) == b"EVIL LOG\n" and asyncio.run(_proven(daemon.dsn, key)) is False
+    assert out in _push_as(modern_nix, daemon, tmp_path, "intruder", out)["cached"]
+    assert _log(daemon, key) == b"EVIL LOG\n" and asyncio.run(_proven(daemon.dsn, key)) is False
+    assert out in _push_as(modern_nix, daemon, tmp_path, "pusher", out)["cached"]
+    assert _log(daemon, key) == genuine and asyncio.run(_proven(daemon.dsn, key)) is True
 
     reader = _reader(tmp_path, modern_nix)
     assert _substitute(reader, expr, salt, f"{daemon.s3.endpoint_url}/{daemon.s3.bucket}", _keys(daemon)) == out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,6 +24,7 @@ from niks3d.nix.hashes import format_sha256
 from niks3d.nix.storepath import StorePath
 from tests.client.storekit import delete
 from tests.e2e.test_nix_copy_to import build_closure, copy_from, copy_to, netrc, nix
+from tests.e2e.test_push import _push
 from tests.security.kit import ZSTD, assert_substitutable, made_up, put_log, real_path, victim_pushes
 from tests.server.bucketview import get_object, s3_client
 from tests.server.pushkit import PushKit
@@ -130,3 +132,75 @@ def test_a_stock_copy_log_with_its_proof_replaces_a_log_never_proven(start_daemo
     assert got.returncode == 0 and "building the top" in got.stdout and "EVIL" not in got.stdout, got
     copied, _ = copy_from(tmp_path, daemon, top)
     assert copied.returncode == 0, copied.stderr
+
+
+async def _unprove(daemon: Any, key: str) -> None:
+    """The published log of ``key`` becomes "EVIL LOG", never proven: what a log from before schema version 7 is
+    after the migration (its row and owners stay)."""
+    body = ZSTD.compress(b"EVIL LOG\n")
+    s3_client(daemon.s3).put_object(
+        Bucket=daemon.s3.bucket, Key=key, Body=body, ContentType="text/plain; charset=utf-8", ContentEncoding="zstd"
+    )
+    conn = await asyncpg.connect(daemon.dsn)
+    try:
+        await conn.execute(
+            "UPDATE objects SET proven = false, size = $2, file_hash = $3 WHERE key = $1",
+            key,
+            len(body),
+            format_sha256(hashlib.sha256(body).digest()),
+        )
+    finally:
+        await conn.close()
+
+
+async def _stranger_offers(daemon: Any, path: str, drv: StorePath, log: bytes) -> dict[str, Any]:
+    """Another token opens a push of the cached ``path`` offering ``log`` with the genuine .drv: the answer's
+    entry for it."""
+    real = real_path(path)
+    fake = made_up("unused", nar=real.nar, deriver=drv.path)
+    fake.path, fake.references, fake.log = path, real.references, log
+    fake.derivation = Path(drv.path).read_bytes()  # noqa: ASYNC240 (a few KB)
+    async with aiohttp.ClientSession() as http:
+        kit = PushKit(http, daemon.url, daemon.tokens["intruder"])
+        session = await kit.open([fake], [fake])
+        entry: dict[str, Any] = session["paths"][0]
+        # nothing to upload: the session completed as it opened (409 to an abort), or is aborted here
+        await kit.call("DELETE", f"/api/v1/sessions/{session['session_id']}", expect=(200, 204, 409))
+    return entry
+
+
+@pytest.mark.parametrize("planted", ["trusted_put", "before_0007"])
+def test_the_publishers_push_of_a_cached_path_replaces_its_log_never_proven(
+    start_daemon, nix_fixtures, tmp_path, capsys, planted
+):
+    """Item 2 of rule 3's replacement: the path is cached, its log is not proven; only its publisher's re-push
+    (with the .drv) replaces it, and a stranger's re-push is asked for nothing, before and after."""
+    daemon = start_daemon()
+    path = nix_fixtures.with_log
+    drv = StorePath.parse(nix_fixtures.with_log_drv)
+    key = f"log/{drv.basename}"
+    if planted == "trusted_put":
+        # published without its log; a trusted token (spared the proof) puts one in, unproven
+        code, _, err = _push(daemon, tmp_path, capsys, "--no-logs", path)
+        assert code == 0, err
+        status, text = put_log(daemon, "trusted", drv.basename, b"EVIL LOG\n")
+        assert status == 201, (status, text)
+    else:
+        victim_pushes(daemon, tmp_path, capsys, path)
+        asyncio.run(_unprove(daemon, key))
+    assert _log(daemon, key) == b"EVIL LOG\n" and asyncio.run(_proven(daemon.dsn, key)) is False
+
+    code, doc, err = _push(daemon, tmp_path, capsys, path, token="intruder")
+    assert code == 0 and path in doc["cached"], (err, doc)
+    assert _log(daemon, key) == b"EVIL LOG\n" and asyncio.run(_proven(daemon.dsn, key)) is False
+
+    doc = victim_pushes(daemon, tmp_path, capsys, path)
+    assert path in doc["cached"], doc
+    genuine = _log(daemon, key)
+    assert b"EVIL LOG" not in genuine and b"fixture stdout line 1" in genuine, genuine[:200]
+    assert asyncio.run(_proven(daemon.dsn, key)) is True
+
+    entry = asyncio.run(_stranger_offers(daemon, path, drv, b"EVIL LOG AGAIN\n"))
+    assert entry == {"path": path, "status": "cached"}, entry
+    assert _log(daemon, key) == genuine
+    assert_substitutable(daemon, tmp_path, path)
