@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.nix",
     "tests.fixtures.modern_nix",
     "tests.fixtures.daemon",
+    "tests.fixtures.own",
 ]

@@ -25,7 +25,7 @@ import asyncio
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from niks3d.devenv.postgres import PostgresServer, postgres_server
-from niks3d.devenv.seaweedfs import SeaweedServer, seaweed_server
+from niks3d.devenv.postgres import PostgresServer
+from niks3d.devenv.seaweedfs import SeaweedServer
 from tests.e2e.gcchecks import bucket_state, cache_problems
+from tests.fixtures.own import OWN_BUCKET
 from tests.fixtures.s3 import S3Bucket
 from tests.server.faultkit import CLIENT_TIMEOUT, FAST, frozen, s3_section, wait_ready
 from tests.server.pushkit import FakePath, PushKit, make_closure
@@ -47,21 +48,6 @@ pytestmark = [pytest.mark.nix, pytest.mark.postgres, pytest.mark.s3, pytest.mark
 FREEZE = 7.0
 PUSHERS, READERS = 4, 2
 NIX = ["nix", "--extra-experimental-features", "nix-command"]
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
-    """A PostgreSQL of this test's own, which it freezes."""
-    with postgres_server(tmp_path / "pg") as pg:
-        yield pg
-
-
-@pytest.fixture
-def own_s3(tmp_path: Path) -> Iterator[SeaweedServer]:
-    """A SeaweedFS of this test's own, which it freezes."""
-    with seaweed_server(tmp_path / "weed") as server:
-        server.create_bucket("freeze")
-        yield server
 
 
 @dataclass(frozen=True)
@@ -223,6 +209,6 @@ async def test_postgresql_frozen_under_pushes_and_reads(
 async def test_s3_frozen_under_pushes_and_reads(
     own_s3: SeaweedServer, make_daemon_config: Any, start_daemon: Any, tmp_path: Path
 ) -> None:
-    daemon = start_daemon(make_daemon_config(s3=s3_section(own_s3, "freeze", tmp_path), server=FAST["server"]))
-    view = S3Bucket(own_s3.endpoint_url, "freeze", own_s3.access_key_id, own_s3.secret_access_key, own_s3.region)
+    daemon = start_daemon(make_daemon_config(s3=s3_section(own_s3, OWN_BUCKET, tmp_path), server=FAST["server"]))
+    view = S3Bucket(own_s3.endpoint_url, OWN_BUCKET, own_s3.access_key_id, own_s3.secret_access_key, own_s3.region)
     await _freeze_under_load(daemon, tmp_path, lambda: [own_s3.pid], "s3", view, seed=41)

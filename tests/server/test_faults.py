@@ -12,14 +12,14 @@ import asyncio
 import random
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from niks3d.devenv.postgres import PostgresServer, postgres_server
-from niks3d.devenv.seaweedfs import SeaweedServer, seaweed_server
+from niks3d.devenv.postgres import PostgresServer
+from niks3d.devenv.seaweedfs import SeaweedServer
+from tests.fixtures.own import OWN_BUCKET
 from tests.server.faultkit import (
     CLIENT_TIMEOUT,
     FAST,
@@ -30,21 +30,6 @@ from tests.server.faultkit import (
     wait_ready,
 )
 from tests.server.proxykit import make_path, push
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
-    """A PostgreSQL of this test's own, which it may freeze."""
-    with postgres_server(tmp_path / "pg") as pg:
-        yield pg
-
-
-@pytest.fixture
-def own_s3(tmp_path: Path) -> Iterator[SeaweedServer]:
-    """A SeaweedFS of this test's own, which it may freeze."""
-    with seaweed_server(tmp_path / "weed") as server:
-        server.create_bucket("faults")
-        yield server
 
 
 def _session_body(paths: list[Any]) -> dict[str, Any]:
@@ -92,7 +77,7 @@ async def test_a_frozen_postgresql_gives_fast_503s_and_everything_resumes(
 async def test_a_frozen_s3_gives_fast_503s_and_everything_resumes(
     own_s3: SeaweedServer, make_daemon_config: Any, start_daemon: Any, tmp_path: Path
 ) -> None:
-    daemon = start_daemon(make_daemon_config(s3=s3_section(own_s3, "faults", tmp_path), server=FAST["server"]))
+    daemon = start_daemon(make_daemon_config(s3=s3_section(own_s3, OWN_BUCKET, tmp_path), server=FAST["server"]))
     rng = random.Random(8)
     pushed = make_path(tmp_path, rng, "pushed", log=True)
     await push(daemon, [pushed])
@@ -172,7 +157,7 @@ async def test_a_client_that_goes_away_before_the_headers_is_no_server_error(
 ) -> None:
     """S3 answers after the reader hung up, or not before s3.request_timeout (5 s here): either way the request
     is counted as 499 and logged at INFO, never as a 503 or an ERROR."""
-    daemon = start_daemon(make_daemon_config(s3=s3_section(own_s3, "faults", tmp_path), server=FAST["server"]))
+    daemon = start_daemon(make_daemon_config(s3=s3_section(own_s3, OWN_BUCKET, tmp_path), server=FAST["server"]))
     pushed = make_path(tmp_path, random.Random(9), "pushed")
     await push(daemon, [pushed])
     text = request(f"{daemon.url}/{pushed.hash}.narinfo")[2].decode()

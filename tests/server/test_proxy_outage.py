@@ -8,25 +8,17 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from niks3d.devenv.seaweedfs import SeaweedServer, seaweed_server
+from niks3d.devenv.seaweedfs import SeaweedServer
+from tests.fixtures.own import OWN_BUCKET
 from tests.server.proxykit import fetch, make_path, push
 from tests.server.test_proxy import _nar_key
 
 BIG = 48 << 20  # far more than the socket buffers between S3, the proxy and the client
-
-
-@pytest.fixture
-def own_s3(tmp_path: Path) -> Iterator[SeaweedServer]:
-    """A SeaweedFS of this test's own, which it may kill."""
-    with seaweed_server(tmp_path / "weed") as server:
-        server.create_bucket("outage")
-        yield server
 
 
 def _secret(path: Path, text: str) -> str:
@@ -39,7 +31,7 @@ async def test_an_s3_outage_gives_503_and_never_a_truncated_200(
     own_s3: SeaweedServer, make_daemon_config: Any, start_daemon: Any, tmp_path: Path
 ) -> None:
     s3 = {
-        "bucket": "outage",
+        "bucket": OWN_BUCKET,
         "endpoint_url": own_s3.endpoint_url,
         "access_key_id_file": _secret(tmp_path / "own-id", own_s3.access_key_id),
         "secret_access_key_file": _secret(tmp_path / "own-secret", own_s3.secret_access_key),

@@ -11,13 +11,11 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from niks3d.devenv.postgres import postgres_server
 from niks3d.devenv.process import free_port
 from tests.fixtures.daemon import niks3d_argv
 
@@ -54,12 +52,6 @@ class NotifyListener:
             if any(wanted in m.split("\n") for m in seen):
                 return seen
         raise AssertionError(f"no {wanted!r} within {timeout}s; got {seen}")
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[Any]:
-    with postgres_server(tmp_path / "pg") as pg:
-        yield pg
 
 
 def _children(pid: int) -> list[int]:

@@ -10,16 +10,16 @@ test.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from niks3d.config import S3Settings
-from niks3d.devenv.seaweedfs import SeaweedServer, seaweed_server
+from niks3d.devenv.seaweedfs import SeaweedServer
 from niks3d.errors import StorageError
 from niks3d.storage import Bucket, open_bucket
+from tests.fixtures.own import OWN_BUCKET
 from tests.server.faultkit import frozen
 
 pytestmark = pytest.mark.s3
@@ -29,16 +29,8 @@ SMALL = b"small object\n"
 LARGE = bytes(2 << 20)  # above the presigned-PUT limit: botocore's PutObject
 
 
-@pytest.fixture
-def own_s3(tmp_path: Path) -> Iterator[SeaweedServer]:
-    """A SeaweedFS of this test's own, which it freezes."""
-    with seaweed_server(tmp_path / "weed") as server:
-        server.create_bucket("frozen")
-        yield server
-
-
 def _settings(s3: SeaweedServer, **timeouts: Any) -> S3Settings:
-    return S3Settings(bucket="frozen", endpoint_url=s3.endpoint_url, region=s3.region, **timeouts)
+    return S3Settings(bucket=OWN_BUCKET, endpoint_url=s3.endpoint_url, region=s3.region, **timeouts)
 
 
 @pytest.fixture
