@@ -497,8 +497,9 @@ class GcSettings(_Section):
     grace_period: Duration = timedelta(hours=1)
     # Upload sessions are open this long; GC aborts older ones.
     session_expiry: PositiveDuration = timedelta(hours=6)
-    # How long other sessions wait for an uploader that shows no upload progress before they take the upload
-    # over (docs/api.md, "Waiting for another session's upload"); calls without progress do not renew it.
+    # How long other sessions of the same identity wait for an uploader that shows no upload progress before they
+    # take the upload over (docs/api.md, "Waiting for another session's upload"); calls without progress do not
+    # renew it. Other identities never wait: they upload on their own (docs/security.md, rule 1).
     claim_lease: Annotated[PositiveDuration, AfterValidator(_lease_limit)] = timedelta(seconds=30)
     # However much progress it shows, an uploader keeps a key at most this long after it became its uploader;
     # then the next session that needs the key takes the upload over (docs/security.md, rule 1).

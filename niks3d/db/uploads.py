@@ -13,9 +13,11 @@ __all__ = [
     "SessionRow",
     "StalledUpload",
     "absent_uploads",
+    "begin_placing",
     "claims_of_session",
     "clear_idempotency_key",
     "clear_upload_ids",
+    "end_placing",
     "ensure_and_lock",
     "ensure_objects",
     "find_session_by_key",
@@ -29,9 +31,12 @@ __all__ = [
     "object_states",
     "open_session_ids",
     "path_object_states",
+    "placing_obstacles",
     "record_accepted",
+    "record_failed_check",
     "record_progress",
     "renew_leases",
+    "renew_placing",
     "report_view",
     "set_upload_id",
     "stalled_multipart",
@@ -304,16 +309,25 @@ async def path_object_states(
     return published, states
 
 
-async def live_uploaders(conn: Connection, keys: Sequence[str], *, exclude: uuid.UUID) -> dict[str, uuid.UUID]:
-    """For each key, the other open session whose lease on uploading it has not run out (if any)."""
+async def live_uploaders(
+    conn: Connection, keys: Sequence[str], *, exclude: uuid.UUID, token_name: str
+) -> dict[str, uuid.UUID]:
+    """For each key, the session another one of ``token_name`` must wait for, if any: another open session of
+    the same identity whose lease on uploading it has not run out, or another session whose upload of it niks3d
+    is putting in place right now (:func:`begin_placing`). Sessions of other identities upload side by side and
+    hold nobody up (docs/security.md, rule 1)."""
     busy: dict[str, uuid.UUID] = {}
     for batch in batches(list(keys)):
         rows = await conn.fetch(
             """SELECT c.key, c.session_id FROM session_claims c JOIN upload_sessions s ON s.id = c.session_id
-               WHERE c.key = ANY($1::text[]) AND c.uploader AND c.session_id <> $2
-                 AND s.state = 'open' AND s.expires_at > now() AND c.lease_until > now()""",
+               WHERE c.key = ANY($1::text[]) AND c.uploader AND c.session_id <> $2 AND c.token_name = $3
+                 AND s.state = 'open' AND s.expires_at > now() AND c.lease_until > now()
+               UNION ALL
+               SELECT key, placer FROM objects
+               WHERE key = ANY($1::text[]) AND placer <> $2 AND placer_until > now()""",
             list(batch),
             exclude,
+            token_name,
         )
         busy.update((r["key"], r["session_id"]) for r in rows)
     return busy
@@ -329,15 +343,20 @@ class StalledUpload:
     progress: int
 
 
-async def stalled_multipart(conn: Connection, keys: Sequence[str], *, exclude: uuid.UUID) -> list[StalledUpload]:
+async def stalled_multipart(
+    conn: Connection, keys: Sequence[str], *, exclude: uuid.UUID, token_name: str
+) -> list[StalledUpload]:
+    """The multipart uploads of ``keys`` by other sessions of ``token_name`` whose lease ran out (only the same
+    identity's uploads can be taken over: :func:`take_over`)."""
     rows: list[Any] = []
     for batch in batches(list(keys)):
         rows += await conn.fetch(
             """SELECT c.session_id, c.key, c.upload_id, c.progress FROM session_claims c
-               WHERE c.key = ANY($1::text[]) AND c.uploader AND c.session_id <> $2
+               WHERE c.key = ANY($1::text[]) AND c.uploader AND c.session_id <> $2 AND c.token_name = $3
                  AND c.upload_id IS NOT NULL AND c.lease_until <= now()""",
             list(batch),
             exclude,
+            token_name,
         )
     return [StalledUpload(r["session_id"], r["key"], r["upload_id"], r["progress"]) for r in rows]
 
@@ -405,7 +424,8 @@ async def insert_claims(conn: Connection, session_id: uuid.UUID, claims: Iterabl
 async def take_over(
     conn: Connection, session_id: uuid.UUID, keys: Sequence[str], lease: timedelta, max_lease: timedelta
 ) -> list[ReleasedClaim]:
-    """Make ``session_id`` the uploader of ``keys`` (their previous uploader's lease ran out), with a fresh lease
+    """Make ``session_id`` the uploader of ``keys`` (the previous uploader of its identity, if any, let its lease
+    run out; another identity's uploader keeps its upload: each identity uploads on its own), with a fresh lease
     that no renewal moves past the identity's cap on the key: ``max_lease`` from the first time that identity
     became its uploader (``claim_caps``; docs/security.md, rule 1), already past for an identity that used it up.
     Returns the previous uploaders' claims as released ones, whose multipart uploads the caller aborts
@@ -416,7 +436,9 @@ async def take_over(
     for batch in batches(sorted(keys)):
         dropped += await conn.fetch(
             """WITH old AS (SELECT session_id, key, upload_id FROM session_claims
-                            WHERE key = ANY($1::text[]) AND uploader AND session_id <> $2 FOR UPDATE)
+                            WHERE key = ANY($1::text[]) AND uploader AND session_id <> $2
+                              AND token_name = (SELECT token_name FROM upload_sessions WHERE id = $2)
+                            FOR UPDATE)
                UPDATE session_claims c
                SET uploader = false, upload_id = NULL, lease_until = NULL, lease_cap = NULL, progress = 0
                FROM old WHERE c.session_id = old.session_id AND c.key = old.key
@@ -495,7 +517,7 @@ async def mark_present(conn: Connection, entries: Iterable[tuple[str, int, str |
 
 async def record_accepted(
     conn: Connection, session_id: uuid.UUID, entries: Sequence[tuple[str, int, str | None]]
-) -> None:
+) -> set[str]:
     """After a report: record the accepted ``(key, size, file_hash)`` objects as present (:func:`mark_present`)
     and forget their multipart upload ids in the session's claims (their uploads are finished), in one statement.
 
@@ -506,22 +528,121 @@ async def record_accepted(
     publication and take-overs lock them. The leases are not renewed here: the report renewed every lease of the
     session when it found the staged objects (:func:`renew_leases`), and kept them renewed while it checked them
     (uploads/leases.py).
+
+    A NAR is recorded only while this session is its placer (:func:`begin_placing`), and its placement ends
+    with it: the condition is checked on the object's row as it is once locked, so no other placement can have
+    begun in between. Returns the keys recorded; a key left out is not this session's upload any more.
     """
     rows = list(entries)
-    await conn.execute(
+    recorded = await conn.fetch(
         """WITH s AS (SELECT id FROM upload_sessions WHERE id = $1 FOR UPDATE),
            present AS (
                UPDATE objects o SET state = 'present', size = x.size, file_hash = x.file_hash,
-                      present_at = coalesce(o.present_at, now())
+                      present_at = coalesce(o.present_at, now()), placer = NULL, placer_until = NULL
                FROM unnest($2::text[], $3::bigint[], $4::text[]) AS x(key, size, file_hash), s
-               WHERE o.key = x.key
-               RETURNING o.key)
-           UPDATE session_claims c SET upload_id = NULL
-           FROM present, s WHERE c.session_id = s.id AND c.key = present.key""",
+               WHERE o.key = x.key AND (o.kind <> 'nar' OR o.placer = $1)
+               RETURNING o.key),
+           claims AS (
+               UPDATE session_claims c SET upload_id = NULL
+               FROM present, s WHERE c.session_id = s.id AND c.key = present.key)
+           SELECT key FROM present""",
         session_id,
         [k for k, _, _ in rows],
         [z for _, z, _ in rows],
         [h for _, _, h in rows],
+    )
+    return {r["key"] for r in recorded}
+
+
+# Whether the identity of session {session} may not place ``o.key`` now: its upload of the key failed its check
+# less than {bar} ago, and a session of another identity is uploading the key (a barred identity does not hold
+# others up twice; alone, it may try again).
+_BARRED = """(EXISTS (SELECT 1 FROM claim_caps f JOIN upload_sessions s ON s.token_name = f.token_name
+                      WHERE s.id = {session} AND f.key = o.key AND f.failed_at > now() - {bar}::interval)
+             AND EXISTS (SELECT 1 FROM session_claims c JOIN upload_sessions s ON s.id = c.session_id
+                         WHERE c.key = o.key AND c.uploader AND s.state = 'open' AND c.lease_until > now()
+                           AND c.token_name <> (SELECT token_name FROM upload_sessions WHERE id = {session})))"""
+
+
+async def begin_placing(
+    conn: Connection, session_id: uuid.UUID, keys: Sequence[str], lease: timedelta, bar: timedelta
+) -> set[str]:
+    """Make ``session_id`` the placer of those of ``keys`` (NARs) it may put in place now, for ``lease``; returns
+    them. A key is placed by one session at a time (docs/security.md, rule 1): only a pending object the session
+    uploads, with no other live placement, and not by an identity whose upload of it failed its check less than
+    ``bar`` ago (``claim_caps.failed_at``) while another identity uploads it (:data:`_BARRED`). The conditions on
+    the object's row are checked on the row as it is once locked (a placement that began meanwhile is seen), so
+    two sessions never both place a key."""
+    rows = await conn.fetch(
+        f"""UPDATE objects o SET placer = $1, placer_until = now() + $3::interval
+           FROM (SELECT key FROM session_claims
+                 WHERE session_id = $1 AND uploader AND key = ANY($2::text[])) AS mine
+           WHERE o.key = mine.key AND o.state = 'pending'
+             AND (o.placer IS NULL OR o.placer = $1 OR o.placer_until <= now())
+             AND NOT ({_BARRED.format(session="$1", bar="$4")})
+           RETURNING o.key""",  # noqa: S608 - constants only
+        session_id,
+        sorted(keys),
+        lease,
+        bar,
+    )
+    return {r["key"] for r in rows}
+
+
+async def placing_obstacles(
+    conn: Connection, session_id: uuid.UUID, keys: Sequence[str], bar: timedelta
+) -> dict[str, str]:
+    """Why :func:`begin_placing` did not give ``keys`` to the session: key -> ``present`` (another upload was put
+    in place first), ``barred`` (this identity's upload of it failed its check) or ``busy`` (another placement
+    is live, or the session is not its uploader any more)."""
+    rows = await conn.fetch(
+        f"""SELECT o.key, CASE
+                      WHEN o.state = 'present' THEN 'present'
+                      WHEN {_BARRED.format(session="$1", bar="$3")} THEN 'barred'
+                      ELSE 'busy' END AS why
+           FROM objects o WHERE o.key = ANY($2::text[])""",  # noqa: S608 - constants only
+        session_id,
+        list(keys),
+        bar,
+    )
+    return {r["key"]: r["why"] for r in rows}
+
+
+async def end_placing(conn: Connection, session_id: uuid.UUID, keys: Sequence[str] | None = None) -> set[str]:
+    """End the session's placements (of ``keys``, or all of them) without recording the objects; returns the keys
+    it still placed. Inside a transaction, the rows stay locked until it ends: what the caller deletes from the
+    bucket meanwhile is still this session's copy, which no other placement has replaced."""
+    rows = await conn.fetch(
+        """UPDATE objects SET placer = NULL, placer_until = NULL
+           WHERE placer = $1 AND ($2::text[] IS NULL OR key = ANY($2::text[]))
+           RETURNING key""",
+        session_id,
+        None if keys is None else list(keys),
+    )
+    return {r["key"] for r in rows}
+
+
+async def renew_placing(conn: Connection, session_id: uuid.UUID, lease: timedelta) -> None:
+    """Renew the session's placements while it copies and checks them; a row another transaction holds is
+    skipped (renewed at the next tick), so the renewal never waits."""
+    await conn.execute(
+        """UPDATE objects SET placer_until = now() + $2::interval
+           WHERE key IN (SELECT key FROM objects WHERE placer = $1 FOR NO KEY UPDATE SKIP LOCKED)""",
+        session_id,
+        lease,
+    )
+
+
+async def record_failed_check(conn: Connection, session_id: uuid.UUID, keys: Sequence[str]) -> None:
+    """The session's uploads of ``keys`` failed their check: its identity does not place them again for a while
+    (:func:`begin_placing`)."""
+    await conn.execute(
+        """INSERT INTO claim_caps (key, token_name, lease_cap, failed_at)
+           SELECT k, s.token_name, now(), now() FROM unnest($2::text[]) AS k, upload_sessions s
+           WHERE s.id = $1 AND EXISTS (SELECT 1 FROM objects o WHERE o.key = k)
+           ON CONFLICT (key, token_name) DO UPDATE SET failed_at = now()""",
+        session_id,
+        list(keys),
     )
 
 

@@ -78,9 +78,12 @@ async def lock_nar_with_facts(conn: Connection, key: str) -> tuple[str | None, N
 
 
 async def record_nar(conn: Connection, facts: NarFacts, token_name: str) -> None:
-    """The NAR ``facts.key`` is in the bucket and checked: mark it present and keep what was found."""
+    """The NAR ``facts.key`` is in the bucket and checked: mark it present and keep what was found. (Its key is
+    its FileHash, so what is there is what was checked: a push's placement of the same key, which no key of a
+    push can be, would end here.)"""
     await conn.execute(
-        """UPDATE objects SET state = 'present', size = $2, file_hash = $3, present_at = coalesce(present_at, now())
+        """UPDATE objects SET state = 'present', size = $2, file_hash = $3, present_at = coalesce(present_at, now()),
+                  placer = NULL, placer_until = NULL
            WHERE key = $1""",
         facts.key,
         facts.file_size,

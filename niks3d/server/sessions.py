@@ -90,7 +90,11 @@ async def report(request: web.Request) -> web.Response:
     session = _still_open(await _owned(request, identity))
     reports = parse_object_reports(await read_json(request), optional=False)
     accepted, missing = await uploads.report_objects(request.app[push_key], session, reports, trusted=identity.trusted)
-    return web.json_response({"accepted": accepted, "missing": missing})
+    # Objects that wait for another session's upload of the same key to be checked are neither accepted nor
+    # missing: the client keeps their reports and sends them again (docs/api.md).
+    waiting = [m["key"] for m in missing if m["reason"] == uploads.BEING_PLACED]
+    missing = [m for m in missing if m["reason"] != uploads.BEING_PLACED]
+    return web.json_response({"accepted": accepted, "missing": missing, **({"waiting": waiting} if waiting else {})})
 
 
 async def complete(request: web.Request) -> web.Response:

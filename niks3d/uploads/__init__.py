@@ -7,6 +7,7 @@ HTTP handlers in :mod:`niks3d.server` parse requests and call these; this packag
 from __future__ import annotations
 
 __all__ = [
+    "BEING_PLACED",
     "PushContext",
     "SessionRequest",
     "abort_session",
@@ -22,5 +23,5 @@ from niks3d.uploads.context import PushContext
 from niks3d.uploads.lifecycle import abort_session, session_status
 from niks3d.uploads.open import build_response, open_session, refresh_urls
 from niks3d.uploads.publish import complete_session
-from niks3d.uploads.report import report_objects
+from niks3d.uploads.report import BEING_PLACED, report_objects
 from niks3d.uploads.request import SessionRequest

@@ -1,15 +1,16 @@
 """Claims as short leases (docs/api.md, "Waiting for another session's upload").
 
-One session at a time uploads a key; others that need it wait (``409 objects_pending``), but only while the
-uploader's lease runs: ``gc.claim_lease`` after it became the uploader or last made progress. Progress is what
-shows bytes arriving, never a call: an object of the session accepted, a staged object of the session being
-checked (renewed every third of a lease while the check runs), or a multipart upload that has more whole parts
-than at its last renewal (counted with ListParts when another session is about to take it over; a part smaller
-than the part size counts for nothing). No renewal moves a lease past its cap, ``gc.claim_max_lease`` after the
-session became the uploader (``session_claims.lease_cap``), however much progress it shows: a writer that sits
-on a claim and keeps feeding it holds other writers of the same object up for that long at most. A session whose
-lease ran out loses the upload to the next session that needs the key; that one uploads under its own staging
-key and is verified like any other (docs/security.md, rule 1).
+One session of an identity at a time uploads a key; other sessions of the same identity that need it wait (``409
+objects_pending``), but only while the uploader's lease runs (sessions of other identities upload it on their own,
+and the first upload that passes its check is put in place: docs/security.md, rule 1): ``gc.claim_lease`` after it
+became the uploader or last made progress. Progress is what shows bytes arriving, never a call: an object of the
+session accepted, a staged object of the session being checked (renewed every third of a lease while the check
+runs), or a multipart upload that has more whole parts than at its last renewal (counted with ListParts when another
+session is about to take it over; a part smaller than the part size counts for nothing). No renewal moves a lease
+past its cap, ``gc.claim_max_lease`` after the session became the uploader (``session_claims.lease_cap``), however
+much progress it shows: a writer that sits on a claim and keeps feeding it holds other writers of the same object up
+for that long at most. A session whose lease ran out loses the upload to the next session that needs the key; that
+one uploads under its own staging key and is verified like any other (docs/security.md, rule 1).
 """
 
 from __future__ import annotations
@@ -32,14 +33,15 @@ from niks3d.uploads.context import PushContext
 logger = logging.getLogger(__name__)
 
 
-async def refresh_stalled(ctx: PushContext, keys: Sequence[str], *, exclude: uuid.UUID) -> None:
-    """Renew the leases of other sessions' multipart uploads of ``keys`` that ran out but have made progress."""
+async def refresh_stalled(ctx: PushContext, keys: Sequence[str], *, exclude: uuid.UUID, token_name: str) -> None:
+    """Renew the leases of other sessions' multipart uploads of ``keys`` that ran out but have made progress
+    (those of ``token_name``: only they could be taken over)."""
     if not keys:
         return
     lease = ctx.settings.gc.claim_lease
     part_size = ctx.settings.s3.multipart_part_size
     async with ctx.pool.acquire() as conn:
-        stalled = await db.stalled_multipart(conn, keys, exclude=exclude)
+        stalled = await db.stalled_multipart(conn, keys, exclude=exclude, token_name=token_name)
     for upload in stalled:
         try:
             parts = await ctx.bucket.list_parts(staging_key(str(upload.session_id), upload.key), upload.upload_id)
@@ -61,7 +63,8 @@ async def refresh_stalled(ctx: PushContext, keys: Sequence[str], *, exclude: uui
 
 
 class LeaseKeeper:
-    """Renews a session's leases every third of a lease while its staged objects are being checked.
+    """Renews a session's leases, and its placements (db/uploads.py ``begin_placing``), every third of a lease
+    while its staged objects are being copied into place and checked.
 
     ``start()`` is called once a staged object is known to be there (real bytes, not a call); the keeper stops
     on exit. A renewal that fails (the database is away) is logged and retried at the next tick: the check it
@@ -84,6 +87,7 @@ class LeaseKeeper:
             try:
                 async with self._ctx.pool.acquire() as conn:
                     await db.renew_leases(conn, self._session_id, lease)
+                    await db.renew_placing(conn, self._session_id, lease)
             except db_pool.UNAVAILABLE:
                 logger.warning("session %s: could not renew its leases: the database is unavailable", self._session_id)
 

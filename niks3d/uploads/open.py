@@ -145,7 +145,7 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
 
     async def attempt() -> tuple[uuid.UUID, bool, bool]:
         # Multipart uploads of these keys whose lease ran out but that have made progress keep their uploader.
-        await refresh_stalled(ctx, list(plan.uploads), exclude=uuid.UUID(int=0))
+        await refresh_stalled(ctx, list(plan.uploads), exclude=uuid.UUID(int=0), token_name=token_name)
         async with ctx.pool.acquire() as conn, conn.transaction():
             if req.idempotency_key is not None:
                 existing = await db.find_session_by_key(conn, token_name, req.idempotency_key)
@@ -194,7 +194,7 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
                     code="unknown_references",
                     references=sorted(gone),
                 )
-            busy = await db.live_uploaders(conn, keys, exclude=session_id)
+            busy = await db.live_uploaders(conn, keys, exclude=session_id, token_name=token_name)
             stale = [k for k, o in wanted.items() if o.client_uploads and states[k] == "pending" and k not in busy]
             # A claim whose lease ran out blocks nobody: this session takes the upload over (uploads/leases.py).
             await db.insert_claims(conn, session_id, [(k, False) for k in keys])

@@ -31,7 +31,7 @@ from niks3d.db.sessions import ReleasedClaim
 from niks3d.db.upstream import UpstreamRecord
 from niks3d.errors import MissingPrerequisite, StateConflict
 from niks3d.logsetup import log_event
-from niks3d.nix.bucketkeys import ls_key, nar_key, narinfo_key, realisation_key
+from niks3d.nix.bucketkeys import ls_key, nar_key, narinfo_key, realisation_key, staging_key
 from niks3d.nix.buildtrace import BuildTraceEntry
 from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.narinfo import NarInfo
@@ -44,7 +44,7 @@ from niks3d.uploads.logbinding import unbound_logs
 from niks3d.uploads.multipart import start_multipart_uploads
 from niks3d.uploads.objects import CONTENT_TYPES, WantedObject, build_trace_outputs, object_spec
 from niks3d.uploads.open import check_names
-from niks3d.uploads.report import report_objects
+from niks3d.uploads.report import BEING_PLACED, report_objects
 from niks3d.uploads.request import ObjectReport, PathRequest, SessionRequest, reference_levels
 from niks3d.uploads.upstream import prove_upstream_async
 
@@ -71,6 +71,10 @@ async def complete_session(
     _, failed = await report_objects(ctx, session, reports, trusted=trusted)
     req = await ctx.request_of(session.id)
     todo, states = await _check_objects(ctx, session, req, {m["key"]: m["reason"] for m in failed})
+    if waited := [m["key"] for m in failed if m["reason"] == BEING_PLACED]:
+        # Their report waited for another session's placement, which published them since: this session's
+        # staged copies are not needed (GC's staging sweep would take them later).
+        await ctx.bucket.delete_many([staging_key(str(session.id), k) for k in waited])
     # The listings are derived from the NARs before the publishing transaction, which must not hold its locks
     # while NARs are read (a listing uploaded meanwhile is derived in it).
     listings = await derive_listings(ctx, _nars_of([p for p in todo if _listed(p, states)]))
@@ -114,10 +118,16 @@ async def _check_objects(
         claims = await db.claims_of_session(conn, session.id)
     mine_now = {k for k in absent if claims.get(k) is not None and claims[k].uploader}
     # Another session's multipart upload that ran out of lease but has more bytes keeps it (uploads/leases.py).
-    await refresh_stalled(ctx, [k for k in absent if k not in mine_now], exclude=session.id)
+    await refresh_stalled(
+        ctx, [k for k in absent if k not in mine_now], exclude=session.id, token_name=session.token_name
+    )
     async with ctx.pool.acquire() as conn:
-        busy = await db.live_uploaders(conn, absent, exclude=session.id)
-    mine = [k for k in absent if claims.get(k) is not None and claims[k].uploader]
+        busy = await db.live_uploaders(conn, absent, exclude=session.id, token_name=session.token_name)
+    # This session's report of these waited for another session's placement, which may have ended since: the
+    # report is sent again with the next complete, so they are pending, not missing (no upload again).
+    busy = {**busy, **{k: session.id for k in absent if reasons.get(k) == BEING_PLACED}}
+    # An upload of this session waits while another session's upload of the key is being put in place (busy).
+    mine = [k for k in absent if claims.get(k) is not None and claims[k].uploader and k not in busy]
     pending = [k for k in absent if k in busy]
     orphaned = [k for k in absent if k not in busy and k not in mine]
     if orphaned:
@@ -127,7 +137,7 @@ async def _check_objects(
                 await db.ensure_and_lock(conn, [(k, needed[k].kind) for k in orphaned])
                 await db.insert_claims(conn, session.id, [(k, False) for k in orphaned])
                 # Another waiting session may have taken some over first (we waited on its row locks).
-                busy_now = await db.live_uploaders(conn, orphaned, exclude=session.id)
+                busy_now = await db.live_uploaders(conn, orphaned, exclude=session.id, token_name=session.token_name)
                 taken = [k for k in orphaned if k not in busy_now]
                 gc = ctx.settings.gc
                 return await db.take_over(conn, session.id, taken, gc.claim_lease, gc.claim_max_lease)
@@ -137,7 +147,7 @@ async def _check_objects(
         await start_multipart_uploads(ctx, session.id)
         async with ctx.pool.acquire() as conn:
             claims = await db.claims_of_session(conn, session.id)
-        mine = [k for k in absent if k in claims and claims[k].uploader]
+        mine = [k for k in absent if k in claims and claims[k].uploader and k not in busy]
         pending = [k for k in absent if k not in mine]
     if mine:
         specs = [

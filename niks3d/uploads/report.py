@@ -23,13 +23,15 @@ running on to compete with the report sent next.
 
 from __future__ import annotations
 
-__all__ = ["report_objects"]
+__all__ = ["BEING_PLACED", "report_objects"]
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from asyncpg import Connection
 
 from niks3d.db import logs as db_logs
 from niks3d.db import uploads as db
@@ -53,6 +55,9 @@ from niks3d.uploads.verify import verify_nar_object
 logger = logging.getLogger(__name__)
 _CONCURRENCY = 32
 _NOT_UPLOADED = "niks3d writes the listing itself, from the path's NAR (docs/security.md, rule 8): it is not uploaded"
+# Why a staged object was not taken: another session's upload of the key is being copied into place and checked.
+# Not a missing upload: ``complete`` answers 409 ``objects_pending`` for it (uploads/publish.py).
+BEING_PLACED = "another session's upload of this object is being checked"
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -127,6 +132,7 @@ async def report_objects(
         else:
             to_check.append((report, claim))
 
+    claims = {report.key: claim for report, claim in to_check}
     full = ctx.settings.s3.verify == "full" or not trusted
     staged = await _each(to_check, lambda item: _stage(ctx, session, *item))
     failed = [r for r in staged if isinstance(r, dict)]
@@ -136,14 +142,18 @@ async def report_objects(
         # statement (the report's only renewal, however many objects it carries), and kept renewed while the
         # copies and their checks run; an upload another session took over meanwhile is not this one's any more
         # (uploads/leases.py).
+        # Then the NARs' placements are taken, on the same connection (one statement more a report).
         async with ctx.pool.acquire() as conn:
             still = await db.renew_leases(conn, session.id, lease, [r.report.key for r in ready])
-        failed.extend(
-            {"key": r.report.key, "reason": "another session took this upload over (this session's lease ran out)"}
-            for r in ready
-            if r.report.key not in still
-        )
-        ready = [r for r in ready if r.report.key in still]
+            failed.extend(
+                {"key": r.report.key, "reason": "another session took this upload over (this session's lease ran out)"}
+                for r in ready
+                if r.report.key not in still
+            )
+            ready, waiting, late = await _begin_placing(ctx, conn, session, [r for r in ready if r.report.key in still])
+        failed.extend(waiting)
+        accepted.extend(late)
+        superseded.extend(claims[k] for k in late)
     async with LeaseKeeper(ctx, session.id) as keeper:
         if ready:
             keeper.start()
@@ -173,7 +183,12 @@ async def report_objects(
     invalid = [r for r in failed if r.pop("invalid", False)]
     if invalid:
         # The upload is not what the session declared: a hostile or broken writer. Its session ends here, so
-        # its claims stop holding up other sessions that need the same objects (docs/security.md, rule 1).
+        # its claims stop holding up other sessions that need the same objects, its other placements end (every
+        # check of this report is over), and its identity does not place these keys again for a while
+        # (docs/security.md, rule 1).
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            await db.end_placing(conn, session.id)
+            await db.record_failed_check(conn, session.id, [r["key"] for r in invalid])
         await abort_session(ctx, session.id)
         shown = "; ".join(f"{r['key']}: {r['reason']}" for r in invalid[:3])
         raise InvalidUpload(
@@ -189,8 +204,15 @@ async def report_objects(
     if good:
         async with ctx.pool.acquire() as conn:
             # one statement, which holds the session's row: reports of one session record in turn
-            await db.record_accepted(conn, session.id, good)
-        accepted.extend(k for k, _, _ in good)
+            recorded = await db.record_accepted(conn, session.id, good)
+            # A NAR is recorded only by its placer: one not recorded was placed by another session meanwhile
+            # (this one's placement ran out), or is still being placed by it.
+            lost = [k for k, _, _ in good if k not in recorded]
+            now = await db.object_states(conn, lost) if lost else {}
+        for key in lost:
+            if now.get(key, ("pending",))[0] != "present":
+                missing.append({"key": key, "reason": BEING_PLACED})
+        accepted.extend(k for k, _, _ in good if k in recorded or now.get(k, ("pending",))[0] == "present")
         await ctx.bucket.delete_many([staging_key(str(session.id), k) for k, _, _ in good])
     for item in missing:
         logger.info("session %s: object %s not accepted: %s", session.id, item["key"], item["reason"])
@@ -205,7 +227,12 @@ async def _stage(ctx: PushContext, session: db.SessionRow, report: ObjectReport,
         try:
             await ctx.bucket.complete_multipart(staged, claim.upload_id)
         except UploadNotFound:
-            return {"key": key, "reason": "the multipart upload is gone; upload the object again", "reset": True}
+            # An earlier report completed it and then waited (another session's upload was being placed): the
+            # staged object is there, checked below like any other.
+            info = await ctx.bucket.head(staged)
+            if info is None or info.size != report.file_size:
+                return {"key": key, "reason": "the multipart upload is gone; upload the object again", "reset": True}
+            return _Staged(report, info.size, True)
         except StorageThrottled:
             raise
         except StorageError as exc:
@@ -296,6 +323,8 @@ async def _place(
     if parse_bucket_key(key).kind == "ls":
         return await _check_listing(ctx, session, staged)
     if not await _copy(ctx, session, staged):
+        async with ctx.pool.acquire() as conn:
+            await db.end_placing(conn, session.id, [key])  # nothing was copied
         return _Gone(key)
     file_hash = format_sha256(report.file_hash) if report.file_hash is not None else None
     if nar is not None and full:
@@ -304,9 +333,36 @@ async def _place(
                 ctx.bucket, key, report, nar_hash=nar.nar_hash, nar_size=nar.nar_size, listings=ctx.listings
             )
         if problem:
-            await ctx.bucket.delete_many([key])
+            # Deleted only while this is still its placement (under the row's lock): another session's upload
+            # that was put in place since is never touched.
+            async with ctx.pool.acquire() as conn, conn.transaction():
+                if await db.end_placing(conn, session.id, [key]):
+                    await ctx.bucket.delete_many([key])
             return {"key": key, "reason": problem, "reset": staged.reset, "invalid": True}
     return key, staged.size, file_hash
+
+
+async def _begin_placing(
+    ctx: PushContext, conn: Connection, session: db.SessionRow, ready: list[_Staged]
+) -> tuple[list[_Staged], list[Failure], list[str]]:
+    """Take the placements of the ready NARs (one session at a time puts a key in place: db/uploads.py
+    ``begin_placing``); returns what goes on (the NARs this session places and every other object), the NARs
+    that must wait or may not be placed by it (failures), and those another upload was put in place for first."""
+    nars = [r.report.key for r in ready if parse_bucket_key(r.report.key).kind == "nar"]
+    if not nars:
+        return ready, [], []
+    gc = ctx.settings.gc
+    mine = await db.begin_placing(conn, session.id, nars, gc.claim_lease, gc.claim_max_lease)
+    others = [k for k in nars if k not in mine]
+    why = await db.placing_obstacles(conn, session.id, others, gc.claim_max_lease) if others else {}
+    waiting: list[Failure] = []
+    for key in others:
+        if why.get(key) == "barred":
+            waiting.append({"key": key, "reason": "an upload of this object by this identity failed its check lately"})
+        elif why.get(key) != "present":
+            waiting.append({"key": key, "reason": BEING_PLACED})
+    late = [k for k in others if why.get(k) == "present"]
+    return [r for r in ready if r.report.key not in others], waiting, late
 
 
 async def _check_listing(ctx: PushContext, session: db.SessionRow, staged: _Staged) -> Accepted | Failure | _Gone:

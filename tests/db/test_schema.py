@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 
 from niks3d.config import DatabaseSettings
+from niks3d.db import uploads
 from niks3d.db.migrate import migrate
 from niks3d.db.pool import open_pool
 
@@ -570,3 +572,57 @@ async def test_the_index_check_notices_a_missing_index(pool: asyncpg.Pool) -> No
         15,
         ["path_references.path_references_reference_fkey", "pins.pins_hash_fkey"],
     )
+
+
+# --- one placement at a time per key (db/uploads.py; docs/security.md, rule 1) -------------------------------
+
+
+async def test_sessions_of_two_identities_upload_a_key_but_place_it_one_at_a_time(pool: asyncpg.Pool) -> None:
+    key = nar_key_for(TEST)
+    lease, bar = timedelta(seconds=30), timedelta(hours=1)
+    await add_object(pool, key, "nar", present=False)
+    victim, hostile = await add_session(pool, "victim"), await add_session(pool, "hostile")
+    claim = "INSERT INTO session_claims (session_id, key, uploader, lease_until) VALUES ($1, $2, true, now() + '1h')"
+    await pool.execute(claim, victim, key)
+    await pool.execute(claim, hostile, key)  # another identity: an uploader of its own
+    assert await pool.fetchval("SELECT token_name FROM session_claims WHERE session_id = $1", hostile) == "hostile"
+    again = await add_session(pool, "hostile")
+    await refused(pool, asyncpg.UniqueViolationError, "session_claims_one_uploader_idx", claim, again, key)
+
+    async with pool.acquire() as conn:
+        assert await uploads.begin_placing(conn, hostile, [key], lease, bar) == {key}
+        assert await uploads.begin_placing(conn, victim, [key], lease, bar) == set()
+        assert await uploads.placing_obstacles(conn, victim, [key], bar) == {key: "busy"}
+        # Only the placer records the NAR; the other's record is refused, even with the placement over.
+        assert await uploads.record_accepted(conn, victim, [(key, 100, FILE_HASH)]) == set()
+        # The hostile upload fails its check: it stands back while the victim uploads the key.
+        assert await uploads.end_placing(conn, hostile, [key]) == {key}
+        assert await uploads.end_placing(conn, hostile, [key]) == set()  # a second end deletes nothing
+        await uploads.record_failed_check(conn, hostile, [key])
+        await conn.execute("DELETE FROM session_claims WHERE session_id = $1", hostile)  # its session aborted
+        await conn.execute(claim, again, key)
+        assert await uploads.begin_placing(conn, again, [key], lease, bar) == set()
+        assert await uploads.placing_obstacles(conn, again, [key], bar) == {key: "barred"}
+        assert await uploads.begin_placing(conn, victim, [key], lease, bar) == {key}
+        # A placement whose lease ran out (its daemon died) is taken over by the next one.
+        await conn.execute("UPDATE objects SET placer_until = now() - interval '1 second' WHERE key = $1", key)
+        await conn.execute("DELETE FROM session_claims WHERE session_id = $1", again)
+        third = await add_session(conn, "third")
+        await conn.execute(claim, third, key)
+        assert await uploads.begin_placing(conn, third, [key], lease, bar) == {key}
+        assert await uploads.record_accepted(conn, victim, [(key, 100, FILE_HASH)]) == set()
+        assert await uploads.record_accepted(conn, third, [(key, 100, FILE_HASH)]) == {key}
+        row = await conn.fetchrow("SELECT state, placer, placer_until FROM objects WHERE key = $1", key)
+        assert dict(row) == {"state": "present", "placer": None, "placer_until": None}
+        assert await uploads.begin_placing(conn, victim, [key], lease, bar) == set()
+        assert await uploads.placing_obstacles(conn, victim, [key], bar) == {key: "present"}
+
+
+async def test_only_a_pending_object_has_a_placer(pool: asyncpg.Pool) -> None:
+    await add_object(pool, nar_key_for(TEST), "nar")
+    query = "UPDATE objects SET placer = $1, placer_until = now() WHERE key = $2"
+    await refused(
+        pool, asyncpg.CheckViolationError, "objects_placer_pending_check", query, uuid.uuid4(), nar_key_for(TEST)
+    )
+    query = "UPDATE objects SET placer = $1, state = 'pending', size = NULL, present_at = NULL WHERE key = $2"
+    await refused(pool, asyncpg.CheckViolationError, "objects_placer_check", query, uuid.uuid4(), nar_key_for(TEST))

@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 import zstandard
 
+from niks3d.nix.bucketkeys import nar_key
 from niks3d.nix.listing import render_listing
 from niks3d.nix.nar_read import NarValidator
 from niks3d.nix.storepath import StorePath
@@ -31,7 +32,7 @@ from tests.security.kit import (
     victim_pushes,
 )
 from tests.server.bucketview import bucket_keys, get_object, s3_client
-from tests.server.pushkit import PushKit, make_closure
+from tests.server.pushkit import FakePath, PushKit, make_closure
 
 pytestmark = [pytest.mark.nix, pytest.mark.postgres, pytest.mark.s3]
 
@@ -68,6 +69,60 @@ def test_junk_claiming_another_paths_nar_hash_never_reaches_the_victim(
     assert asyncio.run(attack()) == 422, "junk under a shared NAR key was accepted"
     victim_pushes(daemon, tmp_path, capsys, victim.path)
     assert_substitutable(daemon, tmp_path, victim.path)
+
+
+def test_junk_reported_while_the_victim_uploads_its_nar_loses(start_daemon, nix_fixtures, tmp_path):
+    """Attack 1 at the same time as the victim (another identity: one identity's sessions wait for each other).
+    The attacker claims the victim's NarHash for a made-up path, stages junk of the claimed size, and reports it
+    while the victim reports the real NAR. The victim is asked to upload at once (before, it waited for the
+    attacker's claim, an hour here); the two reports are checked one after the other, the junk fails and is never
+    published nor put over the victim's upload, and stock Nix substitutes the victim's path, signatures checked."""
+    daemon = start_daemon(gc={"claim_lease": "1h"})
+    victim = real_path(nix_fixtures.protodep)
+    assert set(victim.references) <= {victim.path}, "the victim must be a leaf here"
+    honest = FakePath(
+        path=victim.path,
+        nar=victim.nar,
+        nar_hash=victim.nar_hash,
+        listing=b'{"version":1,"root":{"type":"regular","size":1}}',
+        references=victim.references,
+    )
+
+    async def race() -> tuple[Any, Any]:
+        fake = made_up("poison", nar=victim.nar, nar_hash=victim.nar_hash)
+        async with aiohttp.ClientSession() as http:
+            attacker = PushKit(http, daemon.url, daemon.tokens["intruder"])
+            kit = PushKit(http, daemon.url, daemon.tokens["pusher"])
+            hostile = await attacker.open([fake], [fake])
+            objects = _objects(hostile)
+            junk = junk_of_size(len(honest.compressed))
+            assert await _put(http, objects["nar"], junk) == 200
+            junk_reports = {objects["nar"]["key"]: file_report(junk, nar=True)}
+            session = await kit.open([honest], [honest])
+            assert _objects(session)["nar"]["action"] == "put", "the attacker's claim made the victim wait"
+            reports = await kit.upload(session, [honest])
+
+            async def victim_completes() -> Any:
+                for _ in range(40):  # bounded: 20 s
+                    answer = await kit.complete(session["session_id"], reports, expect=(200, 409))
+                    if answer.get("state") == "completed":
+                        return answer
+                    await asyncio.sleep(0.5)
+                raise AssertionError("the victim's complete never went through")
+
+            return await asyncio.gather(
+                attacker.complete(hostile["session_id"], junk_reports, expect=(200, 422)), victim_completes()
+            )
+
+    bad, good = asyncio.run(race())
+    assert bad.get("error") == "objects_invalid", bad
+    assert good["published"] == [victim.path]
+    assert get_object(daemon.s3, _objects_key(victim))[0] == honest.compressed
+    assert_substitutable(daemon, tmp_path, victim.path)
+
+
+def _objects_key(victim: Any) -> str:
+    return nar_key(victim.nar_hash, "zstd")
 
 
 @pytest.mark.parametrize("attacker", ATTACKERS)

@@ -1,5 +1,6 @@
 """Claims are short leases (issue 20, item 1): a session that claims an object and makes no upload progress holds
-up other pushes of it for one lease, however often it calls; upload progress, and only that, renews the lease.
+up other pushes of it by the same identity for one lease, however often it calls; upload progress, and only that,
+renews the lease. (Sessions of other identities upload the object on their own: tests/server/test_side_by_side.py.)
 
 Real daemon, PostgreSQL and SeaweedFS; the lease is 2 s here (``gc.claim_lease``), 30 s by default.
 """
@@ -68,8 +69,8 @@ async def test_a_squatting_claim_holds_others_up_for_one_lease_not_while_it_call
     path = make_path(tmp_path, random.Random(1), "shared")
     key = nar_key(path.nar_hash, "zstd")
     async with aiohttp.ClientSession() as http:
-        squatter = PushKit(http, daemon.url, daemon.tokens["intruder"])
-        pusher = PushKit(http, daemon.url, daemon.tokens["pusher"])
+        squatter = PushKit(http, daemon.url, daemon.tokens["pusher"])
+        pusher = PushKit(http, daemon.url, daemon.tokens["pusher"])  # another session of the same identity
         held = await squatter.open([path], [path])
         assert _objects(held)[key]["action"] == "put"
         waiting = await pusher.open([path], [path])
@@ -130,7 +131,7 @@ async def test_multipart_progress_renews_a_lease_and_its_end_hands_the_upload_ov
     body = ZSTD.compress(path.nar)
     async with aiohttp.ClientSession() as http:
         slow = PushKit(http, daemon.url, daemon.tokens["pusher"])
-        other = PushKit(http, daemon.url, daemon.tokens["admin"])
+        other = PushKit(http, daemon.url, daemon.tokens["pusher"])
         first = await slow.open([path], [path])
         spec = _objects(first)[key]
         assert spec["action"] == "multipart"
@@ -189,15 +190,15 @@ async def _feed(
 Seen = list[tuple[Any, Any, Any]]
 
 
-async def _watch(dsn: str, seen: Seen) -> None:
+async def _watch(dsn: str, seen: Seen, sessions: list[str]) -> None:
     """Record (session, lease_until, lease_cap) of the squatter's uploader claims on its NAR."""
     conn = await asyncpg.connect(dsn)
     try:
         while True:
             rows = await conn.fetch(
                 """SELECT c.session_id, c.lease_until, c.lease_cap FROM session_claims c
-                   JOIN upload_sessions s ON s.id = c.session_id
-                   WHERE s.token_name = 'intruder' AND c.uploader AND c.key LIKE 'nar/%'"""
+                   WHERE c.session_id = ANY($1::text[]::uuid[]) AND c.uploader AND c.key LIKE 'nar/%'""",
+                sessions,
             )
             seen.extend((r["session_id"], r["lease_until"], r["lease_cap"]) for r in rows)
             await asyncio.sleep(0.1)
@@ -205,10 +206,13 @@ async def _watch(dsn: str, seen: Seen) -> None:
         await conn.close()
 
 
-async def _squat_and_wait(daemon: Any, tmp_path: Path, part_size: int, sessions: int = 1) -> tuple[list[int], Seen]:
+async def _squat_and_wait(
+    daemon: Any, tmp_path: Path, part_size: int, sessions: int = 1, honest_token: str = "intruder"
+) -> tuple[list[int], Seen]:
     """The squatter claims a big NAR with ``sessions`` sessions and feeds it parts of ``part_size`` bytes; the
-    honest pusher of the same NAR completes until it is handed the upload (bounded: _until_taken_over), uploads
-    and publishes it. Returns the parts the squatter got in, and its uploader claims as they were seen."""
+    honest pusher of the same NAR (by default another session of the squatter's identity, the only one that waits
+    for it) completes until it is handed the upload (bounded: _until_taken_over), uploads and publishes it.
+    Returns the parts the squatter got in, and its uploader claims as they were seen."""
     path = await _big_path(tmp_path)
     key = nar_key(path.nar_hash, "zstd")
     body = ZSTD.compress(path.nar)
@@ -216,7 +220,7 @@ async def _squat_and_wait(daemon: Any, tmp_path: Path, part_size: int, sessions:
     seen: Seen = []
     async with aiohttp.ClientSession() as http:
         squatter = PushKit(http, daemon.url, daemon.tokens["intruder"])
-        honest = PushKit(http, daemon.url, daemon.tokens["pusher"])
+        honest = PushKit(http, daemon.url, daemon.tokens[honest_token])
         held = [await squatter.open([path], [path]) for _ in range(sessions)]
         assert _objects(held[0])[key]["action"] == "multipart"
         waiting = await honest.open([path], [path])
@@ -225,7 +229,7 @@ async def _squat_and_wait(daemon: Any, tmp_path: Path, part_size: int, sessions:
             asyncio.create_task(_feed(http, squatter, h["session_id"], key, junk, got, relay=sessions > 1))
             for h in held
         ]
-        tasks.append(asyncio.create_task(_watch(daemon.dsn, seen)))
+        tasks.append(asyncio.create_task(_watch(daemon.dsn, seen, [h["session_id"] for h in held])))
         try:
             if sessions > 1:
                 # The honest pusher asks only once the squatter's second session took the upload over.
@@ -273,10 +277,11 @@ async def test_a_claim_fed_whole_parts_is_taken_over_at_its_cap(start_daemon, tm
 async def test_a_second_session_of_the_squatter_does_not_start_the_cap_again(start_daemon, tmp_path: Path) -> None:
     """The same with two sessions of the squatter: when the first reaches its cap, the second, asking every 50 ms,
     takes the upload over and feeds it in turn. The cap is the identity's (claim_caps), so the second session
-    gets the first one's, already past, and the honest pusher is handed the upload all the same. Before, the
-    second session started a fresh cap, then the first, and so on for as long as they liked."""
+    gets the first one's, already past. Before, the second session started a fresh cap, then the first, and so
+    on for as long as they liked. (Past the cap the squatter's sessions take the upload from each other as they
+    like; the honest pusher here is another identity, which uploads on its own.)"""
     daemon = start_daemon(gc={"claim_lease": "2s", "claim_max_lease": "6s"})
-    _, seen = await _squat_and_wait(daemon, tmp_path, 5 * 1024 * 1024, sessions=2)
+    _, seen = await _squat_and_wait(daemon, tmp_path, 5 * 1024 * 1024, sessions=2, honest_token="pusher")
     assert len({sid for sid, _, _ in seen}) == 2 and len({cap for _, _, cap in seen}) == 1, sorted(set(seen))
 
 

@@ -31,8 +31,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.s3]
 # objects (lock the session, mark them present, forget their upload ids) one statement instead of a transaction of
 # three (-4); publication's name check answering which paths are published (-1); the session's completion and the
 # release of its claims one statement (-1): 25; the check of the objects asking which paths are published and
-# their objects' states in one statement (-1): 24.
-CEILING = 24
+# their objects' states in one statement (-1): 24. The report's NARs' placements taken, so that only one upload of
+# a key is put in place at a time while sessions of several identities upload it (+1, issue 20): 25.
+CEILING = 25
 # One open of 5 paths: 20, then 19 with the name check answering which paths are published, 18 with the objects'
 # rows inserted and locked in one statement (db/uploads.py's ensure_and_lock).
 OPEN_CEILING = 18

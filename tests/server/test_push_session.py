@@ -155,7 +155,8 @@ async def test_overlapping_sessions_both_complete_and_share_uploads(start_daemon
     closure_a, closure_b = [*shared, top_a], [*shared, top_b]
     async with aiohttp.ClientSession() as http:
         kit_a = PushKit(http, daemon.url, daemon.tokens["pusher"])
-        kit_b = PushKit(http, daemon.url, daemon.tokens["admin"])
+        # one identity: sessions of other identities upload side by side (test_side_by_side.py)
+        kit_b = PushKit(http, daemon.url, daemon.tokens["pusher"])
         session_a, session_b = await asyncio.gather(kit_a.open(closure_a, [top_a]), kit_b.open(closure_b, [top_b]))
 
         def uploaders(session: dict) -> set[str]:
