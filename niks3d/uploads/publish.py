@@ -36,6 +36,7 @@ from niks3d.nix.buildtrace import BuildTraceEntry
 from niks3d.nix.hashes import format_sha256, parse_sha256
 from niks3d.nix.narinfo import NarInfo
 from niks3d.nix.realisation import Realisation
+from niks3d.testhooks import pause_point
 from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.leases import refresh_stalled
@@ -218,7 +219,9 @@ async def _publish(
         await ctx.bucket.delete_many([ls_key(p.path.hash) for p in listed if p.path.hash not in own])
         listing_rows = await put_listings(ctx.bucket, [(ls_key(h), body) for h, body in sorted(own.items())])
         rows: list[db_paths.PublishedPath] = []
-        for group in reference_levels(todo):
+        for level, group in enumerate(reference_levels(todo)):
+            if level:
+                await pause_point("publish.level")  # tests/server/test_complete_outage.py
             rendered = [
                 _render(ctx, p, req.plan.objects[p.path.hash], objects, upstream=upstream, refused=refused, own=own)
                 for p in group
