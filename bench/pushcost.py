@@ -1,14 +1,15 @@
 """Push cost (issue 18's targets): every writer of the same closure, CPU per process, requests and bytes.
 
 One run starts the stack of bench/pushstack.py and registers synthetic closures (bench/synthclosure.py) in the
-host's store (Nix 2.8) and in the modern-Nix chroot's (``--suite``: sid's Nix 2.34 if its chroot is built, else
-trixie's 2.26). Then, for the mixed closure (``--paths`` paths, ``--nar-mib`` of NAR, half random, half text):
+host's store (Nix 2.8) and in the modern-Nix chroots' (``--suite``, comma-separated: sid's Nix 2.34 by default,
+``--suite sid,trixie`` for trixie's 2.26 as well; each has a store of its own). Then, for the mixed closure
+(``--paths`` paths, ``--nar-mib`` of NAR, half random, half text):
 
-* ``nix copy --to 'http://<nginx WebDAV>/<dir>?compression=zstd'`` with Nix 2.8 and with the modern Nix;
+* ``nix copy --to 'http://<nginx WebDAV>/<dir>?compression=zstd'`` with Nix 2.8 and with each modern Nix;
 * ``niks3 push`` with the ``trusted`` token (size checks only: niks3d's per-path cost) and, of a second closure of
   the same shape, with the ordinary ``bench`` token (every NAR verified: the difference is the per-byte cost of
   verification, set against the floor of zstd decompression + SHA-256 of these very NARs on this machine);
-* ``nix copy --to 's3://nixcopy?endpoint=...'`` with the modern Nix against the same SeaweedFS;
+* ``nix copy --to 's3://nixcopy?endpoint=...'`` with the newest modern Nix against the same SeaweedFS;
 * the cached re-push.
 
 Then ``niks3 push`` (trusted token) of closures of ``--scale`` small paths each, and their cached re-push. Every
@@ -109,7 +110,7 @@ class Modern:
 
     def __init__(self, suite: str, workdir: Path) -> None:
         root = modernnix.ensure_chroot(suite)
-        self.nix = modernnix.ModernNix(root, workdir / "modern-nix", shared=[workdir])
+        self.nix = modernnix.ModernNix(root, workdir / f"modern-nix-{suite}", shared=[workdir])
         self.version = ".".join(map(str, self.nix.version))
 
     def argv(self, argv: list[str], env: dict[str, str] | None = None) -> list[str]:
@@ -174,10 +175,10 @@ def run(args: argparse.Namespace) -> int:
             workdir.mkdir(parents=True)
         else:
             workdir = Path(keep.enter_context(tempfile.TemporaryDirectory(prefix="niks3-pushcost-")))
-        modern = None
-        if not args.no_modern:
-            modern = Modern(args.suite, workdir)
-            print(f"modern Nix: {modern.version} ({args.suite} chroot)", flush=True)
+        moderns: list[Modern] = []
+        for suite in [] if args.no_modern else [s for s in args.suite.split(",") if s]:
+            moderns.append(Modern(suite, workdir))
+            print(f"modern Nix: {moderns[-1].version} ({suite} chroot)", flush=True)
         # niks3d's modules compiled once, as an installed client has them: with PYTHONDONTWRITEBYTECODE set (as
         # it is on the machines this runs on) every niks3 command would compile them again, ~0.05-0.1 s of CPU
         compileall.compile_dir(Path(niks3d.__file__).parent, quiet=1)
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         scales = [synthclosure.small_closure(n, seed=seed + 2 + n) for n in args.scale]
         for closure in (*writers, *scales):
             synthclosure.import_closure(closure)
-        if modern is not None and writers:
+        for modern in moderns if writers else []:
             synthclosure.import_closure(writers[0], modern.argv(["nix-store", "--import"]))
         mib = synthclosure.total_nar_size(writers[0]) / 2**20 if writers else 0.0
         print(
@@ -200,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             with stack(workdir) as st:
                 if writers:
-                    _writers(st, args, workdir, modern, writers[0], writers[1], mib)
+                    _writers(st, args, workdir, moderns, writers[0], writers[1], mib)
                 _scale(st, scales)
         finally:
             every = [p for c in (*writers, *scales) for p in c.store_paths]
@@ -213,28 +214,28 @@ def _writers(
     st: Stack,
     args: argparse.Namespace,
     workdir: Path,
-    modern: Modern | None,
+    moderns: list[Modern],
     mixed: synthclosure.Closure,
     verified: synthclosure.Closure,
     mib: float,
 ) -> None:
     n = args.paths
     print(f"\n== {n} paths, {mib:.0f} MiB of NAR, half random, half text ==", flush=True)
-    nix28 = _copy_http(st, "nix copy --to http://nginx (Nix 2.8)", mixed.root, n, workdir, None)
-    newest = None
-    if modern is not None:
-        newest = _copy_http(st, f"nix copy --to http://nginx (Nix {modern.version})", mixed.root, n, workdir, modern)
+    copies = [_copy_http(st, "nix copy --to http://nginx (Nix 2.8)", mixed.root, n, workdir, None)]
+    for modern in moderns:
+        copies.append(_copy_http(st, f"nix copy --to http://nginx (Nix {modern.version})", mixed.root, n, workdir,
+                                 modern))  # fmt: skip
     trusted = _push(st, "niks3 push (trusted token: size checks)", mixed.root, n, "trusted")
     full = _push(st, "niks3 push (ordinary token: NARs verified)", verified.root, n, "bench")
     s3 = None
-    if modern is not None:
-        s3 = _copy_s3(st, f"nix copy --to s3:// (Nix {modern.version})", mixed.root, n, modern)
+    if moderns:
+        newest = max(moderns, key=lambda m: m.nix.version)
+        s3 = _copy_s3(st, f"nix copy --to s3:// (Nix {newest.version})", mixed.root, n, newest)
     again = _push(st, "niks3 push again (cached)", mixed.root, n, "trusted")
     print("targets:", flush=True)
-    for base in (nix28, newest):
-        if base is not None:
-            _ratio(f"client CPU, niks3 push / {base.label}", full.run.cpu, base.run.cpu, 1.2)
-            _ratio(f"client CPU, niks3 push (trusted token) / {base.label}", trusted.run.cpu, base.run.cpu, 1.2)
+    for base in copies:
+        _ratio(f"client CPU, niks3 push / {base.label}", full.run.cpu, base.run.cpu, 1.2)
+        _ratio(f"client CPU, niks3 push (trusted token) / {base.label}", trusted.run.cpu, base.run.cpu, 1.2)
     niks3d = trusted.counts.cpu.get("niks3d", 0.0)
     print(f"  niks3d CPU per path (trusted push): {1000 * niks3d / n:.2f} ms (target < 1 ms)", flush=True)
     extra = full.counts.cpu.get("niks3d", 0.0) - niks3d
@@ -277,7 +278,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[300, 3000, 10000],
         help="scale workload: comma-separated closure sizes of small paths (default 300,3000,10000)",
     )
-    parser.add_argument("--suite", default=os.environ.get("NIKS3_MODERN_NIX_SUITE") or "sid")
+    parser.add_argument(
+        "--suite",
+        default=os.environ.get("NIKS3_MODERN_NIX_SUITE") or "sid",
+        help="modern-Nix chroots, comma-separated (default sid; sid,trixie adds Nix 2.26)",
+    )
     parser.add_argument("--no-modern", action="store_true", help="skip the modern-Nix writers")
     parser.add_argument(
         "--workdir", help="keep the stack's files (niks3d.log, nginx's access log) in this new directory"
