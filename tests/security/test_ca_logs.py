@@ -5,12 +5,15 @@ of its outputs to the pushed path: the build-trace entry ``build-trace-v2/<drv>/
 push sends a realisation whose id is the derivation's hash modulo (computed by niks3d from the ``.drv``). A modern
 Nix (Debian 13's 2.26, or sid's with ``NIKS3_MODERN_NIX_SUITE=sid``) builds a CA closure whose top prints a log;
 an intruder then names the victim's ``.drv`` (its genuine file) for made-up paths of its own, before and after
-the victim pushes, with a realisation for another id and with the victim's own ids.
+the victim pushes, with a realisation for another id and with the victim's own ids. The last test needs no Nix: a
+.drv of its own making, whose realisation id niks3d's hash modulo gives (tests/nix/test_drvhash.py checks that
+against Nix).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 from pathlib import Path
@@ -21,6 +24,8 @@ import asyncpg
 import pytest
 import zstandard
 
+from niks3d.nix.derivation import parse_derivation, text_store_path
+from niks3d.nix.drvhash import realisation_ids
 from niks3d.nix.storepath import StorePath
 from testkit.modernnix import ModernNix
 from testkit.nixfixtures import CA_MK
@@ -31,7 +36,7 @@ from tests.security.test_proven_logs import _unprove
 from tests.server.bucketview import bucket_keys, get_object
 from tests.server.pushkit import PushKit
 
-pytestmark = [pytest.mark.modern_nix, pytest.mark.postgres, pytest.mark.s3]
+pytestmark = [pytest.mark.postgres, pytest.mark.s3]
 
 LOG_EXPR = (
     "{ salt }:\nlet\n"
@@ -88,6 +93,7 @@ def _trace(daemon: Any, drv: str) -> dict[str, Any] | None:
     return json.loads(get_object(daemon.s3, key)[0]) if key in bucket_keys(daemon.s3) else None
 
 
+@pytest.mark.modern_nix
 def test_the_log_of_a_content_addressed_derivation_goes_with_its_realisation(
     start_daemon, modern_nix: ModernNix, tmp_path: Path
 ) -> None:
@@ -137,3 +143,52 @@ def test_the_log_of_a_content_addressed_derivation_goes_with_its_realisation(
     reader = _reader(tmp_path, modern_nix)
     assert _substitute(reader, expr, salt, f"{daemon.s3.endpoint_url}/{daemon.s3.bucket}", _keys(daemon)) == out
     assert "genuine ca log line" in reader.nix("log", "--store", f"{daemon.s3.endpoint_url}/{daemon.s3.bucket}", drv)
+
+
+def _floating_drv(salt: str) -> tuple[str, bytes]:
+    """A floating content-addressed .drv of no inputs (as Nix writes a resolved one), and its store path."""
+    text = (
+        'Derive([("out","","r:sha256","")],[],[],"x86_64-linux","/bin/sh",["-c","echo ' + salt + ' > $out"],'
+        '[("out","/1rz4g4znpzjwh1xymhjpm42vipw92pr73vdgl6xs1hycac8kf2n9")])'
+    ).encode()
+    return text_store_path(f"syn-{salt}.drv", text, []).path, text
+
+
+async def _push_made_up(daemon: Any, token: str, fake: Any, rid: str) -> dict[str, Any]:
+    meta = {
+        **fake.meta(),
+        "realisations": [{"id": rid, "out_path": fake.path}],
+        "derivation": base64.b64encode(fake.derivation).decode(),  # sent for the realisation, log or not
+    }
+    async with aiohttp.ClientSession() as http:
+        kit = PushKit(http, daemon.url, daemon.tokens[token])
+        session = await kit.call("POST", "/api/v1/sessions", {"roots": [fake.path], "paths": [meta]}, expect=201)
+        reports = await kit.upload(session, [fake])
+        return {"session": session, "answer": await kit.complete(session["session_id"], reports)}
+
+
+def test_a_log_whose_realisation_names_another_path_is_refused_and_the_path_published(start_daemon) -> None:
+    """The victim's output of a CA derivation is published with its realisation but no log; then a push of another
+    output for the same derivation (the intruder's, or an honest build that came out different) is told to upload
+    its log (its .drv and realisation prove it until then), and its report finds the realisation taken: the log is
+    refused, not put in place, and complete publishes the path without it (instead of asking for the log again)."""
+    daemon = start_daemon()
+    drv, drv_file = _floating_drv(secrets.token_hex(6))
+    rid = realisation_ids(parse_derivation(drv_file), {})["out"]
+    victim = made_up("syn-victim", nar=_file_nar(secrets.token_bytes(8)), deriver=drv)
+    victim.derivation = drv_file
+    first = asyncio.run(_push_made_up(daemon, "pusher", victim, rid))
+    assert first["answer"]["published"] == [victim.path] and "realisations_refused" not in first["answer"], first
+    key = f"log/{StorePath.parse(drv).basename}"
+    published = _trace(daemon, drv)
+    assert published is not None and published["outPath"] == victim.path.removeprefix("/nix/store/"), published
+
+    other = made_up("syn-other", nar=_file_nar(secrets.token_bytes(8)), deriver=drv)
+    other.log, other.derivation = b"INTRUDER LOG\n", drv_file
+    second = asyncio.run(_push_made_up(daemon, "intruder", other, rid))
+    asked = [o["key"] for o in second["session"]["paths"][0]["objects"]]
+    assert key in asked, second  # the log was asked for: the realisation is checked where the log is placed
+    assert second["answer"]["published"] == [other.path], second
+    assert {r["id"] for r in second["answer"]["realisations_refused"]} == {rid, f"{StorePath.parse(drv).basename}^out"}
+    assert _log(daemon, key) is None
+    assert _trace(daemon, drv) == published
