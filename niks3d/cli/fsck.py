@@ -32,10 +32,10 @@ async def _run(config: Config, params: FsckParams, status: StatusLine) -> Report
 
 
 def fsck_command(args: argparse.Namespace) -> int:
-    """``niks3d fsck [--repair] [--json]``."""
+    """``niks3d fsck [--repair] [--listings] [--json]``."""
     config = load_config(args.config)
     setup_logging(getattr(args, "log_level", None) or config.settings.logging.level, config.settings.logging.format)
-    params = FsckParams(repair=args.repair)
+    params = FsckParams(repair=args.repair, listings=args.listings)
     status = StatusLine()
     try:
         report = asyncio.run(until_sigterm(_run(config, params, status)))

@@ -140,6 +140,11 @@ def _import_arguments(parser: argparse.ArgumentParser) -> None:
 def _fsck_arguments(parser: argparse.ArgumentParser) -> None:
     _config_option(parser)
     parser.add_argument("--repair", action="store_true", help="repair what is always safe to repair")
+    parser.add_argument(
+        "--listings",
+        action="store_true",
+        help="derive every published listing from its NAR and report those that say otherwise (reads every NAR)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 

@@ -29,6 +29,7 @@ class CheckedPath:
     file_size: int
     references: tuple[str, ...]  # hash parts, from path_references
     files: tuple[tuple[str, str, int | None], ...]  # (key, kind, recorded size)
+    compression: str = "zstd"  # of the NAR
 
 
 async def db_now(conn: Connection) -> datetime:
@@ -39,7 +40,7 @@ async def db_now(conn: Connection) -> datetime:
 async def paths_after(conn: Connection, after: str, before: datetime, limit: int) -> list[CheckedPath]:
     """Published paths (published before ``before``) with hash > ``after``, in hash order."""
     rows = await conn.fetch(
-        """SELECT s.hash, s.narinfo_key, s.narinfo, s.nar_key, s.file_size,
+        """SELECT s.hash, s.narinfo_key, s.narinfo, s.nar_key, s.file_size, s.compression,
                   array(SELECT r.reference FROM path_references r WHERE r.referrer = s.hash ORDER BY 1) AS refs,
                   array(SELECT f.key FROM path_files f WHERE f.hash = s.hash ORDER BY 1) AS file_keys,
                   array(SELECT f.kind FROM path_files f WHERE f.hash = s.hash ORDER BY f.key) AS file_kinds,
@@ -59,6 +60,7 @@ async def paths_after(conn: Connection, after: str, before: datetime, limit: int
             file_size=r["file_size"],
             references=tuple(r["refs"]),
             files=tuple(zip(r["file_keys"], r["file_kinds"], r["file_sizes"], strict=True)),
+            compression=r["compression"],
         )
         for r in rows
     ]
@@ -108,3 +110,12 @@ async def release_unneeded(conn: Connection, keys: Sequence[str]) -> int:
         list(keys),
     )
     return int(status.rsplit(maxsplit=1)[-1])
+
+
+async def set_sizes(conn: Connection, sizes: list[tuple[str, int]]) -> None:
+    """Record the sizes of objects niks3d wrote again (``fsck --listings --repair``)."""
+    await conn.execute(
+        "UPDATE objects o SET size = x.size FROM unnest($1::text[], $2::bigint[]) AS x(key, size) WHERE o.key = x.key",
+        [k for k, _ in sizes],
+        [s for _, s in sizes],
+    )

@@ -13,6 +13,8 @@ Kinds of problem (docs/operations.md, "Checking the cache"; ``*`` marks what ``-
 ``untracked`` *         a key under the cache's key space that no row tracks (given a pending row: GC deletes it)
 ``object_missing`` *    an object recorded present that is not in the bucket and nothing needs (made pending)
 ``import_unfinished``   the newest import did not finish (GC refuses to run until one does)
+``listing_invalid`` *   (``--listings``) a published listing does not parse (written again from the NAR)
+``listing_differs`` *   (``--listings``) it describes another tree than its NAR's (written again: fsck/listings.py)
 
 Only paths published, and objects created, before the bucket was listed are checked, so pushes may run
 meanwhile; the collector's lock is held, so no GC run deletes anything while the check looks.
@@ -33,6 +35,7 @@ from niks3d.db import importing as db_importing
 from niks3d.db import maintenance as db_maintenance
 from niks3d.db.notify import notify_store_paths
 from niks3d.db.pool import DbPool
+from niks3d.fsck.listings import ListedPath, check_listings, write_listings
 from niks3d.gc.runs import collector_lock_held
 from niks3d.importer.inventory import Inventory, list_bucket
 from niks3d.importer.order import registration_order
@@ -44,12 +47,16 @@ from niks3d.storage.s3 import Bucket
 from niks3d.uploads.objects import CONTENT_TYPES
 
 _BATCH = 1000
-REPAIRABLE = frozenset({"narinfo_missing", "narinfo_differs", "file_missing", "untracked", "object_missing"})
+REPAIRABLE = frozenset(
+    {"narinfo_missing", "narinfo_differs", "file_missing", "untracked", "object_missing"}
+    | {"listing_invalid", "listing_differs"}
+)
 
 
 @dataclass(frozen=True)
 class FsckParams:
     repair: bool = False
+    listings: bool = False  # derive every published listing from its NAR again (reads every listed NAR)
 
 
 @dataclass
@@ -60,6 +67,7 @@ class _Check:
     report: Report
     repair: bool
     status: Callable[[str], None]
+    listings: bool = False
 
     async def paths(self, before: datetime) -> None:
         after = ""
@@ -89,11 +97,26 @@ class _Check:
                         forget.append((p.hash, key))
                     elif size is not None and found != size:
                         self.report.add("file_size", key, f"{found} bytes, {size} recorded")
+            if self.listings:
+                await self._listings(batch)
             self.status(f"fsck: {self.report.counts['paths_checked']} paths checked")
             if self.repair:
                 await self._forget_files(forget)
         if self.repair and rewrites:
             await self._rewrite_narinfos(rewrites)
+
+    async def _listings(self, batch: list[db.CheckedPath]) -> None:
+        listed = [
+            ListedPath(key, p.nar_key, p.compression)
+            for p in batch
+            for key, kind, _ in p.files
+            if kind == "ls" and self.inventory.size(key) is not None and self.inventory.size(p.nar_key) is not None
+        ]
+        rewrite = await check_listings(self.bucket, listed, self.report)
+        if self.repair and rewrite:
+            await write_listings(self.bucket, rewrite)
+            await db.set_sizes(self.conn, [(key, len(body)) for key, body in rewrite])
+            self.report.counts["repaired"] += len(rewrite)
 
     def _nar(self, p: db.CheckedPath) -> bool:
         size = self.inventory.size(p.nar_key)
@@ -179,7 +202,7 @@ async def run_fsck(
         status("fsck: listing the bucket")
         inventory = await list_bucket(bucket)
         report.counts["bucket_objects"] = inventory.listed
-        check = _Check(conn, bucket, inventory, report, params.repair, status)
+        check = _Check(conn, bucket, inventory, report, params.repair, status, params.listings)
         await check.paths(before)
         for referrer, reference in await db.unpublished_references(conn):
             report.add("reference_unpublished", f"{referrer}.narinfo", f"references {reference}, not published")
