@@ -6,7 +6,9 @@ path (``nix copy --to <cache> /nix/store/<h>-<n>.drv``; its NAR was checked when
 to that store path (a text path: ``niks3d.nix.derivation.text_store_path``) and name among its outputs a path that
 the same identity published. The ``.drv`` alone would not do: anyone can copy a derivation, and the first log in
 is immutable, so without the publisher check a stranger could give the victim's output its log first. This is
-the stock-Nix form of the push API's rule that a log comes with the push that publishes the output. The log is
+the stock-Nix form of the push API's rule that a log comes with the push that publishes the output. A floating
+content-addressed derivation names no output: its outputs are the paths its build-trace entries in this cache
+name (written by a push that proved them its own: niks3d/uploads/drvproof.py). The log is
 then the log of exactly those outputs. Writers marked ``trusted = true`` are spared the proof while
 ``s3.verify = "size"``, as their NARs are spared the full check.
 """
@@ -19,6 +21,7 @@ from asyncpg import Connection
 
 from niks3d.db import paths as db_paths
 from niks3d.errors import MissingPrerequisite, ObjectNotFound
+from niks3d.nix.bucketkeys import build_trace_key
 from niks3d.nix.decompress import StreamDecompressor
 from niks3d.nix.derivation import MAX_DERIVATION_BYTES, parse_derivation, text_store_path
 from niks3d.nix.errors import InvalidNar, NixFormatError
@@ -87,9 +90,19 @@ async def proven_outputs(conn: Connection, bucket: Bucket, drv_basename: str, id
     if actual != drv:
         raise _refuse(drv, f"{drv.path} in this cache is not that derivation: its contents hash to {actual.path}")
     outputs = {StorePath.parse(o) for o in parsed.outputs.values() if o}
+    if parsed.floating_outputs:
+        # content-addressed: its outputs are those its realisations in this cache name (security.md, rule 3)
+        keys = [build_trace_key(drv.basename, o) for o in parsed.floating_outputs]
+        outputs |= {StorePath.parse(p) for p in (await db_paths.realisation_holders(conn, keys)).values()}
     names = await db_paths.published_names(conn, [o.hash for o in outputs])
     published = [o.hash for o in outputs if names.get(o.hash) == o.name]
     if not published:
+        if parsed.floating_outputs:
+            raise _refuse(
+                drv,
+                "it is content-addressed and no realisation of it in this cache names an output (push the output "
+                "with `niks3 push`, which sends its realisation)",
+            )
         raise _refuse(drv, "none of its outputs is in this cache; copy them first")
     publishers = await db_paths.published_by(conn, published)
     mine = sorted(h for h in published if publishers.get(h) == identity)

@@ -30,7 +30,7 @@ from niks3d.nix.storepath import StorePath
 from testkit.modernnix import ModernNix
 from testkit.nixfixtures import CA_MK
 from tests.e2e.test_modern_nix import _build, _keys, _reader, _substitute, _write
-from tests.security.kit import made_up
+from tests.security.kit import made_up, put_log
 from tests.security.test_hostile_realisations import _file_nar
 from tests.security.test_proven_logs import _unprove
 from tests.server.bucketview import bucket_keys, get_object
@@ -154,12 +154,11 @@ def _floating_drv(salt: str) -> tuple[str, bytes]:
     return text_store_path(f"syn-{salt}.drv", text, []).path, text
 
 
-async def _push_made_up(daemon: Any, token: str, fake: Any, rid: str) -> dict[str, Any]:
-    meta = {
-        **fake.meta(),
-        "realisations": [{"id": rid, "out_path": fake.path}],
-        "derivation": base64.b64encode(fake.derivation).decode(),  # sent for the realisation, log or not
-    }
+async def _push_made_up(daemon: Any, token: str, fake: Any, rid: str | None) -> dict[str, Any]:
+    meta = fake.meta()
+    if rid is not None:
+        meta["realisations"] = [{"id": rid, "out_path": fake.path}]
+        meta["derivation"] = base64.b64encode(fake.derivation).decode()  # sent for the realisation, log or not
     async with aiohttp.ClientSession() as http:
         kit = PushKit(http, daemon.url, daemon.tokens[token])
         session = await kit.call("POST", "/api/v1/sessions", {"roots": [fake.path], "paths": [meta]}, expect=201)
@@ -192,3 +191,28 @@ def test_a_log_whose_realisation_names_another_path_is_refused_and_the_path_publ
     assert {r["id"] for r in second["answer"]["realisations_refused"]} == {rid, f"{StorePath.parse(drv).basename}^out"}
     assert _log(daemon, key) is None
     assert _trace(daemon, drv) == published
+
+
+def test_a_stock_log_put_for_a_content_addressed_derivation_goes_with_its_realisation(start_daemon) -> None:
+    """``nix store copy-log`` (a plain PUT) of a floating CA derivation's log, with its .drv in the cache: its
+    outputs are what its realisation names, so the output's publisher may put the log, and nobody else."""
+    daemon = start_daemon()
+    drv, drv_file = _floating_drv(secrets.token_hex(6))
+    rid = realisation_ids(parse_derivation(drv_file), {})["out"]
+    basename = StorePath.parse(drv).basename
+    status, text = put_log(daemon, "pusher", basename, b"too early\n")
+    assert status == 422 and "not in this cache" in text, (status, text)  # nor is its .drv
+
+    victim = made_up("syn-stock", nar=_file_nar(secrets.token_bytes(8)), deriver=drv)
+    victim.derivation = drv_file
+    asyncio.run(_push_made_up(daemon, "pusher", victim, rid))
+    copied = made_up("unused", nar=_file_nar(drv_file))
+    copied.path = drv  # nix copy --to <cache> --derivation: the .drv as a store path of one regular file
+    assert asyncio.run(_push_made_up(daemon, "pusher", copied, None))["answer"]["published"] == [drv]
+
+    status, text = put_log(daemon, "intruder", basename, b"EVIL LOG\n")
+    assert status == 422 and "another identity" in text, (status, text)
+    status, text = put_log(daemon, "pusher", basename, b"genuine ca log\n")
+    assert status == 201, (status, text)
+    assert _log(daemon, f"log/{basename}") == b"genuine ca log\n"
+    assert asyncio.run(_proven(daemon.dsn, f"log/{basename}")) is True
