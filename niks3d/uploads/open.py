@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from niks3d.db import paths as db_paths
 from niks3d.db import sessions as db_sessions
 from niks3d.db import uploads as db
-from niks3d.db.retry import retry_transaction
+from niks3d.db.retry import Conflict, retry_transaction
 from niks3d.errors import InvalidRequest, MissingPrerequisite, NotFound, StateConflict
 from niks3d.eventloop import Pauser
 from niks3d.logsetup import log_event
@@ -68,8 +68,8 @@ async def check_names_and_logs(
     (the same statement answers all three): their log is in the cache without its proof, the push sends it with
     its proof, and ``identity`` published the path (or nobody knows who did: it was published before schema
     version 6). A path whose log is proven, or absent, costs nothing more (docs/security.md, rule 3)."""
-    wanted = req.plan.names
-    logs = req.plan.proven_logs if identity is not None else {}
+    wanted = req.names
+    logs = req.proven_logs if identity is not None else {}
     names, unproven = await db_paths.published_names_and_logs(conn, list(wanted), logs)
     clashes = sorted((wanted[h].path, StorePath(h, name).path) for h, name in names.items() if name != wanted[h].name)
     if clashes:
@@ -80,7 +80,7 @@ async def check_names_and_logs(
             code="path_conflict",
             conflicts=[{"path": a, "cached": c} for a, c in clashes],
         )
-    published = {h for h in names if h in req.plan.objects}
+    published = {h for h in names if h in req.hashes}
     return published, {h for h, by in unproven.items() if h in published and by in (identity, None)}
 
 
@@ -114,14 +114,13 @@ def _claimed(plan: ObjectPlan, published: set[str], relog: set[str]) -> dict[str
 
 
 async def _check_references(ctx: PushContext, req: SessionRequest) -> None:
-    plan = req.plan
     # Upstream references first: a forged or mismatched proof is refused before anything is written.
     await prove_upstream_async(req.upstream, ctx.upstream_keys)
-    if not plan.outside:
+    if not req.outside:
         return
     async with ctx.pool.acquire() as conn:
-        published = await db_paths.published_hashes(conn, [h for h, _ in plan.outside])
-    unknown = [r.path for h, r in plan.outside if h not in published]
+        published = await db_paths.published_hashes(conn, [h for h, _ in req.outside])
+    unknown = [r.path for h, r in req.outside if h not in published]
     if unknown:
         shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
         raise MissingPrerequisite(
@@ -139,13 +138,19 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
     answer is paged.
     """
     req = prepared.request
-    plan = req.plan  # worked out with the parse, in its worker thread
     await _check_references(ctx, req)
     gc = ctx.settings.gc
+    # A push of cached paths only never needs the object plan (uploads/plan.py): the open completes it. Whether
+    # it is one is asked first, outside the transaction (which checks it again).
+    async with ctx.pool.acquire() as conn:
+        cached = await db_paths.published_hashes(conn, list(req.hashes)) == req.hashes
 
     async def attempt() -> tuple[uuid.UUID, bool, bool]:
-        # Multipart uploads of these keys whose lease ran out but that have made progress keep their uploader.
-        await refresh_stalled(ctx, list(plan.uploads), exclude=uuid.UUID(int=0), token_name=token_name)
+        nonlocal cached
+        if not cached:
+            plan = await asyncio.to_thread(lambda: req.plan)  # seconds for 100,000 paths: off the event loop
+            # Multipart uploads of these keys whose lease ran out but that have made progress keep their uploader.
+            await refresh_stalled(ctx, list(plan.uploads), exclude=uuid.UUID(int=0), token_name=token_name)
         async with ctx.pool.acquire() as conn, conn.transaction():
             if req.idempotency_key is not None:
                 existing = await db.find_session_by_key(conn, token_name, req.idempotency_key)
@@ -170,19 +175,24 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
                 expiry=gc.session_expiry,
             )
             published, relog = await check_names_and_logs(conn, req, token_name)
-            wanted = await asyncio.to_thread(_claimed, plan, published, relog)
-            if all(o.kind == "narinfo" for o in wanted.values()):
+            if cached:
                 # Nothing to upload: every path is published. Complete the session now, in this transaction,
                 # instead of claiming every narinfo until the client's complete (docs/api.md).
-                everything = [*plan.objects, *(h for h, _ in plan.outside)]
-                if await db_paths.lock_published(conn, everything) == set(everything):
+                everything = [*req.hashes, *(h for h, _ in req.outside)]
+                if (
+                    published == req.hashes
+                    and not relog
+                    and await db_paths.lock_published(conn, everything) == set(everything)
+                ):
                     await db_paths.touch_roots(conn, [r.hash for r in req.roots], session_id)
                     await db_sessions.complete_session(conn, session_id, cached_result(session_id, req))
                     return session_id, True, True
-                # GC deleted some of them meanwhile: those are to be uploaded again
-                published = await db_paths.published_hashes(conn, list(plan.objects))
-                wanted = await asyncio.to_thread(_claimed, plan, published, relog & published)
-            outside = [h for h, _ in plan.outside]
+                # GC deleted some of them meanwhile (those are to be uploaded again), or the push replaces a log
+                # (rule 3): again, with the plan
+                cached = False
+                raise Conflict("an all-cached push has something to upload after all")
+            wanted = await asyncio.to_thread(_claimed, req.plan, published, relog)
+            outside = [h for h, _ in req.outside]
             keys = list(wanted)
             # A session claims a log only with its proof (objects.py): an unproven one is to be replaced (rule 3).
             # A row GC deleted meanwhile, or another session inserted meanwhile, is a Conflict: decide again.
@@ -203,6 +213,8 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
         return session_id, True, False
 
     session_id, created, completed = await retry_transaction(attempt)
+    if not completed:
+        await asyncio.to_thread(lambda: req.plan)  # (a repeat of an open session opened with cached set)
     ctx.requests.put(session_id, req)  # parsed once: reports, pages and complete find it here
     if not completed:
         await start_multipart_uploads(ctx, session_id)
@@ -231,12 +243,14 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID, start: int = 0
     if not 0 <= start < len(req.paths):
         raise InvalidRequest(f"start: {start} is not the index of a path of this session (0 to {len(req.paths) - 1})")
     page = req.paths[start : start + PAGE_PATHS]
-    uploaded = {p.path.hash: req.plan.client_uploads(p.path.hash) for p in page}
-    keys = [o.key for objs in uploaded.values() for o in objs]
     async with ctx.pool.acquire() as conn:
         session = await db.load_session(conn, session_id)
         if session is None:
             raise NotFound(f"no upload session {session_id}", code="session_not_found")
+        # A completed session's paths are all published: no need of the plan (a push of cached paths has none)
+        completed = session.state == "completed"
+        uploaded = {p.path.hash: [] if completed else req.plan.client_uploads(p.path.hash) for p in page}
+        keys = [o.key for objs in uploaded.values() for o in objs]
         claims = await db.claims_of_session(conn, session_id, keys)
         published = await db_paths.published_hashes(conn, list(uploaded))
         states = await db.object_states(conn, keys, proven_writer=True)

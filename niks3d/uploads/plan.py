@@ -1,16 +1,17 @@
-"""The object plan of a push: which bucket keys a session's request needs, worked out once, when the request is
-parsed (:mod:`niks3d.uploads.request`), and carried with it.
+"""The object plan of a push: which bucket keys a session's request needs, worked out once and carried with the
+request (:mod:`niks3d.uploads.request`).
 
 Opening a session, the pages of its answer, URL refreshes, reports, multipart uploads, ``complete`` and abort all
 ask the same questions of a request: which objects each path needs, which of them the client uploads, whose NAR a
 key is, which keys publication locks. Each of them used to work the answers out again from the paths, in seven
 places; for a session of 100,000 paths every one of those loops is a good part of a second of CPU. The request is
-parsed in a worker thread (server/sessions.py, uploads/context.py), so the plan is built off the event loop too.
+parsed in a worker thread (server/sessions.py, uploads/context.py); the plan is worked out on first use, which
+the daemon makes in a worker thread too (uploads/open.py), and a push of cached paths only never needs it.
 """
 
 from __future__ import annotations
 
-__all__ = ["ObjectPlan", "names_wanted"]
+__all__ = ["ObjectPlan", "names_wanted", "proven_logs"]
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,12 @@ from niks3d.uploads.objects import WantedObject, wanted_objects
 if TYPE_CHECKING:
     from niks3d.nix.storepath import StorePath
     from niks3d.uploads.request import PathRequest, UpstreamPath
+
+
+def proven_logs(paths: Sequence[PathRequest]) -> dict[str, str]:
+    """path hash -> its log key, of the paths whose log comes with its proof: if such a path is published and its
+    log there is not proven, the push may replace it (rule 3)."""
+    return {p.path.hash: log_key(p.deriver.basename) for p in paths if p.deriver is not None and p.log_proven}
 
 
 def names_wanted(paths: Sequence[PathRequest]) -> dict[str, StorePath]:
@@ -58,9 +65,6 @@ class ObjectPlan:
     # log key -> (build-trace key, store path) of each path whose log it is by a floating content-addressed
     # derivation's realisation: the log counts only if one of them is published for its path (rule 3)
     log_bindings: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
-    # path hash -> its log key, of the paths whose log comes with its proof: if such a path is published and its log
-    # there is not proven, the push may replace it (rule 3)
-    proven_logs: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, paths: Sequence[PathRequest], upstream: Sequence[UpstreamPath]) -> ObjectPlan:
@@ -81,12 +85,9 @@ class ObjectPlan:
                 elif o.kind in ("narinfo", "realisation"):
                     locks.add(o.key)
         bindings: dict[str, set[tuple[str, str]]] = {}
-        proven_logs: dict[str, str] = {}
         for p in paths:
-            if p.deriver is not None and p.log_proven:
-                proven_logs[p.path.hash] = log_key(p.deriver.basename)
-                if p.log_binding is not None:
-                    bindings.setdefault(proven_logs[p.path.hash], set()).add((p.log_binding, p.path.path))
+            if p.deriver is not None and p.log_proven and p.log_binding is not None:
+                bindings.setdefault(log_key(p.deriver.basename), set()).add((p.log_binding, p.path.path))
         in_request = set(objects) | {u.path.hash for u in upstream}
         outside = {r.hash: r for p in paths for r in p.references if r.hash not in in_request}
         return cls(
@@ -98,7 +99,6 @@ class ObjectPlan:
             publication_locks=tuple(sorted_in_pieces(locks)),
             listings=listings,
             log_bindings={k: tuple(sorted(v)) for k, v in sorted(bindings.items())},
-            proven_logs=proven_logs,
         )
 
     def client_uploads(self, path_hash: str) -> list[WantedObject]:

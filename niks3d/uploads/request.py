@@ -40,7 +40,7 @@ from niks3d.nix.storepath import StorePath, validate_name
 from niks3d.sortpieces import sorted_in_pieces
 from niks3d.storage.multipart import MAX_PART_NUMBER
 from niks3d.uploads.drvproof import prove_derivation
-from niks3d.uploads.plan import ObjectPlan
+from niks3d.uploads.plan import ObjectPlan, names_wanted, proven_logs
 
 MAX_PATHS_PER_SESSION = 100_000
 MAX_REFERENCES = 10_000
@@ -193,12 +193,36 @@ class SessionRequest:
     roots: tuple[StorePath, ...]
     paths: tuple[PathRequest, ...]
     upstream: tuple[UpstreamPath, ...] = ()  # sorted by hash part
-    # What the paths need in the bucket, worked out once here (where the request is parsed, off the event loop)
-    # and asked by every step of the push instead of working it out again (uploads/plan.py).
-    plan: ObjectPlan = field(init=False, repr=False, compare=False)
+    # hash part -> store path of every path and reference (the names the cache must not hold under another name),
+    # the hash parts of the paths, and the references that are neither paths nor upstream (must be published
+    # here), in hash order: worked out with the parse, off the event loop, what every open checks
+    names: Mapping[str, StorePath] = field(init=False, repr=False, compare=False)
+    hashes: frozenset[str] = field(init=False, repr=False, compare=False)
+    outside: tuple[tuple[str, StorePath], ...] = field(init=False, repr=False, compare=False)
+    # path hash -> log key of the paths whose log comes with its proof (uploads/plan.py)
+    proven_logs: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    # What the paths need in the bucket, worked out once and asked by every step of the push instead of working
+    # it out again (uploads/plan.py).
+    _plan: ObjectPlan | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "plan", ObjectPlan.of(self.paths, self.upstream))
+        hashes = frozenset(p.path.hash for p in self.paths)
+        known = hashes | {u.path.hash for u in self.upstream}
+        outside = {r.hash: r for p in self.paths for r in p.references if r.hash not in known}
+        object.__setattr__(self, "names", names_wanted(self.paths))
+        object.__setattr__(self, "hashes", hashes)
+        object.__setattr__(self, "outside", tuple(sorted_in_pieces(outside.items())))
+        object.__setattr__(self, "proven_logs", proven_logs(self.paths))
+
+    @property
+    def plan(self) -> ObjectPlan:
+        """The object plan, worked out on first use: for 100,000 paths that is seconds of CPU, so the daemon
+        asks for it in a worker thread first (uploads/open.py, uploads/context.py); a push of cached paths only
+        never needs it."""
+        if self._plan is None:
+            object.__setattr__(self, "_plan", ObjectPlan.of(self.paths, self.upstream))
+        assert self._plan is not None
+        return self._plan
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -241,6 +265,7 @@ class SessionRequest:
         if not isinstance(data, dict):
             raise InvalidRequest("the stored request is not a JSON object")
         request = cls.from_json(data)
+        request.plan  # noqa: B018 - worked out here, in the caller's worker thread (uploads/context.py)
         settle()
         return request
 
