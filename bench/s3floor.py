@@ -51,6 +51,16 @@ async def _measure(args: argparse.Namespace, bucket: Bucket, weed_pid: int) -> N
         async with http.head(url) as resp:
             assert resp.status == 200
 
+    async def stream(i: int) -> None:
+        async with await bucket.open_stream(f"staging/s/{i:06}.nar.zst") as body:
+            async for _chunk in body:
+                pass
+
+    async def botocore_get(i: int) -> None:
+        resp = await bucket._client.get_object(Bucket=bucket.name, Key=f"staging/s/{i:06}.nar.zst")
+        async with resp["Body"] as body:
+            await body.read()
+
     async def listing(_: int) -> None:
         async for _info in bucket.iter_objects("staging/s/"):
             pass
@@ -58,6 +68,8 @@ async def _measure(args: argparse.Namespace, bucket: Bucket, weed_pid: int) -> N
     operations: list[tuple[str, int, Callable[[int], Awaitable[object]]]] = [
         ("presigned HEAD on aiohttp, bare", n, bare_head),
         ("Bucket.head", n, lambda i: bucket.head(f"staging/s/{i:06}.nar.zst")),
+        ("Bucket.open_stream (a NAR read, whole)", n, stream),
+        ("botocore GetObject, bare", n, botocore_get),
         ("Bucket.put (narinfo-sized)", n, lambda i: bucket.put(f"{i:06}.narinfo", BODY, content_type="text/plain")),
         (
             "Bucket.copy (staged NAR into place)",

@@ -43,6 +43,7 @@ from niks3d.errors import ObjectNotFound
 from niks3d.storage.errors import error_code, error_status, storage_errors, translate_error
 from niks3d.storage.models import ObjectInfo, normalize_etag
 from niks3d.storage.presign import PROBE_KEY, QuickPresigner, request_headers
+from niks3d.storage.stream import ObjectStream, PlainBody
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
     from types_aiobotocore_s3 import S3Client
@@ -171,42 +172,57 @@ class BucketCore:
             content_encoding=resp.get("ContentEncoding"),
         )
 
+    async def _quick_url(self, client_method: str, key: str) -> str:
+        """The presigned URL of a quick HEAD or GET of ``key``, signed for the endpoint this daemon talks to."""
+        return await self._presign(
+            client_method, {"Bucket": self.name, "Key": key}, _QUICK_HEAD_EXPIRY, key, internal=True
+        )
+
     async def _quick_head(self, http: aiohttp.ClientSession, key: str) -> tuple[bool, ObjectInfo | None]:
         """HEAD through a presigned URL (signed for the endpoint this daemon talks to): (True, metadata) for a 200,
         (True, None) for a 404, (False, None) for anything that botocore should ask again."""
         try:
-            url = await self._presign(
-                "head_object", {"Bucket": self.name, "Key": key}, _QUICK_HEAD_EXPIRY, key, internal=True
-            )
-            async with http.head(url, allow_redirects=False) as resp:
+            async with http.head(await self._quick_url("head_object", key), allow_redirects=False) as resp:
                 if resp.status == 404:
                     return True, None
-                headers = resp.headers
-                if resp.status != 200 or resp.content_length is None or "Last-Modified" not in headers:
+                info = _answered_info(key, resp)
+                if info is None:
                     log.debug("HEAD %s answered %d: asking again through botocore", key, resp.status)
                     return False, None
-                modified = email.utils.parsedate_to_datetime(headers["Last-Modified"])
-                return True, ObjectInfo(
-                    key=key,
-                    size=resp.content_length,
-                    etag=normalize_etag(headers.get("ETag", "")),
-                    last_modified=modified if modified.tzinfo is not None else modified.replace(tzinfo=UTC),
-                    content_type=headers.get("Content-Type"),
-                    content_encoding=headers.get("Content-Encoding"),
-                )
+                return True, info
         except _QUICK_FAILURES as exc:
             self._quick_failed(f"HEAD {key}", exc)
             return False, None
+
+    async def _quick_stream(self, http: aiohttp.ClientSession, key: str) -> ObjectStream | None:
+        """GET a whole object through a presigned URL, its body to be streamed (a NAR read to verify it or to
+        derive its listing: docs/security.md, rules 1 and 8): the open stream for a 200 with its length, None for
+        anything that botocore should ask again (which retries and names the error: a 404 is ObjectNotFound)."""
+        try:
+            resp = await http.get(await self._quick_url("get_object", key), allow_redirects=False)
+        except _QUICK_FAILURES as exc:
+            self._quick_failed(f"GET {key}", exc)
+            return None
+        info = _answered_info(key, resp)
+        if info is None or resp.content_length is None:
+            log.debug("GET %s answered %d: asking again through botocore", key, resp.status)
+            resp.release()
+            return None
+        return ObjectStream(
+            bucket=self.name,
+            info=info,
+            status=200,
+            content_length=resp.content_length,
+            content_range=None,
+            body=PlainBody(resp, resp.content_length),
+        )
 
     async def _quick_get(self, http: aiohttp.ClientSession, key: str, limit: int) -> tuple[bool, bytes | None]:
         """GET a small object through a presigned URL, as :meth:`_quick_head` does HEAD: (True, body) for a 200 of
         at most ``limit`` bytes, (True, None) for a 404, (False, None) for anything that botocore should ask
         again (which retries and names the error)."""
         try:
-            url = await self._presign(
-                "get_object", {"Bucket": self.name, "Key": key}, _QUICK_HEAD_EXPIRY, key, internal=True
-            )
-            async with http.get(url, allow_redirects=False) as resp:
+            async with http.get(await self._quick_url("get_object", key), allow_redirects=False) as resp:
                 if resp.status == 404:
                     return True, None
                 if resp.status != 200 or (resp.content_length or 0) > limit:
@@ -288,3 +304,20 @@ class BucketCore:
             raise translate_error(probe, operation="HeadObject", bucket=self.name, key=key) from head_error
         resp["Body"].close()
         return False
+
+
+def _answered_info(key: str, resp: aiohttp.ClientResponse) -> ObjectInfo | None:
+    """The metadata of a quick HEAD's or GET's 200 answer; None for any other answer, or one without the length or
+    the modification time (botocore is then asked)."""
+    headers = resp.headers
+    if resp.status != 200 or resp.content_length is None or "Last-Modified" not in headers:
+        return None
+    modified = email.utils.parsedate_to_datetime(headers["Last-Modified"])
+    return ObjectInfo(
+        key=key,
+        size=resp.content_length,
+        etag=normalize_etag(headers.get("ETag", "")),
+        last_modified=modified if modified.tzinfo is not None else modified.replace(tzinfo=UTC),
+        content_type=headers.get("Content-Type"),
+        content_encoding=headers.get("Content-Encoding"),
+    )

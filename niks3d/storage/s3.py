@@ -148,12 +148,20 @@ class Bucket(CopyOps):
     async def open_stream(self, key: str, *, byte_range: tuple[int, int | None] | None = None) -> ObjectStream:
         """GET ``key`` (or a range of it, see :func:`range_header`) and return once S3 has answered.
 
+        A whole object is asked for as a presigned GET on the plain session first (``core.py``: the NAR reads of
+        verification and listings: bench/s3floor.py measured 0.23 ms of CPU against botocore's 1.01 ms for a small
+        object, load 5), then, for any answer but 200, through
+        botocore; both within ``s3.request_timeout`` (the body is then read under ``read_timeout`` per read).
         Raises ObjectNotFound for a missing key and RangeNotSatisfiable for a range past the end.
         """
         params: dict[str, Any] = {"Bucket": self.name, "Key": key}
         if byte_range is not None:
             params["Range"] = range_header(byte_range)
-        with storage_errors("GetObject", self.name, key):
+        async with self._call("GetObject", key):
+            if self._http is not None and byte_range is None:
+                quick = await self._quick_stream(self._http, key)
+                if quick is not None:
+                    return quick
             resp = await self._client.get_object(**params)
         content_range = resp.get("ContentRange")
         length = resp["ContentLength"]

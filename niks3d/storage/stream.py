@@ -10,17 +10,47 @@ one.
 
 from __future__ import annotations
 
-__all__ = ["ObjectStream"]
+__all__ = ["ObjectStream", "PlainBody"]
 
 from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import Protocol
 
-from aiobotocore.response import StreamingBody
+import aiohttp
 
 from niks3d.storage.errors import storage_errors
 from niks3d.storage.models import ObjectInfo
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
+
+
+class Body(Protocol):
+    """What a stream reads from: aiobotocore's StreamingBody, or :class:`PlainBody`."""
+
+    async def read(self, amt: int | None = None) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class PlainBody:
+    """The body of a presigned GET on the bucket's aiohttp session (storage/core.py), read as botocore's
+    StreamingBody is: ``read(n)`` gives at most ``n`` bytes, ``b""`` at the end, and a body that ends before its
+    Content-Length is an error, never a short object."""
+
+    def __init__(self, response: aiohttp.ClientResponse, length: int) -> None:
+        self._response = response
+        self._length = length
+        self._seen = 0
+
+    async def read(self, amt: int | None = None) -> bytes:
+        data = await (self._response.content.read() if amt is None else self._response.content.read(amt))
+        self._seen += len(data)
+        if (amt is None or not data) and self._seen != self._length:
+            raise aiohttp.ClientPayloadError(f"the body ended after {self._seen} of {self._length} bytes")
+        return data
+
+    def close(self) -> None:
+        self._response.release()
 
 
 class ObjectStream:
@@ -34,7 +64,7 @@ class ObjectStream:
         status: int,
         content_length: int,
         content_range: str | None,
-        body: StreamingBody,
+        body: Body,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         self.bucket = bucket
