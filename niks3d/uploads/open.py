@@ -26,12 +26,13 @@ from niks3d.db.retry import Conflict, retry_transaction
 from niks3d.errors import InvalidRequest, MissingPrerequisite, NotFound, StateConflict
 from niks3d.eventloop import Pauser
 from niks3d.logsetup import log_event
-from niks3d.nix.bucketkeys import narinfo_key
+from niks3d.nix.bucketkeys import log_key, narinfo_key
 from niks3d.nix.storepath import StorePath
 from niks3d.sortpieces import sorted_in_pieces
 from niks3d.uploads.closing import tidy_released
 from niks3d.uploads.context import PushContext
 from niks3d.uploads.leases import refresh_stalled
+from niks3d.uploads.logbinding import unbound_logs
 from niks3d.uploads.multipart import start_multipart_uploads
 from niks3d.uploads.objects import WantedObject, object_spec
 from niks3d.uploads.plan import ObjectPlan
@@ -254,6 +255,9 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID, start: int = 0
         claims = await db.claims_of_session(conn, session_id, keys)
         published = await db_paths.published_hashes(conn, list(uploaded))
         states = await db.object_states(conn, keys, proven_writer=True)
+        # a CA log whose realisation is published for another path is not asked for (rule 3); no statement unless
+        # the page has such logs
+        unbound = await unbound_logs(conn, keys, req.plan.log_bindings)
     paths: list[dict[str, Any]] = []
     pause = Pauser()
     for p in page:
@@ -262,7 +266,7 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID, start: int = 0
             cached: dict[str, Any] = {"path": p.path.path, "status": "cached"}
             # a log this session replaces (rule 3): claimed at the open only for that
             relog = [o for o in uploaded[p.path.hash] if o.kind == "log" and (c := claims.get(o.key)) and c.uploader]
-            if relog and states.get(relog[0].key, ("present",))[0] == "pending":
+            if relog and relog[0].key not in unbound and states.get(relog[0].key, ("present",))[0] == "pending":
                 cached["objects"] = [
                     await object_spec(
                         ctx.bucket,
@@ -279,7 +283,7 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID, start: int = 0
         objects = []
         for obj in uploaded[p.path.hash]:
             claim = claims.get(obj.key)
-            if claim is None:
+            if claim is None or obj.key in unbound:
                 continue
             objects.append(
                 await object_spec(
@@ -295,6 +299,8 @@ async def build_response(ctx: PushContext, session_id: uuid.UUID, start: int = 0
         entry: dict[str, Any] = {"path": p.path.path, "status": "upload", "objects": objects}
         if p.log and p.log_refused:
             entry["log_refused"] = p.log_refused  # the log is not uploaded (docs/security.md, rule 3)
+        elif p.deriver is not None and (why := unbound.get(log_key(p.deriver.basename))):
+            entry["log_refused"] = why
         paths.append(entry)
     answer: dict[str, Any] = {
         "session_id": str(session.id),

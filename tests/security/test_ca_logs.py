@@ -34,7 +34,7 @@ from tests.security.kit import made_up, put_log
 from tests.security.test_hostile_realisations import _file_nar
 from tests.security.test_proven_logs import _unprove
 from tests.server.bucketview import bucket_keys, get_object
-from tests.server.pushkit import PushKit
+from tests.server.pushkit import ZSTD, PushKit
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]
 
@@ -154,7 +154,9 @@ def _floating_drv(salt: str) -> tuple[str, bytes]:
     return text_store_path(f"syn-{salt}.drv", text, []).path, text
 
 
-async def _push_made_up(daemon: Any, token: str, fake: Any, rid: str | None) -> dict[str, Any]:
+async def _push_made_up(daemon: Any, token: str, fake: Any, rid: str | None, *, insist: bool = False) -> dict[str, Any]:
+    """Push ``fake`` with the realisation ``rid`` (and its .drv); ``insist``: upload its log even if not asked,
+    through a URL asked for by key (``POST .../urls``), as a hostile client would."""
     meta = fake.meta()
     if rid is not None:
         meta["realisations"] = [{"id": rid, "out_path": fake.path}]
@@ -163,14 +165,20 @@ async def _push_made_up(daemon: Any, token: str, fake: Any, rid: str | None) -> 
         kit = PushKit(http, daemon.url, daemon.tokens[token])
         session = await kit.call("POST", "/api/v1/sessions", {"roots": [fake.path], "paths": [meta]}, expect=201)
         reports = await kit.upload(session, [fake])
+        if insist:
+            key = f"log/{StorePath.parse(fake.deriver).basename}"
+            urls = await kit.call("POST", f"/api/v1/sessions/{session['session_id']}/urls", {"objects": [{"key": key}]})
+            body = ZSTD.compress(fake.log)
+            await kit.put(urls["objects"][0], body)
+            reports[key] = {"file_size": len(body)}
         return {"session": session, "answer": await kit.complete(session["session_id"], reports)}
 
 
 def test_a_log_whose_realisation_names_another_path_is_refused_and_the_path_published(start_daemon) -> None:
     """The victim's output of a CA derivation is published with its realisation but no log; then a push of another
-    output for the same derivation (the intruder's, or an honest build that came out different) is told to upload
-    its log (its .drv and realisation prove it until then), and its report finds the realisation taken: the log is
-    refused, not put in place, and complete publishes the path without it (instead of asking for the log again)."""
+    output for the same derivation (the intruder's, or an honest build that came out different) is told at the open
+    that its log is refused. Uploaded anyway, its report finds the realisation taken: the log is refused, not put in
+    place, and complete publishes the path without it (instead of asking for the log again)."""
     daemon = start_daemon()
     drv, drv_file = _floating_drv(secrets.token_hex(6))
     rid = realisation_ids(parse_derivation(drv_file), {})["out"]
@@ -184,9 +192,10 @@ def test_a_log_whose_realisation_names_another_path_is_refused_and_the_path_publ
 
     other = made_up("syn-other", nar=_file_nar(secrets.token_bytes(8)), deriver=drv)
     other.log, other.derivation = b"INTRUDER LOG\n", drv_file
-    second = asyncio.run(_push_made_up(daemon, "intruder", other, rid))
-    asked = [o["key"] for o in second["session"]["paths"][0]["objects"]]
-    assert key in asked, second  # the log was asked for: the realisation is checked where the log is placed
+    second = asyncio.run(_push_made_up(daemon, "intruder", other, rid, insist=True))
+    entry = second["session"]["paths"][0]
+    assert key not in [o["key"] for o in entry["objects"]] and "log refused" in entry["log_refused"], entry
+    # the log was uploaded anyway (as if the realisation were published after the open): its report refuses it
     assert second["answer"]["published"] == [other.path], second
     assert {r["id"] for r in second["answer"]["realisations_refused"]} == {rid, f"{StorePath.parse(drv).basename}^out"}
     assert _log(daemon, key) is None
