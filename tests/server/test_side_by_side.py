@@ -66,12 +66,18 @@ def _narinfo(daemon: Any, path: FakePath) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
 
 
-async def test_squatters_of_other_identities_hold_nobody_up(start_daemon, tmp_path: Path) -> None:
+async def test_other_identities_upload_side_by_side(start_daemon, tmp_path: Path) -> None:
+    """The two cases below on one daemon (one start-up less in CI)."""
+    daemon = start_daemon(gc=HOUR)
+    await _squatters_of_other_identities_hold_nobody_up(daemon, tmp_path)
+    await _of_two_uploads_of_one_nar_the_first_checked_is_published(daemon, tmp_path)
+
+
+async def _squatters_of_other_identities_hold_nobody_up(daemon: Any, tmp_path: Path) -> None:
     """A squatter claims a NAR and never uploads it, and a second identity colluding with it claims it too (before,
     the second waited behind the first, and the two could hand the key to each other for a cap of an hour each).
     The victim, a third identity, is asked to upload at once and publishes; before, it waited for the squatter's
     lease, an hour here. Another session of the squatter's own identity still waits for the squatter."""
-    daemon = start_daemon(gc=HOUR)
     path = make_path(tmp_path, random.Random(21), "shared")
     key = nar_key(path.nar_hash, "zstd")
     async with aiohttp.ClientSession() as http:
@@ -97,12 +103,11 @@ async def test_squatters_of_other_identities_hold_nobody_up(start_daemon, tmp_pa
     assert get_object(daemon.s3, key)[0] == path.compressed
 
 
-async def test_of_two_uploads_of_one_nar_the_first_checked_is_published(start_daemon, tmp_path: Path) -> None:
+async def _of_two_uploads_of_one_nar_the_first_checked_is_published(daemon: Any, tmp_path: Path) -> None:
     """Two identities upload the same NAR side by side, compressed differently, and report it at the same time,
     five NARs at once. For each NAR one upload is put in place, the other dropped; both sessions complete, both
     paths' narinfos name the object that is in the bucket (its size and hash), and no staged copy is left. One
     NAR is large: a multipart upload, completed by a report that then waited, is found staged by the next."""
-    daemon = start_daemon(gc=HOUR)
     rng = random.Random(22)
     nars = [make_path(tmp_path, rng, f"twice{i}", size=200_000, incompressible=True) for i in range(4)]
     nars.append(make_path(tmp_path, rng, "large", size=12 << 20, incompressible=True))  # a multipart upload
