@@ -71,7 +71,7 @@ from niks3d.nix.signing import SecretKey
 from testkit.nixfixtures import build_expr
 from testkit.proctree import process_tree
 
-NIKS3 = [sys.executable, "-c", "from niks3d.client.main import main; raise SystemExit(main())"]
+NIKS3 = [sys.executable, "-c", "from niks3d.client.entry import main; raise SystemExit(main())"]  # the niks3 script
 NIKS3D = [sys.executable, "-c", "from niks3d.cli.main import main; raise SystemExit(main())"]
 NIX = ["nix", "--extra-experimental-features", "nix-command", "--option", "substituters", ""]
 SOURCES = ("/usr/lib", "/usr/share")
