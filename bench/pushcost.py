@@ -35,7 +35,7 @@ from pathlib import Path
 import zstandard
 
 import niks3d
-from bench import synthclosure
+from bench import s3floor, synthclosure
 from bench.push import NIKS3, NIX, Run, timed
 from bench.pushstack import NIX_BUCKET, Counts, Stack, stack
 from niks3d.nix.signing import SecretKey
@@ -268,6 +268,21 @@ def _scale(st: Stack, scales: list[synthclosure.Closure]) -> None:
         niks3d = first.counts.cpu.get("niks3d", 0.0)
         print(f"  niks3d CPU per path: {1000 * niks3d / n:.2f} ms (target < 1 ms)", flush=True)
         print(f"  cached re-push: {again.run.seconds:.2f} s (target < 2 s at 10,000 paths)", flush=True)
+    if scales:
+        _floor()
+
+
+def _floor() -> None:
+    """What the S3 requests a small path needs at the least cost niks3d, measured now (bench/s3floor.py): the
+    bound under the per-path figures above, whatever niks3d's own code does."""
+    figures = s3floor.measure()
+    shown = ", ".join(f"{label} {figures[label]:.2f}" for label in dict.fromkeys(s3floor.PER_PATH))
+    print(
+        f"\n  the S3 floor of a small path: {len(s3floor.PER_PATH)} requests (copy, NAR read, listing PUT, narinfo "
+        f"PUT) = {s3floor.per_path_floor(figures):.2f} ms of niks3d CPU (ms per request: {shown}; load "
+        f"{os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
