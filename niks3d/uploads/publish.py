@@ -29,7 +29,7 @@ from niks3d.db.notify import notify_store_paths
 from niks3d.db.retry import retry_transaction
 from niks3d.db.sessions import ReleasedClaim
 from niks3d.db.upstream import UpstreamRecord
-from niks3d.errors import MissingPrerequisite, StateConflict
+from niks3d.errors import InvalidRequest, MissingPrerequisite, StateConflict
 from niks3d.logsetup import log_event
 from niks3d.nix.bucketkeys import ls_key, nar_key, narinfo_key, realisation_key, staging_key
 from niks3d.nix.buildtrace import BuildTraceEntry
@@ -69,7 +69,16 @@ async def complete_session(
         return session.result
     if session.state != "open" or session.is_expired(datetime.now(UTC)):
         raise closed_error(session)
-    _, failed = await report_objects(ctx, session, reports, trusted=trusted)
+    try:
+        _, failed = await report_objects(ctx, session, reports, trusted=trusted)
+    except InvalidRequest:
+        # The same complete through another daemon (or a retry) may have published the session since it was
+        # loaded, releasing its claims: then its answer is this one's too.
+        async with ctx.pool.acquire() as conn:
+            now = await db.load_session(conn, session_id)
+        if now is not None and now.state == "completed" and now.result is not None:
+            return now.result
+        raise
     req = await ctx.request_of(session.id)
     todo, states = await _check_objects(ctx, session, req, {m["key"]: m["reason"] for m in failed})
     if waited := [m["key"] for m in failed if m["reason"] == BEING_PLACED]:
