@@ -2,11 +2,11 @@
 
 :func:`stream_nar` runs in a worker thread (zstandard and hashlib release the GIL, so several of them use
 several cores). It reads the path with :class:`niks3d.nix.nar_dump.NarDumper`, counts and hashes the NAR, feeds
-it to a zstd compressor (multi-threaded for big NARs; a small NAR is read whole and compressed in one call)
-and hands every compressed piece to ``sink``, hashing them (the object's ``FileHash``). The NAR must have the
-NarHash and NarSize the store claims: a NAR that grows past NarSize is refused at once, and a different hash or
-a short NAR is refused at the end, in both cases with :class:`NarMismatch` naming the path. The caller must then
-neither report nor publish what it has uploaded so far.
+it to a zstd compressor (multi-threaded for big NARs) and hands every compressed piece to ``sink`` together
+with its SHA-256 (the object's ``FileHash``). The NAR must have the NarHash and NarSize the store claims:
+a NAR that grows past NarSize is refused at once, and a different hash or a short NAR is refused at the end,
+in both cases with :class:`NarMismatch` naming the path. The caller must then neither report nor publish
+what it has uploaded so far.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from niks3d.errors import ClientError
 from niks3d.nix.errors import NixFormatError
 from niks3d.nix.hashes import format_sha256
 from niks3d.nix.listing import render_listing
-from niks3d.nix.nar import NarResult
 from niks3d.nix.nar_dump import NarDumper
 
 MULTITHREAD_FROM = 8 << 20  # NARs at least this big are compressed by zstd's own worker threads
@@ -85,20 +84,18 @@ def stream_nar(
     listing: bool = False,
     progress: Callable[[int], None] | None = None,
     cancel: threading.Event | None = None,
-    whole_up_to: int = 0,
 ) -> NarOutcome:
     """Produce the compressed NAR of ``info.path`` (read from ``real_path``) into ``sink``, checking it.
 
-    With ``sink=None`` the NAR is only read and checked (to render the listing). A NAR of at most
-    ``whole_up_to`` bytes (and ``threads=0``) is read whole into memory, checked, and then compressed in one
-    call and handed to ``sink`` in one piece: zstd then compresses from the buffer itself instead of copying
-    it through its streaming window, which costs 10-15% less CPU (bench/push.py's closures), and a NAR
-    that fails its check is not compressed at all. Raises :class:`NarMismatch` for a NAR that differs from
-    NarHash/NarSize, :class:`ClientError` when the path cannot be read, and :class:`PushCancelled` when
-    ``cancel`` is set.
+    With ``sink=None`` the NAR is only read and checked (to render the listing). Raises :class:`NarMismatch`
+    for a NAR that differs from NarHash/NarSize, :class:`ClientError` when the path cannot be read, and
+    :class:`PushCancelled` when ``cancel`` is set.
     """
+    expected_size = info.nar_size
+    compressor = _compressor(level, threads).compressobj() if sink else None
     file_sha = hashlib.sha256()
     file_size = 0
+    seen = 0
 
     def emit(data: bytes) -> None:
         nonlocal file_size
@@ -107,39 +104,6 @@ def stream_nar(
             file_size += len(data)
             sink(data)
 
-    if sink is not None and threads <= 0 and info.nar_size <= whole_up_to:
-        whole = bytearray(info.nar_size)
-        filled = 0
-
-        def keep(chunk: bytes) -> None:
-            nonlocal filled
-            whole[filled : filled + len(chunk)] = chunk  # the read stops before it passes NarSize
-            filled += len(chunk)
-
-        result = _read_checked(info, real_path, keep, listing=listing, progress=progress, cancel=cancel)
-        emit(_compressor(level, 0).compress(whole))
-    else:
-        compressor = _compressor(level, threads).compressobj() if sink else None
-        take = (lambda chunk: emit(compressor.compress(chunk))) if compressor is not None else None
-        result = _read_checked(info, real_path, take, listing=listing, progress=progress, cancel=cancel)
-        if compressor is not None:
-            emit(compressor.flush())
-    rendered = render_listing(result.listing) if listing and result.listing is not None else None
-    return NarOutcome(info.nar_size, file_size, format_sha256(file_sha.digest()), rendered)
-
-
-def _read_checked(
-    info: PathInfo,
-    real_path: Path,
-    take: Callable[[bytes], None] | None,
-    *,
-    listing: bool,
-    progress: Callable[[int], None] | None,
-    cancel: threading.Event | None,
-) -> NarResult:
-    """Read the NAR of ``info.path``, passing every chunk to ``take``, and check it against NarSize/NarHash."""
-    expected_size = info.nar_size
-    seen = 0
     dumper = NarDumper(real_path, listing=listing)
     try:
         for chunk in dumper:
@@ -150,8 +114,8 @@ def _read_checked(
                 raise NarMismatch(
                     str(info.path), f"its NAR is larger than the NarSize {expected_size} the store records"
                 )
-            if take is not None:
-                take(chunk)
+            if compressor is not None:
+                emit(compressor.compress(chunk))
             if progress is not None:
                 progress(len(chunk))
     except (OSError, NixFormatError) as exc:
@@ -167,4 +131,7 @@ def _read_checked(
             f"its NAR hashes to {format_sha256(result.nar_hash)}, "
             f"the store records NarHash {format_sha256(info.nar_hash)}",
         )
-    return result
+    if compressor is not None:
+        emit(compressor.flush())
+    rendered = render_listing(result.listing) if listing and result.listing is not None else None
+    return NarOutcome(expected_size, file_size, format_sha256(file_sha.digest()), rendered)

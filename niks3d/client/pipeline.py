@@ -153,8 +153,6 @@ class UploadPipeline:
                     listing=work.ls is not None,
                     progress=self.progress.add_nar_bytes,
                     cancel=self.cancel,
-                    # A NAR that fits in a spool's memory is compressed in one call, from memory.
-                    whole_up_to=self.settings.spool_memory,
                 )
             await self._put_spool(spec, spool, f"the NAR of {info.path}")
         return outcome

@@ -27,7 +27,7 @@ class Spool:
     def __init__(self, memory_limit: int = DEFAULT_MEMORY_LIMIT, directory: str | None = None) -> None:
         self._limit = memory_limit
         self._directory = directory
-        self._memory: bytes | bytearray | None = b""
+        self._memory: bytearray | None = bytearray()
         self._file: IO[bytes] | None = None
         self.size = 0
 
@@ -42,12 +42,7 @@ class Spool:
             return
         if self._memory is not None:
             if len(self._memory) + len(data) <= self._limit:
-                if not self._memory and isinstance(data, bytes):
-                    self._memory = data  # immutable: kept as it is (a NAR compressed whole), not copied
-                else:
-                    if isinstance(self._memory, bytes):
-                        self._memory = bytearray(self._memory)
-                    self._memory += data
+                self._memory += data
                 self.size += len(data)
                 return
             self._file = tempfile.TemporaryFile(dir=self._directory)  # noqa: SIM115 -- closed in close()

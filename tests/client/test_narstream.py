@@ -27,21 +27,14 @@ def _decompress(data: bytes) -> bytes:
     return zstandard.ZstdDecompressor().decompressobj().decompress(data)
 
 
-# (zstd worker threads, largest NAR read whole): streamed, streamed by zstd's threads, read whole and compressed
-# in one call
-MODES = {"inline": (0, 0), "zstd-threads": (2, 0), "whole": (0, 1 << 30)}
-
-
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("threads", [0, 2], ids=["inline", "zstd-threads"])
 @pytest.mark.parametrize("fixture", ["tricky", "odd_names", "large", "prototest"])
-async def test_compressed_output_is_exactly_the_nar_nix_dumps(nix_fixtures, fixture, mode):
+async def test_compressed_output_is_exactly_the_nar_nix_dumps(nix_fixtures, fixture, threads):
     path = getattr(nix_fixtures, fixture)
     info = await path_info(path)
-    threads, whole = MODES[mode]
     with Spool(memory_limit=1 << 20) as spool:
         seen: list[int] = []
-        outcome = stream_nar(info, Path(path), spool.write, threads=threads, listing=True, progress=seen.append,
-                             whole_up_to=whole)  # fmt: skip
+        outcome = stream_nar(info, Path(path), spool.write, threads=threads, listing=True, progress=seen.append)
         data = spool.getvalue()
     assert _decompress(data) == _dump(path)
     assert outcome.file_size == len(data)
@@ -73,37 +66,34 @@ def fresh_path(tmp_path):
         delete(path)
 
 
-@pytest.mark.parametrize("whole", [0, 1 << 30], ids=["streamed", "whole"])
 @pytest.mark.parametrize("with_sink", [True, False], ids=["upload", "listing-only"])
-async def test_a_file_changed_behind_nixs_back_is_refused_naming_the_path(fresh_path, with_sink, whole):
+async def test_a_file_changed_behind_nixs_back_is_refused_naming_the_path(fresh_path, with_sink):
     path = fresh_path("mkdir $out; echo original-content > $out/file")
     info = await path_info(path)
     corrupt(path, "file", b"tampered-content\n")  # same length: only the hash differs
     sink = Spool().write if with_sink else None
     with pytest.raises(NarMismatch, match=f"refusing to push {path}: its NAR hashes to sha256:") as caught:
-        stream_nar(info, Path(path), sink, listing=True, whole_up_to=whole)
+        stream_nar(info, Path(path), sink, listing=True)
     assert caught.value.path == path
     assert format_sha256(info.nar_hash) in str(caught.value)
 
 
-@pytest.mark.parametrize("whole", [0, 1 << 30], ids=["streamed", "whole"])
-async def test_a_grown_path_is_refused_as_soon_as_it_passes_nar_size(fresh_path, whole):
+async def test_a_grown_path_is_refused_as_soon_as_it_passes_nar_size(fresh_path):
     path = fresh_path("mkdir $out; head -c 1048576 /dev/zero > $out/a")
     info = await path_info(path)
     corrupt(path, "a", bytes(8 << 20))
     seen: list[int] = []
     with pytest.raises(NarMismatch, match="larger than the NarSize"):
-        stream_nar(info, Path(path), Spool().write, progress=seen.append, whole_up_to=whole)
+        stream_nar(info, Path(path), Spool().write, progress=seen.append)
     assert sum(seen) <= info.nar_size  # it stopped before compressing anything past NarSize
 
 
-@pytest.mark.parametrize("whole", [0, 1 << 30], ids=["streamed", "whole"])
-async def test_a_shrunk_path_is_refused(fresh_path, whole):
+async def test_a_shrunk_path_is_refused(fresh_path):
     path = fresh_path("mkdir $out; echo twelve-bytes > $out/a")
     info = await path_info(path)
     corrupt(path, "a", b"x")
     with pytest.raises(NarMismatch, match=f"has {info.nar_size - 8} bytes, the store records NarSize {info.nar_size}"):
-        stream_nar(info, Path(path), Spool().write, whole_up_to=whole)
+        stream_nar(info, Path(path), Spool().write)
 
 
 async def test_a_set_cancel_event_stops_the_pass(nix_fixtures):
