@@ -8,6 +8,11 @@ a probe waited (how long the event loop was blocked, plus one request), the prob
 is a probe the daemon could not serve), and the load average before and after. The answer comes in pages
 (docs/api.md): the bench reads them all, as ``niks3 push`` does.
 
+Next to the probe's figures it prints the floor the machine sets under them in the same run: a separate Python
+process that only sleeps 5 ms at a time, and how late its wake-ups came while the session was opened. On a
+shared machine the operating system's scheduling delays every thread that way, the daemon's event loop too, so
+a probe can be no faster than that, whatever the daemon does.
+
     .venv/bin/python -m bench.session [--paths 100000] [--port 5799]
 """
 
@@ -55,6 +60,31 @@ def _body(n: int) -> bytes:
     return json.dumps({"roots": [paths[-1]["path"]], "paths": paths}).encode()
 
 
+# A process of its own (no GIL shared with the bench or the daemon) that sleeps 5 ms at a time until its stdin is
+# closed, then prints how late each wake-up came, in seconds, as JSON.
+_SLEEPER = """
+import json, select, sys, time
+late = []
+while not select.select([sys.stdin], [], [], 0)[0]:
+    start = time.perf_counter()
+    time.sleep(0.005)
+    late.append(time.perf_counter() - start - 0.005)
+print(json.dumps(late))
+"""
+
+
+def _quantiles(values: list[float]) -> str:
+    """Median, 99th percentile and the longest, in ms."""
+    if not values:
+        return "none"
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    return f"median {pick(0.5):.1f} ms, 99th percentile {pick(0.99):.0f} ms, longest {ordered[-1] * 1000:.0f} ms"
+
+
 class Probe(threading.Thread):
     """Asks for a missing narinfo every ``period`` seconds; records the longest answer."""
 
@@ -63,6 +93,7 @@ class Probe(threading.Thread):
         self.port, self.period = port, period
         self.longest = 0.0
         self.count = 0
+        self.times: list[float] = []
         self.statuses: Counter[int] = Counter()
         self.stop = threading.Event()
 
@@ -74,7 +105,9 @@ class Probe(threading.Thread):
             response = conn.getresponse()
             response.read()
             self.statuses[response.status] += 1
-            self.longest = max(self.longest, time.perf_counter() - start)
+            took = time.perf_counter() - start
+            self.longest = max(self.longest, took)
+            self.times.append(took)
             self.count += 1
             time.sleep(self.period)
 
@@ -108,7 +141,10 @@ def main() -> int:
             probe = Probe(args.port)
             probe.start()
             time.sleep(0.5)
-            idle_longest, probe.longest = probe.longest, 0.0
+            idle_longest, probe.longest, probe.times = probe.longest, 0.0, []
+            sleeper = subprocess.Popen(
+                [sys.executable, "-c", _SLEEPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
             conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=3600)
             start = time.perf_counter()
             conn.request(
@@ -139,6 +175,7 @@ def main() -> int:
             elapsed = time.perf_counter() - start
             probe.stop.set()
             probe.join()
+            late, _ = sleeper.communicate("", timeout=60)
             load_after = Path("/proc/loadavg").read_text().split()[:3]
             time.sleep(2)
             after, peak = _rss(dev.pid)
@@ -150,6 +187,11 @@ def main() -> int:
             print(
                 f"narinfo probe: longest {probe.longest * 1000:.0f} ms during the open "
                 f"({probe.count} probes; {idle_longest * 1000:.1f} ms when idle)"
+            )
+            print(f"narinfo probe during the open: {_quantiles(probe.times)}")
+            print(
+                "floor: a separate process sleeping 5 ms at a time woke up late by "
+                f"{_quantiles(json.loads(late))} meanwhile (the OS's scheduling on this machine)"
             )
             answers = ", ".join(f"{status}: {n}" for status, n in sorted(probe.statuses.items()))
             print(f"probe answers by status: {answers}")
