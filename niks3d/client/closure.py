@@ -305,6 +305,9 @@ def closure_from_db(db_path: Path, roots: Sequence[StorePath]) -> dict[StorePath
         logger.debug("cannot open %s (%s); asking nix path-info", db_path, exc)
         return None
     try:
+        # One read transaction, so that both statements see the same snapshot of the store (a nix-daemon that
+        # adds or collects paths in between would otherwise leave the rows and their references disagreeing).
+        conn.execute("BEGIN")
         rows = conn.execute(_CLOSURE_SQL.format(roots=marks), [r.path for r in roots]).fetchall()
         refs: dict[int, list[int]] = {}
         for referrer, ref in conn.execute(_REFS_SQL.format(roots=marks), [r.path for r in roots]):

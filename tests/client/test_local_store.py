@@ -198,3 +198,37 @@ def test_without_a_readable_store_database_nix_path_info_is_asked(tmp_path, nix_
     assert closure_from_db(tmp_path / "other.sqlite", [root]) is None  # another schema
     missing = StorePath.parse("/nix/store/" + "a" * 32 + "-not-there")
     assert closure_from_db(LocalStore.system().db_path, [missing]) is None  # not valid: nix says so
+
+
+def test_the_closure_is_read_from_one_snapshot_of_the_store_database(tmp_path, monkeypatch):
+    """A nix-daemon that collects paths between the two statements must not leave a path without its references:
+    both read one snapshot (the store's database is in WAL mode, where a writer does not wait for readers)."""
+    db = tmp_path / "db.sqlite"
+    top, dep = (StorePath.parse(f"/nix/store/{c * 32}-{name}") for c, name in (("a", "top"), ("b", "dep")))
+    setup = sqlite3.connect(db)
+    setup.execute("PRAGMA journal_mode=WAL")
+    setup.execute(
+        "CREATE TABLE ValidPaths (id integer primary key, path text, hash text, narSize integer, deriver text, "
+        "ca text, sigs text)"
+    )
+    setup.execute("CREATE TABLE Refs (referrer integer, reference integer)")
+    for row_id, path in ((1, top), (2, dep)):
+        setup.execute(
+            "INSERT INTO ValidPaths VALUES (?, ?, ?, 1000, NULL, NULL, NULL)", (row_id, path.path, "sha256:" + "0" * 64)
+        )
+    setup.execute("INSERT INTO Refs VALUES (1, 2)")
+    setup.commit()
+
+    class CollectedMeanwhile(sqlite3.Connection):
+        def execute(self, sql, *args):  # type: ignore[override]
+            if "r.referrer IN" in sql:  # the second statement: the garbage collector ran in between
+                setup.execute("DELETE FROM Refs")
+                setup.execute("DELETE FROM ValidPaths")
+                setup.commit()
+            return super().execute(sql, *args)
+
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: connect(*a, **kw, factory=CollectedMeanwhile))
+    closure = closure_from_db(db, [top])
+    assert closure is not None and closure[top].references == (dep,)
+    assert closure[dep].references == ()
