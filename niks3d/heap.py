@@ -20,7 +20,7 @@ from __future__ import annotations
 __all__ = ["SETTLE_EVERY", "built", "settle"]
 
 import gc
-import itertools
+import threading
 
 # Items (paths, JSON integers) a builder adds between two settles: about ten thousand tracked objects, a few ms
 # to walk.
@@ -33,11 +33,16 @@ def settle() -> None:
     gc.freeze()
 
 
-_built = itertools.count(1)
+# Items counted since start-up, by every thread (a cell, updated under the lock).
+_total = [0]
+_lock = threading.Lock()
 
 
-def built() -> None:
-    """Count one item built (a path parsed, a JSON integer scanned); every :data:`SETTLE_EVERY`-th settles.
-    Shared by every thread: ``next`` on the counter is atomic under the GIL."""
-    if next(_built) % SETTLE_EVERY == 0:
+def built(items: int = 1) -> None:
+    """Count ``items`` built (paths parsed, JSON integers scanned, keys taken for a sort); each
+    :data:`SETTLE_EVERY` of them settle once, whichever thread counts them."""
+    with _lock:
+        before = _total[0]
+        _total[0] = before + items
+    if before // SETTLE_EVERY != (before + items) // SETTLE_EVERY:
         settle()

@@ -29,3 +29,15 @@ def test_built_settles_every_so_many_items(monkeypatch) -> None:
     for _ in range(3 * heap.SETTLE_EVERY):
         heap.built()
     assert len(settles) == 3
+
+
+def test_built_counts_items_taken_several_at_a_time(monkeypatch) -> None:
+    settles: list[int] = []
+    monkeypatch.setattr(heap, "settle", lambda: settles.append(1))
+    heap.built(2 * heap.SETTLE_EVERY + 5)  # passes two or three of the thousands at once: one settle is enough
+    assert len(settles) == 1
+    heap.built(heap.SETTLE_EVERY)  # passes exactly one, wherever the count stood
+    assert len(settles) == 2
+    heap.built(heap.SETTLE_EVERY // 4)
+    heap.built(heap.SETTLE_EVERY // 4)
+    assert len(settles) in (2, 3)  # at most one boundary in half a thousand
