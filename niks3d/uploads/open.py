@@ -16,6 +16,7 @@ __all__ = ["PAGE_PATHS", "build_response", "check_names", "open_session", "refre
 import asyncio
 import logging
 import uuid
+from collections.abc import Container
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +115,23 @@ def _claimed(plan: ObjectPlan, published: set[str], relog: set[str]) -> dict[str
     return dict(sorted_in_pieces(wanted.items()))  # in a worker thread: in pieces (niks3d/sortpieces.py)
 
 
+def _claim_lists(
+    plan: ObjectPlan, published: set[str], relog: set[str]
+) -> tuple[dict[str, WantedObject], list[tuple[str, str]], list[str]]:
+    """The session's claims (:func:`_claimed`), their (key, kind) rows, and the keys the client uploads."""
+    wanted = _claimed(plan, published, relog)
+    kinds = [(k, o.kind) for k, o in wanted.items()]
+    return wanted, kinds, [k for k, o in wanted.items() if o.client_uploads]
+
+
+def _stale_and_claims(
+    client_keys: list[str], keys: list[str], states: dict[str, str], busy: Container[str]
+) -> tuple[list[str], list[tuple[str, bool]]]:
+    """The uploads nobody is doing (pending, no live uploader: this session takes them over) and the claim rows."""
+    stale = [k for k in client_keys if states[k] == "pending" and k not in busy]
+    return stale, [(k, False) for k in keys]
+
+
 async def _check_references(ctx: PushContext, req: SessionRequest) -> None:
     # Upstream references first: a forged or mismatched proof is refused before anything is written.
     await prove_upstream_async(req.upstream, ctx.upstream_keys)
@@ -192,12 +210,14 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
                 # (rule 3): again, with the plan
                 cached = False
                 raise Conflict("an all-cached push has something to upload after all")
-            wanted = await asyncio.to_thread(_claimed, req.plan, published, relog)
+            # The claims and the lists made of them, in a worker thread: for 100,000 paths each list is tens of
+            # milliseconds of Python that would hold the event loop (issue 20).
+            wanted, kinds, client_keys = await asyncio.to_thread(_claim_lists, req.plan, published, relog)
             outside = [h for h, _ in req.outside]
             keys = list(wanted)
             # A session claims a log only with its proof (objects.py): an unproven one is to be replaced (rule 3).
             # A row GC deleted meanwhile, or another session inserted meanwhile, is a Conflict: decide again.
-            states = await db.ensure_and_lock(conn, [(k, o.kind) for k, o in wanted.items()], proven_writer=True)
+            states = await db.ensure_and_lock(conn, kinds, proven_writer=True)
             gone = set(outside) - await db_paths.published_hashes(conn, outside)
             if gone:
                 raise MissingPrerequisite(
@@ -206,9 +226,9 @@ async def open_session(ctx: PushContext, prepared: PreparedSession, token_name: 
                     references=sorted(gone),
                 )
             busy = await db.live_uploaders(conn, keys, exclude=session_id, token_name=token_name)
-            stale = [k for k, o in wanted.items() if o.client_uploads and states[k] == "pending" and k not in busy]
+            stale, claims = await asyncio.to_thread(_stale_and_claims, client_keys, keys, states, busy)
             # A claim whose lease ran out blocks nobody: this session takes the upload over (uploads/leases.py).
-            await db.insert_claims(conn, session_id, [(k, False) for k in keys])
+            await db.insert_claims(conn, session_id, claims)
             aborted = await db.take_over(conn, session_id, stale, gc.claim_lease, gc.claim_max_lease)
         await tidy_released(ctx.bucket, aborted, delete_staged=False)
         return session_id, True, False
